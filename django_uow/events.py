@@ -1,0 +1,358 @@
+"""Domain events: the base class, the event-type registry, JSON (de)serialisation, the envelope.
+
+An event is a frozen dataclass. It is stored as one flat JSON object of its fields
+(Django's JSON encoder rules: Decimal, UUID, dates...), under a stable type name that a
+registry maps back to the class, so handlers receive typed events. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import datetime
+import decimal
+import json
+import types
+import typing
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar, Union
+
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import dateparse, timezone
+
+from .exceptions import EventSerializationError, UnknownEventType
+
+E = TypeVar("E", bound="DomainEvent")
+
+SCHEMA_VERSION_HEADER = "schema_version"
+
+
+class DomainEvent:
+    """Base class of domain events; subclasses are ``@dataclass(frozen=True)``.
+
+    Class attributes a subclass may set:
+
+    - ``event_type``: the stable stored name. Default ``"<app_label>.<ClassName>"``
+      (the app containing the module), or the class name outside any app. Set it
+      explicitly before renaming or moving a class, so stored events still resolve.
+    - ``event_version``: the schema version of the payload (default 1).
+    - ``upcast(payload, version)``: classmethod turning an older stored payload into the
+      current shape.
+    """
+
+    event_type: ClassVar[str]
+    event_version: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        registry.add(cls)
+
+    @classmethod
+    def upcast(cls, payload: dict[str, Any], version: int) -> dict[str, Any]:
+        """Return ``payload`` (stored with schema ``version``) in the current shape.
+
+        The default accepts only the current version; override it when you bump
+        ``event_version``.
+        """
+        if version != cls.event_version:
+            raise ValueError(
+                f"{cls.__name__} is at schema version {cls.event_version} but a stored "
+                f"payload has version {version}; define {cls.__name__}.upcast() to convert it."
+            )
+        return payload
+
+    def to_payload(self) -> dict[str, Any]:
+        """Return the fields as JSON-ready primitives, or raise ``EventSerializationError``."""
+        return encode_payload(self)
+
+    @classmethod
+    def from_payload(cls: type[E], payload: Mapping[str, Any], version: int | None = None) -> E:
+        """Rebuild a typed event from its stored payload, upcasting older versions."""
+        data = dict(payload)
+        if version is not None and version != cls.event_version:
+            data = cls.upcast(data, version)
+        return cls(**coerce_fields(cls, data))
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class EventRegistry:
+    """Maps stable event-type names to ``DomainEvent`` classes."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, type[DomainEvent]] = {}
+        self._deferred: list[type[DomainEvent]] = []
+
+    def add(self, cls: type[DomainEvent]) -> None:
+        if "event_type" not in cls.__dict__ and not apps.apps_ready:
+            # The default name needs the app registry; resolve it in AppConfig.ready().
+            self._deferred.append(cls)
+            return
+        self._register(cls)
+
+    def resolve_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for cls in deferred:
+            self._register(cls)
+
+    def _register(self, cls: type[DomainEvent]) -> None:
+        if "event_type" not in cls.__dict__:
+            cls.event_type = default_event_type(cls)
+        name = cls.event_type
+        existing = self._by_name.get(name)
+        if existing is not None and existing is not cls and not _same_definition(existing, cls):
+            raise ImproperlyConfigured(
+                f"Two DomainEvent classes claim event type {name!r}: "
+                f"{existing.__module__}.{existing.__qualname__} and "
+                f"{cls.__module__}.{cls.__qualname__}. Give one of them its own "
+                "`event_type = '...'` class attribute."
+            )
+        self._by_name[name] = cls
+
+    def get(self, name: str) -> type[DomainEvent]:
+        if self._deferred:
+            self.resolve_deferred()
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownEventType(name) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+
+def _same_definition(a: type, b: type) -> bool:
+    # Re-executing a module (autoreload, dataclass(slots=True) rebuilding the class)
+    # defines "the same" class again: let the newest win.
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+def default_event_type(cls: type[DomainEvent]) -> str:
+    """``"<app_label>.<ClassName>"`` for a class inside an installed app, else the class name."""
+    app_config = apps.get_containing_app_config(cls.__module__) if apps.apps_ready else None
+    if app_config is None:
+        return cls.__name__
+    return f"{app_config.label}.{cls.__name__}"
+
+
+registry = EventRegistry()
+
+
+def event_type_of(event_or_class: DomainEvent | type[DomainEvent]) -> str:
+    cls = event_or_class if isinstance(event_or_class, type) else type(event_or_class)
+    if "event_type" not in cls.__dict__:
+        registry.resolve_deferred()
+    return cls.event_type
+
+
+# --------------------------------------------------------------------------- payloads
+
+_encoder = DjangoJSONEncoder()
+
+
+def encode_payload(event: DomainEvent) -> dict[str, Any]:
+    """Encode the dataclass fields of ``event`` into JSON primitives.
+
+    Each field is checked on its own so the error can name it.
+    """
+    if not dataclasses.is_dataclass(event):
+        raise TypeError(
+            f"{type(event).__name__} must be a dataclass: decorate it with @dataclass(frozen=True)."
+        )
+    payload: dict[str, Any] = {}
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        try:
+            payload[f.name] = json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+        except (TypeError, ValueError) as exc:
+            raise EventSerializationError(event_type_of(event), f.name, value, str(exc)) from exc
+    return payload
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    """Turn a JSON value back into the annotated type, for the types DjangoJSONEncoder writes."""
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value)
+            except (TypeError, ValueError, decimal.InvalidOperation):
+                continue
+        return value
+    if tp is decimal.Decimal and not isinstance(value, decimal.Decimal):
+        return decimal.Decimal(str(value))
+    if tp is uuid.UUID and isinstance(value, str):
+        return uuid.UUID(value)
+    if tp is datetime.datetime and isinstance(value, str):
+        return dateparse.parse_datetime(value)
+    if tp is datetime.date and isinstance(value, str):
+        return dateparse.parse_date(value)
+    if tp is datetime.time and isinstance(value, str):
+        return dateparse.parse_time(value)
+    if tp is datetime.timedelta and isinstance(value, str):
+        return dateparse.parse_duration(value)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+_hints_cache: dict[type, dict[str, Any]] = {}
+
+
+def coerce_fields(cls: type[DomainEvent], data: dict[str, Any]) -> dict[str, Any]:
+    hints = _hints_cache.get(cls)
+    if hints is None:
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # unresolvable forward references: keep raw JSON values
+            hints = {}
+        _hints_cache[cls] = hints
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return {k: _convert(hints.get(k, Any), v) for k, v in data.items() if k in names}
+
+
+# --------------------------------------------------------------------------- context
+
+_causation: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "django_uow_causation", default=(None, None)
+)
+
+
+@contextmanager
+def event_context(
+    *, correlation_id: str | None = None, causation_id: str | None = None
+) -> Iterator[None]:
+    """Set the correlation and causation ids that events recorded inside will carry.
+
+    The relay sets it around each handler, so events a handler records point back to
+    the event that caused them.
+    """
+    token = _causation.set((correlation_id, causation_id))
+    try:
+        yield
+    finally:
+        _causation.reset(token)
+
+
+def current_event_context() -> tuple[str | None, str | None]:
+    return _causation.get()
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An event as stored and published: identity and routing data beside the payload."""
+
+    event_id: uuid.UUID
+    event_type: str
+    aggregate_type: str
+    aggregate_id: str
+    aggregate_version: int | None
+    occurred_at: datetime.datetime
+    payload: dict[str, Any]
+    headers: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.headers.get(SCHEMA_VERSION_HEADER, 1))
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.headers.get("correlation_id")
+
+    @property
+    def causation_id(self) -> str | None:
+        return self.headers.get("causation_id")
+
+    def event_class(self) -> type[DomainEvent]:
+        return registry.get(self.event_type)
+
+    def to_event(self) -> DomainEvent:
+        """Rebuild the typed event (raises ``UnknownEventType`` for an unregistered name)."""
+        return self.event_class().from_payload(self.payload, self.schema_version)
+
+    def to_message(self) -> dict[str, Any]:
+        """A JSON-ready dict, the wire format used by the shipped publishers."""
+        return {
+            "event_id": str(self.event_id),
+            "event_type": self.event_type,
+            "aggregate_type": self.aggregate_type,
+            "aggregate_id": self.aggregate_id,
+            "aggregate_version": self.aggregate_version,
+            "occurred_at": self.occurred_at.isoformat(),
+            "payload": self.payload,
+            "headers": self.headers,
+        }
+
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any]) -> Envelope:
+        occurred = dateparse.parse_datetime(message["occurred_at"])
+        assert occurred is not None
+        return cls(
+            event_id=uuid.UUID(str(message["event_id"])),
+            event_type=message["event_type"],
+            aggregate_type=message.get("aggregate_type", ""),
+            aggregate_id=message.get("aggregate_id", ""),
+            aggregate_version=message.get("aggregate_version"),
+            occurred_at=occurred,
+            payload=dict(message.get("payload") or {}),
+            headers=dict(message.get("headers") or {}),
+        )
+
+
+@dataclass
+class StagedEvent:
+    """An event recorded in a unit of work and not yet written to the outbox.
+
+    The aggregate id and version are filled in at staging time: a new aggregate has
+    no pk when it records its first event.
+    """
+
+    event: DomainEvent
+    event_id: uuid.UUID
+    event_type: str
+    occurred_at: datetime.datetime
+    payload: dict[str, Any]
+    headers: dict[str, Any]
+
+    @classmethod
+    def from_event(cls, event: DomainEvent) -> StagedEvent:
+        if not isinstance(event, DomainEvent):
+            raise TypeError(
+                f"record_event() takes a DomainEvent instance, got {type(event).__name__}. "
+                "Subclass django_uow.DomainEvent and decorate it with @dataclass(frozen=True)."
+            )
+        payload = encode_payload(event)
+        correlation_id, causation_id = current_event_context()
+        headers: dict[str, Any] = {SCHEMA_VERSION_HEADER: type(event).event_version}
+        if correlation_id:
+            headers["correlation_id"] = correlation_id
+        if causation_id:
+            headers["causation_id"] = causation_id
+        from .tracing import inject_trace_context
+
+        inject_trace_context(headers)
+        return cls(
+            event=event,
+            event_id=uuid.uuid4(),
+            event_type=event_type_of(event),
+            occurred_at=timezone.now(),
+            payload=payload,
+            headers=headers,
+        )

@@ -1,0 +1,105 @@
+"""The error hierarchy of django-uow.
+
+Every leaf says in its docstring when it is raised; every message names the thing
+that went wrong (model, pk, event type, field) and what to do about it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import DatabaseError
+from django.db.transaction import TransactionManagementError
+
+
+class UnitOfWorkError(Exception):
+    """Base class of every error django-uow raises on purpose."""
+
+
+class ConcurrencyError(UnitOfWorkError, DatabaseError):
+    """Raised when a versioned save or delete finds the row changed or deleted since it was read.
+
+    Nothing was written. Reload the object and apply the change again, or let
+    ``@unit_of_work(retries=N)`` re-run the whole operation.
+    """
+
+    def __init__(
+        self,
+        model_label: str,
+        pk: Any,
+        expected_version: int | None,
+        *,
+        actual_version: int | None = None,
+        deleted: bool = False,
+        operation: str = "save",
+    ) -> None:
+        self.model_label = model_label
+        self.pk = pk
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        self.deleted = deleted
+        if deleted:
+            found = "the row no longer exists"
+        elif actual_version is not None:
+            found = f"the row is at version {actual_version}"
+        else:
+            found = "the row was changed or deleted"
+        super().__init__(
+            f"Cannot {operation} {model_label} pk={pk!r}: expected version {expected_version}, "
+            f"but {found} (someone else wrote it first). Nothing was written; reload the object "
+            "and apply the change again, or use @unit_of_work(retries=N) to re-run the operation."
+        )
+
+
+class NoActiveUnitOfWork(UnitOfWorkError, TransactionManagementError):
+    """Raised when events would be lost because no ``UnitOfWork`` is active.
+
+    Typically an aggregate with pending events is saved outside ``with UnitOfWork():``
+    or ``@unit_of_work``.
+    """
+
+
+class EventSerializationError(UnitOfWorkError, TypeError):
+    """Raised by ``record_event`` when an event field cannot be stored as JSON."""
+
+    def __init__(self, event_type: str, field: str, value: Any, reason: str = "") -> None:
+        self.event_type = event_type
+        self.field = field
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"Event {event_type!r}: field {field!r} holds a {type(value).__name__} that cannot be "
+            f"serialized to JSON{detail}. Store a JSON-friendly value instead (str, int, float, "
+            "bool, None, Decimal, UUID, date/datetime, or a list/dict of those), e.g. the pk "
+            "instead of a model instance. The event was not recorded."
+        )
+
+
+class UnknownEventType(UnitOfWorkError, LookupError):
+    """Raised when a stored ``event_type`` names no registered ``DomainEvent`` class."""
+
+    def __init__(self, event_type: str) -> None:
+        self.event_type = event_type
+        super().__init__(
+            f"No DomainEvent class is registered under event type {event_type!r}. Import the "
+            "module that defines it (e.g. from your AppConfig.ready()), or keep a class with "
+            f"event_type = {event_type!r} after renaming it."
+        )
+
+
+class RelayError(UnitOfWorkError):
+    """Raised when the relay cannot reach the database or a broker; raised ``from`` the cause."""
+
+
+class PermanentFailure(UnitOfWorkError):
+    """Raise from a handler or publisher to dead-letter an event now, without more retries."""
+
+
+class RetryAfter(UnitOfWorkError):
+    """Raise from a handler or publisher to retry an event after ``seconds``.
+
+    The attempt still counts towards ``MAX_ATTEMPTS``.
+    """
+
+    def __init__(self, seconds: float, reason: str = "") -> None:
+        self.seconds = float(seconds)
+        super().__init__(reason or f"retry requested in {self.seconds:g}s")

@@ -1,0 +1,261 @@
+"""Models: the outbox and inbox tables, and the abstract versioned/aggregate mixins."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models, router, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from .events import DomainEvent, StagedEvent
+from .locking import VERSION_FIELD, conflict_error, versioned_delete_guard, versioned_update
+
+if TYPE_CHECKING:
+    from .unit_of_work import UnitOfWork
+
+
+class OutboxStatus(models.TextChoices):
+    PENDING = "pending", _("pending")
+    DISPATCHED = "dispatched", _("dispatched")
+    FAILED = "failed", _("failed")
+
+
+class OutboxEvent(models.Model):
+    """One domain event, written in the business transaction and relayed after commit.
+
+    ``id`` is the global order of insertion. Events of one aggregate are relayed in
+    ``(aggregate_version, id)`` order; an event waits while an earlier event of its
+    aggregate is not dispatched.
+    """
+
+    Status = OutboxStatus
+
+    id = models.BigAutoField(primary_key=True)
+    event_id = models.UUIDField(unique=True, editable=False)
+    event_type = models.CharField(max_length=255, db_index=True)
+    aggregate_type = models.CharField(max_length=255, blank=True, default="")
+    aggregate_id = models.CharField(max_length=255, blank=True, default="")
+    aggregate_version = models.PositiveBigIntegerField(null=True, blank=True)
+    occurred_at = models.DateTimeField(default=timezone.now)
+    payload = models.JSONField(encoder=DjangoJSONEncoder, default=dict)
+    headers = models.JSONField(encoder=DjangoJSONEncoder, default=dict)
+    status = models.CharField(
+        max_length=16, choices=OutboxStatus.choices, default=OutboxStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    available_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    # The lease of the relay that claimed the row; an expired lease can be claimed again.
+    claimed_by = models.CharField(max_length=64, blank=True, default="")
+    claimed_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("outbox event")
+        verbose_name_plural = _("outbox events")
+        indexes = [
+            # Claiming the next due batch touches only pending rows, however many
+            # dispatched rows the table holds (partial where the database supports it).
+            models.Index(
+                fields=["available_at", "id"],
+                name="uow_outbox_due_idx",
+                condition=Q(status="pending"),
+            ),
+            # "Is an earlier event of this aggregate still owed?"
+            models.Index(
+                fields=["aggregate_type", "aggregate_id", "id"],
+                name="uow_outbox_owed_idx",
+                condition=~Q(status="dispatched"),
+            ),
+            # Retention pruning walks dispatched rows by age.
+            models.Index(
+                fields=["dispatched_at"],
+                name="uow_outbox_prune_idx",
+                condition=Q(status="dispatched"),
+            ),
+            models.Index(fields=["aggregate_type", "aggregate_id"], name="uow_outbox_agg_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} ({self.status})"
+
+    def to_envelope(self) -> Any:
+        from .events import Envelope
+
+        return Envelope(
+            event_id=self.event_id,
+            event_type=self.event_type,
+            aggregate_type=self.aggregate_type,
+            aggregate_id=self.aggregate_id,
+            aggregate_version=self.aggregate_version,
+            occurred_at=self.occurred_at,
+            payload=self.payload,
+            headers=self.headers,
+            attempts=self.attempts,
+        )
+
+
+class ProcessedEvent(models.Model):
+    """The inbox: one row per (event, handler) that has had its effect."""
+
+    event_id = models.UUIDField()
+    handler = models.CharField(max_length=255)
+    processed_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = _("processed event")
+        verbose_name_plural = _("processed events")
+        constraints = [
+            models.UniqueConstraint(fields=["event_id", "handler"], name="uow_processed_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} <- {self.event_id}"
+
+
+class VersionedQuerySet(models.QuerySet[Any]):
+    def update_versioned(self, **kwargs: Any) -> int:
+        """``update()`` that also bumps ``version``, so in-memory copies become stale."""
+        return self.update(**{VERSION_FIELD: F(VERSION_FIELD) + 1}, **kwargs)
+
+
+class VersionedModel(models.Model):
+    """Abstract model with optimistic locking on a ``version`` field.
+
+    ``save()`` of an existing row is one ``UPDATE ... WHERE pk = %s AND version = %s``
+    that also increments ``version``; zero rows raises ``ConcurrencyError`` and writes
+    nothing. ``delete()`` is checked the same way. Fixture loading (``raw`` saves) stores
+    the version it is given. A ``save(update_fields=...)`` that touches only fields
+    listed in ``version_exempt_fields`` (bookkeeping such as ``last_seen``) neither
+    checks nor bumps the version.
+    """
+
+    version = models.PositiveBigIntegerField(
+        default=1, help_text=_("Incremented by every save; guards against lost updates.")
+    )
+
+    version_exempt_fields: ClassVar[frozenset[str]] = frozenset()
+
+    objects = VersionedQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        update_fields = kwargs.get("update_fields")
+        self._uow_skip_version = bool(
+            update_fields is not None
+            and self.version_exempt_fields
+            and set(update_fields) <= set(self.version_exempt_fields)
+        )
+        super().save(*args, **kwargs)
+
+    def _save_table(self, raw: bool = False, *args: Any, **kwargs: Any) -> Any:
+        self._uow_raw = raw
+        return super()._save_table(raw, *args, **kwargs)  # type: ignore[misc]
+
+    def _do_update(  # type: ignore[override]
+        self,
+        base_qs: models.QuerySet[Any],
+        using: str,
+        pk_val: Any,
+        values: list[Any],
+        update_fields: Any,
+        forced_update: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> bool:
+        version_field = self._meta.get_field(VERSION_FIELD)
+        if (
+            getattr(self, "_uow_raw", False)
+            or getattr(self, "_uow_skip_version", False)
+            or version_field not in base_qs.model._meta.local_concrete_fields
+        ):
+            return super()._do_update(  # type: ignore[misc,no-any-return,return-value]
+                base_qs, using, pk_val, values, update_fields, forced_update, *args, **kwargs
+            )
+        if versioned_update(self, base_qs, pk_val, values):
+            return True
+        if self._state.adding:
+            return False  # never stored: let Django INSERT (an existing pk fails loudly)
+        raise conflict_error(self, using, self.version, "save")
+
+    def delete(
+        self, using: str | None = None, keep_parents: bool = False
+    ) -> tuple[int, dict[str, int]]:
+        using = using or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            versioned_delete_guard(self, using)
+            return super().delete(using=using, keep_parents=keep_parents)
+
+
+class AggregateRoot(VersionedModel):
+    """Abstract aggregate: a versioned model that records domain events.
+
+    Events wait in ``pending_events`` until the active unit of work writes them to the
+    outbox at commit. Saving an aggregate with pending events outside a unit of work
+    raises ``NoActiveUnitOfWork``: events are never silently dropped.
+    """
+
+    class Meta:
+        abstract = True
+
+    @property
+    def _uow_staged(self) -> list[StagedEvent]:
+        try:
+            return self.__dict__["_uow_staged_events"]  # type: ignore[no-any-return]
+        except KeyError:
+            staged: list[StagedEvent] = []
+            self.__dict__["_uow_staged_events"] = staged
+            return staged
+
+    @property
+    def pending_events(self) -> list[DomainEvent]:
+        """Events recorded and not yet written to the outbox, oldest first."""
+        return [staged.event for staged in self._uow_staged]
+
+    def record_event(self, event: DomainEvent) -> None:
+        """Record ``event``; it is written to the outbox when the unit of work commits.
+
+        Raises ``EventSerializationError`` now, naming the field, if the event cannot
+        be stored as JSON.
+        """
+        from .unit_of_work import uow_for_alias
+
+        staged = StagedEvent.from_event(event)
+        self._uow_staged.append(staged)
+        self.__dict__["_uow_unsaved_events"] = True
+        uow = uow_for_alias(self._uow_alias())
+        if uow is not None:
+            uow._track_event(self, staged)
+
+    def _uow_alias(self) -> str:
+        return self._state.db or router.db_for_write(type(self), instance=self)
+
+    def _uow_before_write(self, using: str | None, operation: str) -> UnitOfWork | None:
+        from .unit_of_work import uow_guarding_write
+
+        return uow_guarding_write(self, using or self._uow_alias(), operation)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:  # noqa: DJ012 - beside its helpers
+        uow = self._uow_before_write(kwargs.get("using"), "save")
+        super().save(*args, **kwargs)
+        self.__dict__["_uow_unsaved_events"] = False
+        if uow is not None:
+            uow._track_written(self)
+
+    def delete(
+        self, using: str | None = None, keep_parents: bool = False
+    ) -> tuple[int, dict[str, int]]:
+        uow = self._uow_before_write(using, "delete")
+        pk = self.pk
+        result = super().delete(using=using, keep_parents=keep_parents)
+        self.__dict__["_uow_unsaved_events"] = False
+        self.__dict__["_uow_deleted_pk"] = pk
+        if uow is not None:
+            uow._track_written(self)
+        return result

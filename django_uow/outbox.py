@@ -1,0 +1,103 @@
+"""Writing staged events to the outbox: one INSERT per commit, whatever the number of events.
+
+Django's ``bulk_create`` splits large batches (999 parameters on SQLite, 65,535 on
+PostgreSQL). Here PostgreSQL receives one array per column (``unnest``) and SQLite one
+JSON document (``json_each``), so the statement count stays at one. Other databases
+use ``bulk_create``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections
+
+from .models import OutboxEvent
+
+#: Columns written at staging time; the others are nullable and start empty.
+INSERT_FIELDS = (
+    "event_id",
+    "event_type",
+    "aggregate_type",
+    "aggregate_id",
+    "aggregate_version",
+    "occurred_at",
+    "payload",
+    "headers",
+    "status",
+    "attempts",
+    "last_error",
+    "available_at",
+    "created_at",
+    "claimed_by",
+)
+JSON_FIELDS = frozenset({"payload", "headers"})
+
+
+def write_events(events: Sequence[OutboxEvent], using: str) -> None:
+    """Insert ``events`` (unsaved ``OutboxEvent`` instances) with one statement."""
+    if not events:
+        return
+    connection = connections[using]
+    vendor = connection.vendor
+    if vendor == "postgresql":
+        _insert_unnest(events, using)
+    elif vendor == "sqlite":
+        _insert_json_each(events, using)
+    else:
+        OutboxEvent.objects.using(using).bulk_create(events)
+
+
+def _fields() -> list[Any]:
+    return [OutboxEvent._meta.get_field(name) for name in INSERT_FIELDS]
+
+
+def _column_values(events: Sequence[OutboxEvent], using: str) -> list[list[Any]]:
+    connection = connections[using]
+    columns: list[list[Any]] = []
+    for field in _fields():
+        if field.name in JSON_FIELDS:
+            columns.append(
+                [json.dumps(getattr(e, field.attname), cls=DjangoJSONEncoder) for e in events]
+            )
+        else:
+            columns.append(
+                [field.get_db_prep_save(getattr(e, field.attname), connection) for e in events]
+            )
+    return columns
+
+
+def _insert_unnest(events: Sequence[OutboxEvent], using: str) -> None:
+    connection = connections[using]
+    fields = _fields()
+    table = connection.ops.quote_name(OutboxEvent._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    arrays = ", ".join(
+        f"%s::{'text' if f.name in JSON_FIELDS else f.db_type(connection)}[]" for f in fields
+    )
+    aliases = [f"c{i}" for i in range(len(fields))]
+    selected = ", ".join(
+        f"{alias}::jsonb" if f.name in JSON_FIELDS else alias
+        for alias, f in zip(aliases, fields, strict=True)
+    )
+    sql = (
+        f"INSERT INTO {table} ({names}) SELECT {selected} "
+        f"FROM unnest({arrays}) AS t({', '.join(aliases)})"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _column_values(events, using))
+
+
+def _insert_json_each(events: Sequence[OutboxEvent], using: str) -> None:
+    connection = connections[using]
+    fields = _fields()
+    table = connection.ops.quote_name(OutboxEvent._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    selected = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(fields)))
+    rows = [list(row) for row in zip(*_column_values(events, using), strict=True)]
+    sql = f"INSERT INTO {table} ({names}) SELECT {selected} FROM json_each(%s)"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [json.dumps(rows, cls=DjangoJSONEncoder)])

@@ -1,0 +1,457 @@
+"""``UnitOfWork``: one business transaction, its aggregates and its events.
+
+A unit of work wraps ``transaction.atomic``. The outermost one on a database owns a
+journal of what happened inside; nested ones are savepoints that share it. On a clean
+exit the outermost one flushes registered changes, checks invariants, runs
+``before_commit`` hooks and writes every recorded event to the outbox in one INSERT,
+all inside the transaction. After the real COMMIT, the relay fast path runs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from enum import Enum
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+from django.db import connections, models, transaction
+
+from . import signals
+from .events import DomainEvent, StagedEvent
+from .exceptions import NoActiveUnitOfWork, UnitOfWorkError
+from .tracking import Journal, Mark, identity_key
+
+if TYPE_CHECKING:
+    from .models import OutboxEvent
+
+logger = logging.getLogger("django_uow.unit_of_work")
+
+M = TypeVar("M", bound=models.Model)
+
+_stack: contextvars.ContextVar[tuple[UnitOfWork, ...]] = contextvars.ContextVar(
+    "django_uow_stack", default=()
+)
+
+
+class _State(Enum):
+    NEW = "new"
+    ACTIVE = "active"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled back"
+
+
+def current_uow(using: str | None = None) -> UnitOfWork | None:
+    """Return the innermost active unit of work of this thread/context (on ``using``), or None."""
+    for uow in reversed(_stack.get()):
+        if using is None or uow.using == using:
+            return uow
+    return None
+
+
+def uow_for_alias(using: str) -> UnitOfWork | None:
+    return current_uow(using)
+
+
+def uow_guarding_write(obj: Any, using: str, operation: str) -> UnitOfWork | None:
+    """Return the unit of work an aggregate write belongs to, or raise if events would be lost."""
+    uow = current_uow(using)
+    if uow is not None:
+        return uow
+    pending = obj.__dict__.get("_uow_staged_events") or []
+    label = f"{obj._meta.label} pk={obj.pk!r}"
+    stack = _stack.get()
+    if stack and (pending or any(u._journal.is_tracked(obj) for u in stack)):
+        active = stack[-1].using
+        raise UnitOfWorkError(
+            f"{label} is being {operation}d on database {using!r} inside a UnitOfWork on "
+            f"{active!r}. Its events must commit in the same transaction as its data: "
+            f"{operation} it with using={active!r}, or open UnitOfWork(using={using!r})."
+        )
+    if pending:
+        types = ", ".join(sorted({s.event_type for s in pending}))
+        raise NoActiveUnitOfWork(
+            f"{label} has {len(pending)} pending event(s) ({types}) but is being {operation}d "
+            "outside a unit of work, so they would never be published. Wrap the operation in "
+            "`with UnitOfWork():` or decorate it with @unit_of_work."
+        )
+    return None
+
+
+class UnitOfWork:
+    """One business transaction on database ``using``; nested, a savepoint.
+
+    Use it as ``with UnitOfWork() as uow:``, or call ``begin()`` and later
+    ``commit()`` / ``rollback()``. An exception leaving the block rolls back and
+    propagates unchanged.
+    """
+
+    def __init__(self, using: str = "default", *, savepoint: bool = True) -> None:
+        self.using = using
+        self.savepoint_enabled = savepoint
+        self.id = uuid.uuid4()
+        self._state = _State.NEW
+        self._parent: UnitOfWork | None = None
+        self._root: UnitOfWork = self
+        self._journal = Journal()
+        self._mark: Mark | None = None
+        self._atomic: transaction.Atomic | None = None
+        self._token: contextvars.Token[tuple[UnitOfWork, ...]] | None = None
+        self._on_rollback: list[Callable[[], Any]] = []
+        self.written: list[OutboxEvent] = []
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def begin(self) -> UnitOfWork:
+        """Open the transaction (or savepoint, when nested) and make this the current UoW."""
+        if self._state is not _State.NEW:
+            raise UnitOfWorkError(
+                f"This UnitOfWork is already {self._state.value}; create a new one for "
+                "another transaction."
+            )
+        self._parent = current_uow(self.using)
+        if self._parent is not None:
+            self._root = self._parent._root
+            self._journal = self._root._journal
+            self._mark = self._journal.mark()
+        self._atomic = transaction.atomic(using=self.using, savepoint=self.savepoint_enabled)
+        self._atomic.__enter__()
+        self._token = _stack.set((*_stack.get(), self))
+        self._state = _State.ACTIVE
+        return self
+
+    def __enter__(self) -> UnitOfWork:
+        return self.begin()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        if self._state is not _State.ACTIVE:
+            return False  # finished early by commit() or rollback()
+        if exc_type is None:
+            self.commit()
+        else:
+            self._finish_with_rollback(exc_type, exc, tb)
+        return False
+
+    @property
+    def is_root(self) -> bool:
+        return self._root is self
+
+    @property
+    def is_active(self) -> bool:
+        return self._state is _State.ACTIVE
+
+    def _require_innermost(self, action: str) -> None:
+        if self._state is not _State.ACTIVE:
+            raise UnitOfWorkError(f"Cannot {action}: this UnitOfWork is {self._state.value}.")
+        stack = _stack.get()
+        if not stack or stack[-1] is not self:
+            raise UnitOfWorkError(
+                f"Cannot {action} this UnitOfWork while a nested one is still open; finish "
+                "the inner unit of work first."
+            )
+
+    def commit(self) -> None:
+        """Write the events and commit (release the savepoint when nested)."""
+        self._require_innermost("commit")
+        assert self._atomic is not None
+        if self.is_root:
+            try:
+                self._flush_and_stage()
+            except BaseException as error:
+                self._finish_with_rollback(type(error), error, error.__traceback__)
+                raise
+        self._pop()
+        try:
+            self._atomic.__exit__(None, None, None)
+        except BaseException:
+            self._after_rollback()
+            raise
+        self._state = _State.COMMITTED
+        if self._parent is not None:
+            self._parent._on_rollback.extend(self._on_rollback)
+        else:
+            self._after_commit()
+
+    def rollback(self) -> None:
+        """Roll back now; a surrounding ``with`` block then exits without raising."""
+        self._require_innermost("roll back")
+        transaction.set_rollback(True, using=self.using)
+        self._finish_with_rollback(None, None, None)
+
+    def _finish_with_rollback(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._atomic is not None
+        self._pop()
+        try:
+            if exc_type is None:
+                self._atomic.__exit__(None, None, None)  # set_rollback(True) makes this a rollback
+            else:
+                self._atomic.__exit__(exc_type, exc, tb)
+        finally:
+            self._after_rollback()
+
+    def _pop(self) -> None:
+        if self._token is not None:
+            try:
+                _stack.reset(self._token)
+            except ValueError:  # exited from another context: drop ourselves by identity
+                _stack.set(tuple(u for u in _stack.get() if u is not self))
+            self._token = None
+
+    def _after_rollback(self) -> None:
+        self._state = _State.ROLLED_BACK
+        if self._mark is not None:
+            self._journal.rollback_to(self._mark)
+        else:
+            self._discard_pending_events()
+        for callback in self._on_rollback:
+            callback()
+        signals.uow_rolled_back.send(sender=UnitOfWork, uow=self)
+
+    def _after_commit(self) -> None:
+        self._discard_pending_events()
+
+    def _discard_pending_events(self) -> None:
+        """Clear the aggregates' pending lists: written (commit) or void (rollback)."""
+        for owner, staged in self._journal.events:
+            if owner is not None:
+                pending = owner.__dict__.get("_uow_staged_events", [])
+                if staged in pending:
+                    pending.remove(staged)
+
+    # -- staging --------------------------------------------------------------------
+
+    def _flush_and_stage(self) -> None:
+        from .flush import flush_changes
+        from .outbox import write_events
+
+        journal = self._journal
+        flush_changes(journal, self.using)
+        for obj in list(journal.tracked):
+            check = getattr(obj, "check_invariants", None)
+            if callable(check):
+                check()
+        for hook in list(journal.before_commit):
+            hook()
+        rows = self._outbox_rows()
+        if not rows:
+            return
+        write_events(rows, self.using)
+        self.written = rows
+        signals.events_staged.send(sender=UnitOfWork, uow=self, events=rows, using=self.using)
+        ids = [row.event_id for row in rows]
+        from .fastpath import relay_after_commit
+
+        using = self.using
+        transaction.on_commit(lambda: relay_after_commit(ids, using), using=using)
+        transaction.on_commit(
+            lambda: signals.uow_committed.send(sender=UnitOfWork, uow=self, events=rows),
+            using=using,
+        )
+
+    def _outbox_rows(self) -> list[OutboxEvent]:
+        from .locking import touch
+        from .models import OutboxEvent, VersionedModel
+
+        rows: list[OutboxEvent] = []
+        touched: set[int] = set()
+        for owner, staged in self._journal.events:
+            aggregate_type = aggregate_id = ""
+            version: int | None = None
+            if owner is not None:
+                if owner.__dict__.get("_uow_unsaved_events") and id(owner) not in touched:
+                    touched.add(id(owner))
+                    self._persist_event_only_change(owner, touch)
+                aggregate_type = owner._meta.label_lower
+                pk = owner.pk if owner.pk is not None else owner.__dict__.get("_uow_deleted_pk")
+                aggregate_id = "" if pk is None else str(pk)
+                version = owner.version if isinstance(owner, VersionedModel) else None
+            rows.append(
+                OutboxEvent(
+                    event_id=staged.event_id,
+                    event_type=staged.event_type,
+                    aggregate_type=aggregate_type,
+                    aggregate_id=aggregate_id,
+                    aggregate_version=version,
+                    occurred_at=staged.occurred_at,
+                    payload=staged.payload,
+                    headers=staged.headers,
+                    available_at=staged.occurred_at,
+                    created_at=staged.occurred_at,
+                )
+            )
+        return rows
+
+    def _persist_event_only_change(self, owner: Any, touch: Callable[[Any, str], None]) -> None:
+        if owner._state.adding or owner.pk is None:
+            types = ", ".join(sorted({s.event_type for s in owner._uow_staged}))
+            raise UnitOfWorkError(
+                f"A new {owner._meta.label} recorded {types} but was never saved in this unit "
+                "of work, so its events have no aggregate id. Save it (or uow.add() it) "
+                "before the unit of work commits."
+            )
+        touch(owner, self.using)
+        owner.__dict__["_uow_unsaved_events"] = False
+
+    # -- public helpers -------------------------------------------------------------
+
+    def record_event(self, event: DomainEvent) -> None:
+        """Record an event that belongs to no aggregate."""
+        self._require_active("record an event")
+        self._journal.log_event(None, StagedEvent.from_event(event))
+
+    def add(self, obj: models.Model) -> None:
+        """Track ``obj``: a new object is inserted at commit, an existing one saved if changed."""
+        self._require_active("add an object")
+        if obj._state.adding:
+            self._journal.register_new(obj)
+        else:
+            self._journal.register_existing(obj)
+
+    def remove(self, obj: models.Model) -> None:
+        """Delete ``obj`` at commit (version-checked for versioned models)."""
+        self._require_active("remove an object")
+        self._journal.register_deleted(obj)
+
+    def repository(self, model: type[M]) -> Repository[M]:
+        """A repository of ``model`` bound to this unit of work's identity map."""
+        return Repository(self, model)
+
+    def savepoint(self) -> UnitOfWork:
+        """A nested scope: if it rolls back, the events recorded inside it are discarded."""
+        self._require_active("open a savepoint")
+        return UnitOfWork(self.using, savepoint=True)
+
+    def before_commit(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """Run ``fn`` inside the transaction just before the events are written."""
+        self._require_active("register a before_commit hook")
+        self._journal.before_commit.append(fn)
+        return fn
+
+    def on_commit(self, fn: Callable[[], Any], *, robust: bool = False) -> Callable[[], Any]:
+        """Run ``fn`` after the real COMMIT (``transaction.on_commit``)."""
+        self._require_active("register an on_commit hook")
+        if robust:
+            transaction.on_commit(fn, using=self.using, robust=True)  # type: ignore[call-arg]
+        else:
+            transaction.on_commit(fn, using=self.using)
+        return fn
+
+    def on_rollback(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """Run ``fn`` after this unit of work (or an enclosing one) rolls back."""
+        self._require_active("register an on_rollback hook")
+        self._on_rollback.append(fn)
+        return fn
+
+    def _require_active(self, action: str) -> None:
+        if self._state is not _State.ACTIVE:
+            raise NoActiveUnitOfWork(
+                f"Cannot {action}: this UnitOfWork is {self._state.value}. Do it inside "
+                "the `with UnitOfWork():` block."
+            )
+
+    @property
+    def new(self) -> list[models.Model]:
+        return list(self._journal.new)
+
+    @property
+    def dirty(self) -> list[models.Model]:
+        return self._journal.dirty()
+
+    @property
+    def deleted(self) -> list[models.Model]:
+        return list(self._journal.deleted)
+
+    @property
+    def events(self) -> list[DomainEvent]:
+        """Every event recorded so far in this transaction, in record order."""
+        return [staged.event for _, staged in self._journal.events]
+
+    @property
+    def tracked(self) -> list[models.Model]:
+        return list(self._journal.tracked)
+
+    # -- hooks used by the models -------------------------------------------------------
+
+    def _track_event(self, owner: models.Model, staged: StagedEvent) -> None:
+        self._journal.log_event(owner, staged)
+
+    def _track_written(self, obj: models.Model) -> None:
+        self._journal.track(obj)
+        self._journal.refresh_snapshot(obj)
+
+    def __repr__(self) -> str:
+        kind = "root" if self.is_root else "savepoint"
+        return f"<UnitOfWork {kind} using={self.using!r} {self._state.value}>"
+
+
+class Repository(Generic[M]):
+    """Loads ``model`` rows through a unit of work: one instance per row, changes tracked."""
+
+    def __init__(self, uow: UnitOfWork, model: type[M]) -> None:
+        self.uow = uow
+        self.model = model
+
+    def _queryset(self) -> models.QuerySet[M]:
+        return self.model._default_manager.using(self.uow.using)
+
+    def _cached(self, pk: Any) -> M | None:
+        key = (self.model._meta.label, self.model._meta.pk.to_python(pk))  # type: ignore[union-attr]
+        return self.uow._journal.identity.get(key)  # type: ignore[return-value]
+
+    def get(self, pk: Any) -> M:
+        """The instance for ``pk``: from the identity map, or loaded once."""
+        cached = self._cached(pk)
+        if cached is not None:
+            return cached
+        return self.uow._journal.load(self._queryset().get(pk=pk))  # type: ignore[return-value]
+
+    def get_for_update(self, pk: Any) -> M:
+        """Like ``get`` but locks the row (``SELECT ... FOR UPDATE``) until commit."""
+        row = self._queryset().select_for_update().get(pk=pk)
+        cached = self._cached(pk)
+        return cached if cached is not None else self.uow._journal.load(row)  # type: ignore[return-value]
+
+    def filter(self, *args: Any, **kwargs: Any) -> list[M]:
+        journal = self.uow._journal
+        return [journal.load(obj) for obj in self._queryset().filter(*args, **kwargs)]  # type: ignore[misc]
+
+    def add(self, obj: M) -> M:
+        self.uow.add(obj)
+        return obj
+
+    def remove(self, obj: M) -> None:
+        self.uow.remove(obj)
+
+    def __iter__(self) -> Iterable[M]:  # pragma: no cover - explicit API preferred
+        raise TypeError("Use repository.filter(...) to load several objects.")
+
+
+def group_by_model(objs: Iterable[models.Model]) -> dict[type[models.Model], list[models.Model]]:
+    groups: dict[type[models.Model], list[models.Model]] = defaultdict(list)
+    for obj in objs:
+        groups[type(obj)].append(obj)
+    return groups
+
+
+def refresh_snapshot_after_save(sender: Any, instance: models.Model, **kwargs: Any) -> None:
+    """``post_save`` receiver: an explicit save inside a UoW makes the object clean again."""
+    for uow in _stack.get():
+        if identity_key(instance) in uow._journal.identity:
+            uow._journal.refresh_snapshot(instance)
+
+
+def connection_in_atomic_block(using: str) -> bool:
+    return bool(connections[using].in_atomic_block)

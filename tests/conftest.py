@@ -1,0 +1,59 @@
+"""Shared fixtures. Servers that a test needs are probed once; unreachable ones skip the
+test with a reason, except under CI=true, where they fail it."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from django.db import connection
+
+CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def server_reachable(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name: str, host: str, port: int) -> None:
+    if server_reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if CI:
+        pytest.fail(f"{message} (CI=true: a missing server is a failure, not a skip)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def redis_server() -> str:
+    from django.conf import settings
+
+    require_server("Redis", "127.0.0.1", 6379)
+    return str(settings.REDIS_URL)
+
+
+@pytest.fixture
+def require_postgres() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: run with UOW_DB=postgres")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("postgres"):
+            item.fixturenames.insert(0, "require_postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("UOW_DB") == "postgres":
+        from django.conf import settings
+
+        db = settings.DATABASES["default"]
+        require = pytest.fail if CI else pytest.exit
+        if not server_reachable(db["HOST"], int(db["PORT"])):
+            require(f"PostgreSQL is not reachable on {db['HOST']}:{db['PORT']} (UOW_DB=postgres)")

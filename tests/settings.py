@@ -1,0 +1,97 @@
+"""Test settings: SQLite by default, PostgreSQL with UOW_DB=postgres.
+
+Parallel runs on one machine can keep apart with UOW_PG_TEST_DB (test database name)
+and UOW_REDIS_DB (Redis database number).
+"""
+
+import os
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+DB_VENDOR = os.environ.get("UOW_DB", "sqlite")
+PG_HOST = os.environ.get("UOW_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("UOW_PG_PORT", "5432"))
+REDIS_DB = int(os.environ.get("UOW_REDIS_DB", "9"))
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+
+if DB_VENDOR == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": "postgres",
+            "USER": "postgres",
+            "HOST": PG_HOST,
+            "PORT": PG_PORT,
+            "TEST": {"NAME": os.environ.get("UOW_PG_TEST_DB", "test_django_uow")},
+        },
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("UOW_SQLITE_NAME", ":memory:"),
+            "TEST": {"NAME": os.environ.get("UOW_SQLITE_TEST_NAME") or None},
+        },
+    }
+DATABASES["other"] = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": ":memory:",
+}
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_uow",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+STATIC_URL = "/static/"
+
+DJANGO_UOW = {
+    "RELAY_ON_COMMIT": False,
+    "PUBLISHERS": ["django_uow.publishers.InlinePublisher"],
+    "REDIS_URL": REDIS_URL,
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ALWAYS_EAGER = False
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {"django_uow": {"handlers": ["null"], "level": "INFO"}},
+}
