@@ -38,7 +38,10 @@ test-postgres: install
 
 # Headless Chromium for the admin browser test (Debian's package; never a downloaded browser).
 browser-deps:
-	@true
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "Installing Debian's chromium for the admin browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 demo: install
 	$(BIN)/python manage.py demo
