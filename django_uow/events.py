@@ -16,7 +16,7 @@ import types
 import typing
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, Union
 
@@ -249,6 +249,26 @@ def event_context(
 
 def current_event_context() -> tuple[str | None, str | None]:
     return _causation.get()
+
+
+def ensure_correlation(
+    default_id: str,
+) -> contextvars.Token[tuple[str | None, str | None]] | None:
+    """Give events a correlation id for this business transaction, unless one is set.
+
+    Returns a token for ``reset_event_context`` when it set one.
+    """
+    correlation_id, causation_id = _causation.get()
+    if correlation_id:
+        return None
+    return _causation.set((default_id, causation_id))
+
+
+def reset_event_context(token: contextvars.Token[tuple[str | None, str | None]] | None) -> None:
+    if token is not None:
+        # Reset from another context: nothing of ours to undo there.
+        with suppress(ValueError):
+            _causation.reset(token)
 
 
 # --------------------------------------------------------------------------- envelopes

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from django.db import connections, models, transaction
 
 from . import signals
-from .events import DomainEvent, StagedEvent
+from .events import DomainEvent, StagedEvent, ensure_correlation, reset_event_context
 from .exceptions import NoActiveUnitOfWork, UnitOfWorkError
 from .tracking import Journal, Mark, identity_key
 
@@ -100,6 +100,7 @@ class UnitOfWork:
         self._mark: Mark | None = None
         self._atomic: transaction.Atomic | None = None
         self._token: contextvars.Token[tuple[UnitOfWork, ...]] | None = None
+        self._context_token: Any = None
         self._on_rollback: list[Callable[[], Any]] = []
         self.written: list[OutboxEvent] = []
 
@@ -120,6 +121,8 @@ class UnitOfWork:
         self._atomic = transaction.atomic(using=self.using, savepoint=self.savepoint_enabled)
         self._atomic.__enter__()
         self._token = _stack.set((*_stack.get(), self))
+        if self._parent is None:
+            self._context_token = ensure_correlation(str(self.id))
         self._state = _State.ACTIVE
         return self
 
@@ -203,6 +206,8 @@ class UnitOfWork:
             self._after_rollback()
 
     def _pop(self) -> None:
+        reset_event_context(self._context_token)
+        self._context_token = None
         if self._token is not None:
             try:
                 _stack.reset(self._token)

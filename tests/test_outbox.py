@@ -1,0 +1,112 @@
+"""Staging: every event of a commit lands in the outbox in one INSERT, in record order."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from django_uow import UnitOfWork
+from django_uow.models import OutboxEvent
+from tests.helpers import capture_statements
+from tests.testapp.events import OrderPaid, OrderPlaced, Pinged
+from tests.testapp.models import Order
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_one_insert_for_many_events_beyond_bulk_create_batch_limits() -> None:
+    # 500 rows x 14 columns exceeds SQLite's 999-parameter batches of bulk_create.
+    order = Order.objects.create(total=Decimal("1.00"))
+    with capture_statements() as statements, UnitOfWork():
+        for i in range(500):
+            order.record_event(OrderPlaced(order_id=order.pk, total=Decimal(i)))
+        order.save()
+
+    assert statements == ["UPDATE testapp_order", "INSERT django_uow_outboxevent"]
+    totals = list(OutboxEvent.objects.order_by("id").values_list("payload", flat=True))
+    assert [Decimal(p["total"]) for p in totals] == [Decimal(i) for i in range(500)]
+
+
+def test_one_insert_and_one_update_counted_with_django_assert_num_queries(
+    django_assert_num_queries,
+) -> None:
+    order = Order.objects.create(total=Decimal("3.00"))
+    # BEGIN, UPDATE order, INSERT outbox (10 events), COMMIT.
+    with django_assert_num_queries(4), UnitOfWork():
+        for _ in range(10):
+            order.pay()
+        order.save()
+    assert OutboxEvent.objects.count() == 10
+
+
+def test_commit_without_events_adds_no_query() -> None:
+    order = Order.objects.create(total=Decimal("3.00"))
+    with CaptureQueriesContext(connection) as plain, transaction.atomic():
+        order.note = "plain"
+        order.save()
+    with CaptureQueriesContext(connection) as with_uow, UnitOfWork():
+        order.note = "no event"
+        order.save()
+    # The same statements as a plain atomic block: BEGIN, UPDATE, COMMIT.
+    assert len(with_uow.captured_queries) == len(plain.captured_queries) == 3
+    with CaptureQueriesContext(connection) as empty_atomic, transaction.atomic():
+        pass
+    with CaptureQueriesContext(connection) as empty_uow, UnitOfWork():
+        pass
+    assert len(empty_uow.captured_queries) == len(empty_atomic.captured_queries)
+    assert OutboxEvent.objects.count() == 0
+
+
+def test_envelope_columns_are_filled() -> None:
+    ref = uuid.uuid4()
+    with UnitOfWork() as uow:
+        order = Order.objects.create(total=Decimal("9.50"))
+        order.place()
+        order.save()
+        uow.record_event(Pinged(note="hello", ref=ref))
+
+    placed, pinged = OutboxEvent.objects.order_by("id")
+    assert placed.event_type == "testapp.OrderPlaced"
+    assert placed.aggregate_type == "testapp.order"
+    assert placed.aggregate_id == str(order.pk)
+    assert placed.aggregate_version == order.version == 2
+    assert placed.payload == {"order_id": order.pk, "total": "9.50"}
+    assert placed.status == OutboxEvent.Status.PENDING
+    assert placed.attempts == 0
+    assert placed.headers["schema_version"] == 1
+    assert placed.headers["correlation_id"]
+    assert placed.occurred_at <= placed.available_at or placed.occurred_at == placed.available_at
+    assert placed.dispatched_at is None
+    assert isinstance(placed.event_id, uuid.UUID)
+
+    assert pinged.event_type == "testapp.Pinged"
+    assert (pinged.aggregate_type, pinged.aggregate_id, pinged.aggregate_version) == ("", "", None)
+    assert pinged.payload == {"note": "hello", "ref": str(ref), "extra": {}}
+    # One business transaction: one correlation id for all its events.
+    assert pinged.headers["correlation_id"] == placed.headers["correlation_id"]
+
+    event = pinged.to_envelope().to_event()
+    assert event == Pinged(note="hello", ref=ref)
+
+
+def test_events_of_several_aggregates_keep_record_order() -> None:
+    a = Order.objects.create(total=1)
+    b = Order.objects.create(total=2)
+    with UnitOfWork():
+        a.pay()
+        b.pay()
+        a.cancel("changed mind")
+        b.record_event(OrderPaid(order_id=b.pk))
+        a.save()
+        b.save()
+    rows = list(OutboxEvent.objects.order_by("id").values_list("event_type", "aggregate_id"))
+    assert rows == [
+        ("testapp.OrderPaid", str(a.pk)),
+        ("testapp.OrderPaid", str(b.pk)),
+        ("orders.cancelled", str(a.pk)),
+        ("testapp.OrderPaid", str(b.pk)),
+    ]

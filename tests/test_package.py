@@ -1,0 +1,46 @@
+"""Packaging: the public API, lazy model exports, migrations in sync with models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+import django_uow
+
+
+def test_import_before_django_setup_works() -> None:
+    code = (
+        "import django_uow, sys; "
+        "assert 'django_uow.models' not in sys.modules; "
+        "print(django_uow.UnitOfWork.__name__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "UnitOfWork"
+
+
+def test_public_names_are_exported() -> None:
+    for name in django_uow.__all__:
+        assert getattr(django_uow, name) is not None, name
+    from django_uow.models import AggregateRoot, OutboxEvent
+
+    assert django_uow.AggregateRoot is AggregateRoot
+    assert django_uow.OutboxEvent is OutboxEvent
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        django_uow.Nope  # noqa: B018
+
+
+@pytest.mark.django_db
+def test_migrations_match_models() -> None:
+    out = StringIO()
+    try:
+        call_command("makemigrations", "--check", "--dry-run", stdout=out, stderr=out)
+    except SystemExit as exit_:  # pragma: no cover - the failure path
+        pytest.fail(f"Models and migrations have drifted:\n{out.getvalue()}")
+        raise exit_
