@@ -1,22 +1,302 @@
-"""System checks for the ``DJANGO_UOW`` setting (ids ``django_uow.E0xx`` / ``W0xx``)."""
+"""System checks for the ``DJANGO_UOW`` setting.
+
+Ids are stable and never reused:
+
+- ``E001`` ``DJANGO_UOW`` is not a dict; ``E002`` unknown key;
+- ``E003`` ``RELAY_ON_COMMIT``; ``E004`` ``PUBLISHERS`` shape; ``E005`` a publisher that
+  does not import; ``E006`` ``BATCH_SIZE``; ``E007`` ``MAX_ATTEMPTS``; ``E008`` ``BACKOFF``;
+  ``E009`` ``ORDERING``; ``E010`` ``RETENTION``; ``E011`` ``PRUNE_BATCH_SIZE``;
+  ``E012`` ``LEASE``; ``E013`` ``REDIS_URL``; ``E014`` ``STREAM_KEY``;
+  ``E015`` ``STREAM_MAXLEN``; ``E016`` ``CELERY_QUEUE``; ``E017`` ``CELERY_RELAY_TASK``;
+  ``E018`` Celery is needed but not installed;
+- ``W001`` SQLite as the default database with relays that run side by side.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import string
+from collections.abc import Callable
+from datetime import timedelta
+from numbers import Real
 from typing import Any
 
 from django.core import checks
+from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS
 
+CELERY_PUBLISHER = "django_uow.publishers.CeleryPublisher"
+STREAM_KEY_FIELDS = frozenset({"aggregate_type", "event_type"})
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+DOCS_HINT = "See the configuration page of the django-uow documentation."
+
+Message = checks.CheckMessage
+
+
+def _error(msg: str, hint: str, number: int) -> checks.Error:
+    return checks.Error(msg, hint=hint, id=f"django_uow.E{number:03d}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _positive_int(key: str, number: int, minimum: int = 1) -> Callable[[Any], list[Message]]:
+    def check(value: Any) -> list[Message]:
+        if _is_int(value) and value >= minimum:
+            return []
+        return [
+            _error(
+                f"DJANGO_UOW[{key!r}] must be an integer >= {minimum}, not {value!r}.",
+                f"For example DJANGO_UOW = {{{key!r}: {DEFAULTS[key]!r}}}.",
+                number,
+            )
+        ]
+
+    return check
+
+
+def _check_relay_on_commit(value: Any) -> list[Message]:
+    # True is accepted as an alias of "celery" (see conf.UowSettings.RELAY_ON_COMMIT).
+    if _relays_in_celery(value) or value == "inline" or value is False:
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['RELAY_ON_COMMIT'] must be 'celery', 'inline' or False, not {value!r}.",
+            "'celery' enqueues the relay task after commit, 'inline' relays in-process, "
+            "False leaves relaying to relay_outbox / the beat task.",
+            3,
+        )
+    ]
+
+
+def _check_publishers(value: Any) -> list[Message]:
+    if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
+        return [
+            _error(
+                f"DJANGO_UOW['PUBLISHERS'] must be a list of dotted paths, not {value!r}.",
+                f"For example DJANGO_UOW = {{'PUBLISHERS': [{CELERY_PUBLISHER!r}]}}.",
+                4,
+            )
+        ]
+    if not value:
+        return [
+            _error(
+                "DJANGO_UOW['PUBLISHERS'] is empty: relayed events would go nowhere.",
+                "List at least one publisher, e.g. 'django_uow.publishers.InlinePublisher'.",
+                4,
+            )
+        ]
+    errors: list[Message] = []
+    for path in value:
+        if path == CELERY_PUBLISHER and not _celery_installed():
+            continue  # reported once, clearly, as E018
+        try:
+            import_string(path)
+        except ImportError as exc:
+            errors.append(
+                _error(
+                    f"DJANGO_UOW['PUBLISHERS'] names {path!r}, which cannot be imported: {exc}",
+                    "Check the spelling of the dotted path (module.ClassName) and that "
+                    "its package is installed.",
+                    5,
+                )
+            )
+    return errors
+
+
+def _check_backoff(value: Any) -> list[Message]:
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(_is_number(v) for v in value)
+        and 0 < value[0] <= value[1]
+    ):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['BACKOFF'] must be (base, max) seconds with 0 < base <= max, "
+            f"not {value!r}.",
+            "For example DJANGO_UOW = {'BACKOFF': (1.0, 300.0)}: the first retry waits up "
+            "to 1 s, later ones double up to 300 s.",
+            8,
+        )
+    ]
+
+
+def _check_ordering(value: Any) -> list[Message]:
+    if value in ("aggregate", "none"):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['ORDERING'] must be 'aggregate' or 'none', not {value!r}.",
+            "'aggregate' keeps per-aggregate order (the default); 'none' relays without it.",
+            9,
+        )
+    ]
+
+
+def _check_retention(value: Any) -> list[Message]:
+    if isinstance(value, timedelta) and value > timedelta(0):
+        return []
+    if _is_number(value) and value > 0:
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['RETENTION'] must be a positive timedelta or number of seconds, "
+            f"not {value!r}.",
+            "For example DJANGO_UOW = {'RETENTION': timedelta(days=7)}.",
+            10,
+        )
+    ]
+
+
+def _check_lease(value: Any) -> list[Message]:
+    if _is_number(value) and value > 0:
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['LEASE'] must be a positive number of seconds, not {value!r}.",
+            "Use more than the time a relay needs to publish one batch, e.g. 60.",
+            12,
+        )
+    ]
+
+
+def _check_redis_url(value: Any) -> list[Message]:
+    if isinstance(value, str) and value.startswith(REDIS_SCHEMES):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['REDIS_URL'] must be a redis://, rediss:// or unix:// URL, not {value!r}.",
+            "For example DJANGO_UOW = {'REDIS_URL': 'redis://127.0.0.1:6379/0'}.",
+            13,
+        )
+    ]
+
+
+def _check_stream_key(value: Any) -> list[Message]:
+    problem = None
+    if not isinstance(value, str) or not value:
+        problem = "must be a non-empty string"
+    else:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            problem = f"is not a valid format string ({exc})"
+        else:
+            unknown = fields - STREAM_KEY_FIELDS
+            if unknown:
+                problem = f"uses unknown placeholder(s) {', '.join(sorted(unknown))}"
+    if problem is None:
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['STREAM_KEY'] {problem}: {value!r}.",
+            "Use a string with {aggregate_type} and/or {event_type}, "
+            "e.g. 'django_uow:{aggregate_type}'.",
+            14,
+        )
+    ]
+
+
+def _check_stream_maxlen(value: Any) -> list[Message]:
+    if value is None or (_is_int(value) and value > 0):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['STREAM_MAXLEN'] must be a positive integer or None, not {value!r}.",
+            "It caps each Redis stream (XADD MAXLEN ~); None keeps every entry.",
+            15,
+        )
+    ]
+
+
+def _check_celery_queue(value: Any) -> list[Message]:
+    if value is None or (isinstance(value, str) and value):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['CELERY_QUEUE'] must be a queue name or None, not {value!r}.",
+            "None uses Celery's default queue.",
+            16,
+        )
+    ]
+
+
+def _check_celery_relay_task(value: Any) -> list[Message]:
+    if isinstance(value, str) and value:
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['CELERY_RELAY_TASK'] must be a task name, not {value!r}.",
+            f"The default is {DEFAULTS['CELERY_RELAY_TASK']!r}.",
+            17,
+        )
+    ]
+
+
+VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
+    "RELAY_ON_COMMIT": _check_relay_on_commit,
+    "PUBLISHERS": _check_publishers,
+    "BATCH_SIZE": _positive_int("BATCH_SIZE", 6),
+    "MAX_ATTEMPTS": _positive_int("MAX_ATTEMPTS", 7),
+    "BACKOFF": _check_backoff,
+    "ORDERING": _check_ordering,
+    "RETENTION": _check_retention,
+    "PRUNE_BATCH_SIZE": _positive_int("PRUNE_BATCH_SIZE", 11),
+    "LEASE": _check_lease,
+    "REDIS_URL": _check_redis_url,
+    "STREAM_KEY": _check_stream_key,
+    "STREAM_MAXLEN": _check_stream_maxlen,
+    "CELERY_QUEUE": _check_celery_queue,
+    "CELERY_RELAY_TASK": _check_celery_relay_task,
+}
+
+
+def _relays_in_celery(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value == "celery")
+
+
+def _celery_installed() -> bool:
+    return importlib.util.find_spec("celery") is not None
+
+
+def _effective(user: dict[str, Any], key: str) -> Any:
+    return user.get(key, DEFAULTS[key])
+
+
+def _uses_celery(user: dict[str, Any]) -> list[str]:
+    reasons = []
+    if _relays_in_celery(_effective(user, "RELAY_ON_COMMIT")):
+        reasons.append("RELAY_ON_COMMIT is 'celery'")
+    publishers = _effective(user, "PUBLISHERS")
+    if isinstance(publishers, list | tuple) and CELERY_PUBLISHER in publishers:
+        reasons.append("PUBLISHERS lists CeleryPublisher")
+    return reasons
+
+
+def _beat_runs_relay(settings: Any, user: dict[str, Any]) -> bool:
+    task = _effective(user, "CELERY_RELAY_TASK")
+    schedule = getattr(settings, "CELERY_BEAT_SCHEDULE", None) or {}
+    if not isinstance(schedule, dict):
+        return False
+    return any(isinstance(e, dict) and e.get("task") == task for e in schedule.values())
+
 
 @checks.register()
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Message]:
+    """Validate every ``DJANGO_UOW`` key the project sets, and what they need installed."""
     from django.conf import settings
 
-    errors: list[checks.CheckMessage] = []
     user = getattr(settings, "DJANGO_UOW", None)
     if user is None:
-        return errors
+        user = {}
     if not isinstance(user, dict):
         return [
             checks.Error(
@@ -25,6 +305,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="django_uow.E001",
             )
         ]
+    errors: list[Message] = []
     for key in sorted(set(user) - set(DEFAULTS)):
         errors.append(
             checks.Error(
@@ -33,4 +314,51 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="django_uow.E002",
             )
         )
+    for key, validate in VALIDATORS.items():
+        if key in user:
+            errors.extend(validate(user[key]))
+
+    uses_celery = _uses_celery(user)
+    if uses_celery and not _celery_installed():
+        errors.append(
+            _error(
+                f"Celery is not installed, but {' and '.join(uses_celery)}.",
+                "Install the extra (pip install 'django-uow[celery]'), or set "
+                "RELAY_ON_COMMIT to 'inline' or False and choose another publisher.",
+                18,
+            )
+        )
+    errors.extend(_check_sqlite_relays(settings, user))
     return errors
+
+
+def _check_sqlite_relays(settings: Any, user: dict[str, Any]) -> list[Message]:
+    """Warn when relays may run side by side on SQLite, which cannot SKIP LOCKED.
+
+    The condition: the default database is SQLite and relaying is handed to Celery
+    workers (``RELAY_ON_COMMIT = "celery"``) or to a beat entry for the relay task. Such
+    relays run concurrently; SQLite serialises them with a database-wide write lock
+    ("database is locked" under load). ``"inline"`` or ``False`` plus a single
+    ``relay_outbox`` process is fine.
+    """
+    databases = getattr(settings, "DATABASES", {}) or {}
+    engine = str(databases.get("default", {}).get("ENGINE", ""))
+    if not engine.endswith("sqlite3"):
+        return []
+    reasons = []
+    if _relays_in_celery(_effective(user, "RELAY_ON_COMMIT")):
+        reasons.append("RELAY_ON_COMMIT is 'celery'")
+    if _beat_runs_relay(settings, user):
+        reasons.append("CELERY_BEAT_SCHEDULE runs the relay task")
+    if not reasons:
+        return []
+    return [
+        checks.Warning(
+            f"The default database is SQLite and {' and '.join(reasons)}: relays running "
+            "side by side serialise on SQLite's write lock (it has no SKIP LOCKED).",
+            hint="Use PostgreSQL (or MySQL 8 / MariaDB 10.6+) in production, or set "
+            "RELAY_ON_COMMIT to 'inline' or False and run one relay_outbox process. "
+            "Silence with SILENCED_SYSTEM_CHECKS = ['django_uow.W001'] for a demo.",
+            id="django_uow.W001",
+        )
+    ]

@@ -1,0 +1,211 @@
+"""Every ``django_uow`` system check id: the wrong value is named, the right one passes."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from django_uow.checks import check_settings
+
+# The checks read settings.DATABASES; overriding it does not touch the open connections.
+pytestmark = pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+
+SQLITE = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+POSTGRES = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}}
+# A valid baseline that neither needs Celery nor warns on SQLite.
+BASE: dict[str, Any] = {"RELAY_ON_COMMIT": False, "PUBLISHERS": ["tests.test_checks.Dummy"]}
+
+
+class Dummy:
+    """An importable stand-in publisher (the check only imports the path)."""
+
+
+def run(**uow: Any) -> list[Any]:
+    with override_settings(DJANGO_UOW={**BASE, **uow}):
+        return check_settings()
+
+
+def ids(messages: list[Any]) -> list[str]:
+    return [m.id for m in messages]
+
+
+def test_valid_settings_pass() -> None:
+    assert run() == []
+
+
+def test_every_default_passes_its_own_check() -> None:
+    from django_uow.conf import DEFAULTS
+
+    defaults = {k: v for k, v in DEFAULTS.items() if k not in ("PUBLISHERS", "RELAY_ON_COMMIT")}
+    with override_settings(DATABASES=POSTGRES):
+        assert run(**defaults) == []
+
+
+def test_e001_not_a_dict() -> None:
+    with override_settings(DJANGO_UOW=["RELAY_ON_COMMIT"]):
+        messages = check_settings()
+    assert ids(messages) == ["django_uow.E001"]
+    assert "must be a dict, not list" in messages[0].msg
+
+
+def test_e002_unknown_key_is_named() -> None:
+    messages = run(BATCHSIZE=10)
+    assert ids(messages) == ["django_uow.E002"]
+    assert "'BATCHSIZE'" in messages[0].msg
+    assert "BATCH_SIZE" in messages[0].hint
+
+
+@pytest.mark.parametrize("value", ["yes", None, 1, "Celery"])
+def test_e003_relay_on_commit(value: Any) -> None:
+    messages = run(RELAY_ON_COMMIT=value)
+    assert ids(messages) == ["django_uow.E003"]
+    assert repr(value) in messages[0].msg
+
+
+@pytest.mark.parametrize("value", ["inline", False])
+def test_e003_accepts_valid_relay_modes(value: Any) -> None:
+    assert run(RELAY_ON_COMMIT=value) == []
+
+
+@pytest.mark.parametrize("value", ["django_uow.publishers.InlinePublisher", [1], [], None])
+def test_e004_publishers_shape(value: Any) -> None:
+    assert ids(run(PUBLISHERS=value)) == ["django_uow.E004"]
+
+
+def test_e005_publisher_that_does_not_import_is_named() -> None:
+    messages = run(PUBLISHERS=["tests.test_checks.Dummy", "myproject.nowhere.Publisher"])
+    assert ids(messages) == ["django_uow.E005"]
+    assert "'myproject.nowhere.Publisher'" in messages[0].msg
+
+
+def test_e005_missing_attribute() -> None:
+    messages = run(PUBLISHERS=["tests.test_checks.NoSuchPublisher"])
+    assert ids(messages) == ["django_uow.E005"]
+    assert "NoSuchPublisher" in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "good", "check_id"),
+    [
+        ("BATCH_SIZE", 0, 100, "E006"),
+        ("BATCH_SIZE", "500", 1, "E006"),
+        ("BATCH_SIZE", True, 1, "E006"),
+        ("MAX_ATTEMPTS", 0, 1, "E007"),
+        ("MAX_ATTEMPTS", 2.5, 3, "E007"),
+        ("PRUNE_BATCH_SIZE", -1, 1000, "E011"),
+        ("LEASE", 0, 0.5, "E012"),
+        ("LEASE", "60", 60, "E012"),
+        ("STREAM_MAXLEN", 0, None, "E015"),
+        ("STREAM_MAXLEN", "1000", 1000, "E015"),
+        ("CELERY_QUEUE", "", "outbox", "E016"),
+        ("CELERY_QUEUE", 5, None, "E016"),
+        ("CELERY_RELAY_TASK", "", "myproject.tasks.relay", "E017"),
+        ("CELERY_RELAY_TASK", None, "django_uow.tasks.relay_outbox", "E017"),
+    ],
+)
+def test_scalar_keys(key: str, bad: Any, good: Any, check_id: str) -> None:
+    messages = run(**{key: bad})
+    assert ids(messages) == [f"django_uow.{check_id}"]
+    assert key in messages[0].msg and repr(bad) in messages[0].msg
+    assert run(**{key: good}) == []
+
+
+@pytest.mark.parametrize("value", [(5, 1), (0, 10), (1,), "1,300", (1, "300"), None, (-1, 5)])
+def test_e008_backoff(value: Any) -> None:
+    assert ids(run(BACKOFF=value)) == ["django_uow.E008"]
+
+
+@pytest.mark.parametrize("value", [(1, 300), [0.5, 0.5], (2.0, 60)])
+def test_e008_backoff_valid(value: Any) -> None:
+    assert run(BACKOFF=value) == []
+
+
+def test_e009_ordering() -> None:
+    messages = run(ORDERING="per-aggregate")
+    assert ids(messages) == ["django_uow.E009"]
+    assert run(ORDERING="none") == []
+
+
+@pytest.mark.parametrize("value", [timedelta(0), -5, "7d", None])
+def test_e010_retention(value: Any) -> None:
+    assert ids(run(RETENTION=value)) == ["django_uow.E010"]
+
+
+@pytest.mark.parametrize("value", [timedelta(hours=1), 3600, 0.5])
+def test_e010_retention_valid(value: Any) -> None:
+    assert run(RETENTION=value) == []
+
+
+@pytest.mark.parametrize("value", ["http://localhost", "", None])
+def test_e013_redis_url(value: Any) -> None:
+    assert ids(run(REDIS_URL=value)) == ["django_uow.E013"]
+
+
+@pytest.mark.parametrize("value", ["", None, "uow:{aggregate}", "uow:{", "uow:{0}"])
+def test_e014_stream_key(value: Any) -> None:
+    assert ids(run(STREAM_KEY=value)) == ["django_uow.E014"]
+
+
+@pytest.mark.parametrize("value", ["events", "uow:{event_type}", "{aggregate_type}:{event_type}"])
+def test_e014_stream_key_valid(value: Any) -> None:
+    assert run(STREAM_KEY=value) == []
+
+
+def test_e018_celery_relay_without_celery(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "celery", None)  # makes find_spec/import see no Celery
+    with override_settings(DATABASES=POSTGRES):
+        messages = run(RELAY_ON_COMMIT="celery")
+    assert ids(messages) == ["django_uow.E018"]
+    assert "RELAY_ON_COMMIT is 'celery'" in messages[0].msg
+
+
+def test_e018_celery_publisher_without_celery(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "celery", None)
+    messages = run(PUBLISHERS=["django_uow.publishers.CeleryPublisher"])
+    # Reported once as E018, not also as an import failure (E005).
+    assert ids(messages) == ["django_uow.E018"]
+    assert "CeleryPublisher" in messages[0].msg
+
+
+def test_e018_not_raised_when_celery_is_installed() -> None:
+    pytest.importorskip("celery")
+    with override_settings(DATABASES=POSTGRES):
+        assert "django_uow.E018" not in ids(run(RELAY_ON_COMMIT="celery"))
+
+
+def test_w001_sqlite_with_celery_relay() -> None:
+    with override_settings(DATABASES=SQLITE):
+        messages = run(RELAY_ON_COMMIT="celery")
+    assert ids(messages) == ["django_uow.W001"]
+    assert "SQLite" in messages[0].msg
+
+
+def test_w001_sqlite_with_beat_relay() -> None:
+    beat = {"relay": {"task": "django_uow.tasks.relay_outbox", "schedule": 5.0}}
+    with override_settings(DATABASES=SQLITE, CELERY_BEAT_SCHEDULE=beat):
+        messages = run()
+    assert ids(messages) == ["django_uow.W001"]
+    assert "CELERY_BEAT_SCHEDULE" in messages[0].msg
+
+
+def test_w001_not_on_postgres_or_inline() -> None:
+    with override_settings(DATABASES=POSTGRES):
+        assert run(RELAY_ON_COMMIT="celery") == []
+    with override_settings(DATABASES=SQLITE):
+        assert run(RELAY_ON_COMMIT="inline") == []
+
+
+def test_manage_py_check_names_the_wrong_key_and_value() -> None:
+    with (
+        override_settings(DJANGO_UOW={**BASE, "ORDERING": "random"}),
+        pytest.raises(SystemCheckError) as excinfo,
+    ):
+        call_command("check")
+    assert "django_uow.E009" in str(excinfo.value)
+    assert "'random'" in str(excinfo.value)
