@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PG_HOST ?= 127.0.0.1
 PG_PORT ?= 5432
 
-.PHONY: install test test-sqlite test-postgres lint demo docs docs-serve bench bench-quick browser-deps clean
+.PHONY: install test test-django42 test-sqlite test-postgres lint demo docs docs-serve bench bench-quick browser-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-## The whole suite: lint, then SQLite, then PostgreSQL.
-test: install browser-deps lint test-sqlite test-postgres
+## The whole suite: lint, then SQLite, then PostgreSQL, then the oldest supported Django.
+test: install browser-deps lint test-sqlite test-postgres test-django42
 
 test-sqlite: install
 	UOW_DB=sqlite $(BIN)/pytest $(PYTEST_ARGS)
@@ -35,6 +35,17 @@ test-postgres: install
 	else \
 		echo "SKIPPED the PostgreSQL pass: no server on $(PG_HOST):$(PG_PORT)"; \
 	fi
+
+# Django 4.2 LTS: the core, locking and relay tests on SQLite, in a venv of its own.
+VENV42 := .venv-django42
+$(VENV42)/.installed-stamp: pyproject.toml
+	test -x $(VENV42)/bin/python || $(PYTHON) -m venv $(VENV42)
+	$(VENV42)/bin/python -m pip install -q --upgrade pip
+	$(VENV42)/bin/python -m pip install -q -e '.[dev]' 'Django>=4.2,<5.0'
+	touch $@
+
+test-django42: $(VENV42)/.installed-stamp
+	UOW_DB=sqlite $(VENV42)/bin/pytest -q -m "not browser" $(DJANGO42_TESTS)
 
 # Headless Chromium for the admin browser test (Debian's package; never a downloaded browser).
 browser-deps:
