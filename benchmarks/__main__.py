@@ -1,0 +1,98 @@
+"""``python -m benchmarks [--quick] [--only WORKLOAD ...] [--reps N]``.
+
+Runs every workload against the real PostgreSQL (database ``uow_bench``) and Redis
+(DB 6), prints a table (medians, ratios to the hand-written baseline of the same run),
+and writes ``benchmarks/results/latest.json``, the generated section of
+``docs/benchmarks.md`` and ``docs/img/benchmarks.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = ["write", "versioned", "peers", "relay", "concurrency", "latency", "scale"]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, no peers (CI)")
+    parser.add_argument(
+        "--only", nargs="+", choices=WORKLOADS, default=None, help="run only these workloads"
+    )
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (median of them)")
+    parser.add_argument(
+        "--peers-python",
+        default=str(ROOT / ".venv-bench" / "bin" / "python"),
+        help="interpreter of the peer environment (make bench-env)",
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; do not write JSON/Markdown/PNG"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+    sys.path.insert(0, str(ROOT))
+
+    import django
+    from django.conf import settings
+
+    from .db import ensure_database
+
+    settings.DATABASES  # noqa: B018 - load settings before creating the database
+    ensure_database()
+    django.setup()
+
+    from .db import migrate
+    from .harness import Config, Results
+    from .report import write_outputs
+    from .workloads import registry
+
+    migrate()
+    peers_python = args.peers_python if Path(args.peers_python).exists() else None
+    cfg = Config(
+        quick=args.quick,
+        reps=args.reps or (3 if args.quick else 5),
+        only=set(args.only or WORKLOADS),
+        peers_python=None if args.quick else peers_python,
+    )
+    results = Results()
+    results.meta.update(
+        mode="quick" if args.quick else "full",
+        reps=cfg.reps,
+        started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    )
+    started = time.perf_counter()
+    failures: list[str] = []
+    for name in WORKLOADS:
+        if name not in cfg.only:
+            continue
+        run: Callable[[object, object], None] = registry[name]
+        print(f"\n== {name}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            run(cfg, results)
+        except Exception:
+            traceback.print_exc()
+            failures.append(name)
+        print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
+    results.finalize()
+    results.meta["duration_s"] = round(time.perf_counter() - started, 1)
+    results.meta["failed_workloads"] = failures
+    if not args.no_write:
+        write_outputs(results, cfg, ROOT)
+    print(f"\nDone in {results.meta['duration_s']} s.", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

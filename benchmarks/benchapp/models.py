@@ -1,0 +1,50 @@
+"""Models of the benchmark: plain baselines, a hand-written outbox, and django-uow's."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+from django_uow import AggregateRoot, VersionedModel
+
+from .events import AccountCredited
+
+
+class PlainRow(models.Model):
+    """The business row of the baselines: no outbox, no version."""
+
+    name = models.CharField(max_length=50)
+    value = models.IntegerField(default=0)
+
+
+class HandOutbox(models.Model):
+    """A hand-written outbox table, the way one writes it without a library."""
+
+    event_id = models.UUIDField(default=uuid.uuid4, unique=True)
+    event_type = models.CharField(max_length=255)
+    aggregate_id = models.CharField(max_length=255)
+    payload = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+    dispatched_at = models.DateTimeField(null=True)
+
+
+class Account(AggregateRoot):
+    """django-uow's aggregate: versioned, records events."""
+
+    name = models.CharField(max_length=50)
+    value = models.IntegerField(default=0)
+
+    def credit(self, amount: int) -> None:
+        self.value += amount
+        self.record_event(AccountCredited(account_id=self.pk, amount=amount))
+
+
+class PlainCounter(models.Model):
+    name = models.CharField(max_length=50)
+    value = models.IntegerField(default=0)
+
+
+class VersionedCounter(VersionedModel):
+    name = models.CharField(max_length=50)
+    value = models.IntegerField(default=0)

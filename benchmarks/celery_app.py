@@ -1,0 +1,18 @@
+"""The Celery app of the benchmark (Redis broker, DB given by UOW_BENCH_REDIS_DB)."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+
+app = Celery("benchmarks")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(["django_uow"], force=True)
+
+
+@app.task(name="benchmarks.noop")
+def noop(*args: object, **kwargs: object) -> None:
+    """Target of the plain ``send_task`` loop; never needs to run to measure enqueue."""
