@@ -1,9 +1,10 @@
 """Writing staged events to the outbox: one INSERT per commit, whatever the number of events.
 
-Django's ``bulk_create`` splits large batches (999 parameters on SQLite, 65,535 on
-PostgreSQL). Here PostgreSQL receives one array per column (``unnest``) and SQLite one
-JSON document (``json_each``), so the statement count stays at one. Other databases
-use ``bulk_create``.
+A multi-row ``INSERT ... VALUES`` is the cheapest statement for the usual handful of
+events. Past the database's parameter limit (999 on SQLite as Django configures it,
+65,535 on PostgreSQL), PostgreSQL receives one array per column (``unnest``) and SQLite
+one JSON document (``json_each``), so the statement count stays at one. Other databases
+fall back to ``bulk_create`` for very large commits.
 """
 
 from __future__ import annotations
@@ -43,12 +44,33 @@ def write_events(events: Sequence[OutboxEvent], using: str) -> None:
         return
     connection = connections[using]
     vendor = connection.vendor
-    if vendor == "postgresql":
+    limit = PARAMETER_LIMITS.get(vendor, connection.features.max_query_params)
+    if limit is None or len(events) * len(INSERT_FIELDS) <= limit:
+        _insert_values(events, using)
+    elif vendor == "postgresql":
         _insert_unnest(events, using)
     elif vendor == "sqlite":
         _insert_json_each(events, using)
     else:
         OutboxEvent.objects.using(using).bulk_create(events)
+
+
+#: Bind parameters one statement may carry, where Django's feature flag says nothing.
+PARAMETER_LIMITS: dict[str, int | None] = {"postgresql": 65_535, "mysql": None}
+
+
+def _insert_values(events: Sequence[OutboxEvent], using: str) -> None:
+    connection = connections[using]
+    fields = _fields()
+    table = connection.ops.quote_name(OutboxEvent._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    json_placeholder = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+    row = "(" + ", ".join(json_placeholder if f.name in JSON_FIELDS else "%s" for f in fields) + ")"
+    columns = _column_values(events, using)
+    params = [value for values in zip(*columns, strict=True) for value in values]
+    sql = f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * len(events))}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def _fields() -> list[Any]:
