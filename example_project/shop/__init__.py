@@ -1,0 +1,1 @@
+"""A small shop: products with stock, orders that reserve it, payments."""
