@@ -108,7 +108,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler", "level": UOW_LOG_LEVEL}},
-    "loggers": {"django_uow": {"handlers": ["console"], "level": UOW_LOG_LEVEL}},
+    "loggers": {
+        "django_uow": {"handlers": ["console"], "level": UOW_LOG_LEVEL},
+        # Refused orders are 409 responses: expected, not worth a warning each.
+        "django.request": {"level": "ERROR"},
+    },
 }
 
 # How long the demo waits for the relay and the handlers to finish.

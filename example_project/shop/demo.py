@@ -22,6 +22,7 @@ from typing import Any
 from django.conf import settings
 from django.db import OperationalError, connections
 from django.db.models import Sum
+from django.test import Client
 
 from django_uow import ConcurrencyError, unit_of_work
 from django_uow.models import OutboxEvent, ProcessedEvent
@@ -305,6 +306,17 @@ def _attempt(tally: Tally, key: str, fn: Callable[[], Any]) -> Any:
     return None
 
 
+def _api(tally: Tally, key: str, client: Client, path: str, body: dict[str, Any]) -> None:
+    """POST to one of the shop's JSON views (the same views a browser or app would call)."""
+    response = client.post(path, body, content_type="application/json")
+    if response.status_code in (200, 201):
+        tally.add(key)
+    elif response.status_code == 409 and "in stock" in response.json().get("error", ""):
+        tally.add("rejected")
+    else:
+        tally.error(f"POST {path}: HTTP {response.status_code}: {response.content[:300]!r}")
+
+
 # ------------------------------------------------------------------ the scenario
 
 
@@ -345,10 +357,15 @@ def traffic(config: DemoConfig, tally: Tally) -> None:
 
     def shopper(index: int) -> None:
         rng = random.Random(config.seed * 1000 + index)
+        client = Client()
         for n in range(index, config.orders, config.threads):
             basket = {sku: rng.randint(1, 3) for sku in rng.sample(skus, rng.randint(1, 3))}
             tally.add("attempted")
-            _attempt(tally, "placed", lambda basket=basket, n=n: buy(f"customer-{n}", basket))
+            if n % 2:  # half of the orders go through the JSON API, the rest call buy()
+                body = {"customer": f"customer-{n}", "items": basket}
+                _api(tally, "placed", client, "/api/orders/", body)
+            else:
+                _attempt(tally, "placed", lambda basket=basket, n=n: buy(f"customer-{n}", basket))
 
     _run_threads(shopper, config.threads)
 
@@ -368,8 +385,13 @@ def after_sales(config: DemoConfig, tally: Tally) -> None:
     actions = {"paid": pay, "cancelled": cancel}
 
     def clerk(index: int) -> None:
-        for action, order_id in plan[index :: config.threads]:
-            _attempt(tally, action, lambda a=action, o=order_id: actions[a](o))
+        client = Client()
+        for n, (action, order_id) in enumerate(plan[index :: config.threads]):
+            if n % 2:
+                path = f"/api/orders/{order_id}/{'pay' if action == 'paid' else 'cancel'}/"
+                _api(tally, action, client, path, {})
+            else:
+                _attempt(tally, action, lambda a=action, o=order_id: actions[a](o))
 
     _run_threads(clerk, config.threads)
 
