@@ -167,7 +167,12 @@ class DemoReport:
             f"  (placed {self.orders_placed} + paid {self.orders_paid}"
             f" + cancelled {self.orders_cancelled})",
             f"  relayed                   {self.events_relayed}"
-            f"  (on commit {self.relayed_on_commit}, by the sweep {self.relayed_by_sweep})",
+            + (
+                f"  (on commit {self.relayed_on_commit}, by the sweep {self.relayed_by_sweep})"
+                if self.relay_mode.startswith("in-process")
+                else f"  (while orders were placed {self.relayed_on_commit},"
+                f" afterwards {self.relayed_by_sweep})"
+            ),
             f"  failed (dead letter)      {self.events_failed}",
             f"  pending                   {self.events_pending}",
             f"  relay lag                 {lag} (commit to dispatched)",
