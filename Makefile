@@ -60,7 +60,20 @@ demo: install
 docs: install
 	$(BIN)/mkdocs build --strict --site-dir site
 
-bench: install
+# The peer libraries compared by `make bench` live in their own environment, never in .venv.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
+
+$(BENCH_STAMP): pyproject.toml benchmarks/requirements-peers.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[dev,bench]' -r benchmarks/requirements-peers.txt
+	touch $(BENCH_STAMP)
+
+bench-env: $(BENCH_STAMP)
+
+bench: install bench-env
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks
 
 bench-quick: install

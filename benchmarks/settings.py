@@ -40,14 +40,14 @@ INSTALLED_APPS = [
 _relay_mode = os.environ.get("UOW_BENCH_RELAY_ON_COMMIT", "off")
 DJANGO_UOW = {
     "RELAY_ON_COMMIT": False if _relay_mode == "off" else _relay_mode,
-    "PUBLISHERS": os.environ.get(
-        "UOW_BENCH_PUBLISHERS", "django_uow.publishers.RedisStreamPublisher"
-    ).split(","),
     "REDIS_URL": REDIS_URL,
     "BATCH_SIZE": int(os.environ.get("UOW_BENCH_BATCH_SIZE", "500")),
+    # Streams uncapped, like the hand-written XADD relay, so entries can be counted.
+    "STREAM_MAXLEN": int(os.environ.get("UOW_BENCH_STREAM_MAXLEN", "0")),
+    "NOTIFY": os.environ.get("UOW_BENCH_NOTIFY") == "1",
 }
-if os.environ.get("UOW_BENCH_STREAM_MAXLEN"):
-    DJANGO_UOW["STREAM_MAXLEN"] = int(os.environ["UOW_BENCH_STREAM_MAXLEN"])
+if os.environ.get("UOW_BENCH_PUBLISHERS"):
+    DJANGO_UOW["PUBLISHERS"] = os.environ["UOW_BENCH_PUBLISHERS"].split(",")
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None

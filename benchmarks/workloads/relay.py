@@ -1,0 +1,235 @@
+"""Workload 3: draining pending events to Redis, and concurrent relays."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.db import connection
+
+from ..db import OUTBOX, redis_client, seed_outbox, truncate, vacuum
+from ..harness import Config, Results, Row, bench_env, median_rate
+from .relay_hand import HAND_STREAM, hand_relay_drain, send_task_loop
+
+UOW_STREAM = "django_uow:benchapp.account"
+AGGREGATE_SHARE = 2  # events per aggregate in the seeded backlog
+
+
+def relay_available() -> str:
+    """Empty when django-uow's relay can be imported, else why not."""
+    try:
+        from django_uow import publishers, relay  # noqa: F401
+    except ImportError as error:
+        return f"django_uow.relay is not importable yet ({error})"
+    return ""
+
+
+def reset_backlog(n: int) -> None:
+    truncate(OUTBOX)
+    seed_outbox(n, aggregates=max(1, n // AGGREGATE_SHARE))
+    vacuum(OUTBOX)
+    redis = redis_client()
+    redis.delete(UOW_STREAM, HAND_STREAM.format("benchapp.account"), "celery")
+
+
+def pending() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {OUTBOX} WHERE status = 'pending'")
+        return int(cursor.fetchone()[0])
+
+
+def drained(n: int, relayed: int) -> int:
+    left = pending()
+    if left:
+        raise RuntimeError(f"{left} of {n} events still pending after the drain")
+    return n if relayed is None else relayed
+
+
+def run_relay(cfg: Config, results: Results) -> None:
+    n = cfg.scale(20_000, 2_000)
+    results.meta["relay_n"] = n
+    setup = lambda: reset_backlog(n)  # noqa: E731
+
+    rate, samples = median_rate(lambda: drained(n, hand_relay_drain()), cfg.reps, setup)
+    results.add(
+        Row(
+            "relay",
+            "relay.hand",
+            "hand-written SKIP LOCKED relay, pipelined XADD",
+            "events/s",
+            rate,
+            samples,
+            baseline="relay.hand",
+        )
+    )
+
+    count = cfg.scale(5_000, 500)
+    redis_client().delete("celery")
+    rate, samples = median_rate(lambda: send_task_loop(count), cfg.reps)
+    redis_client().delete("celery")
+    results.add(
+        Row(
+            "relay",
+            "relay.send_task",
+            "plain Celery send_task() loop (Redis broker)",
+            "msgs/s",
+            rate,
+            samples,
+            baseline="relay.hand",
+        )
+    )
+
+    reason = relay_available()
+    if reason:
+        for key, label in (
+            ("relay.uow.redis", "django-uow relay, RedisStreamPublisher"),
+            ("relay.uow.celery", "django-uow relay, CeleryPublisher"),
+        ):
+            results.add(Row("relay", key, label, "events/s", not_measured=reason))
+        return
+
+    from django_uow.publishers import CeleryPublisher, RedisStreamPublisher
+    from django_uow.relay import relay_pending
+
+    from ..celery_app import app
+
+    def uow_drain(publisher: Any) -> int:
+        summary = relay_pending(publishers=[publisher], batch_size=500)
+        return drained(n, summary.relayed)
+
+    rate, samples = median_rate(lambda: uow_drain(RedisStreamPublisher()), cfg.reps, setup)
+    entries = redis_client().xlen(UOW_STREAM)
+    results.add(
+        Row(
+            "relay",
+            "relay.uow.redis",
+            "django-uow relay, RedisStreamPublisher",
+            "events/s",
+            rate,
+            samples,
+            baseline="relay.hand",
+            note=f"{entries} stream entries for {n} events",
+        )
+    )
+    rate, samples = median_rate(lambda: uow_drain(CeleryPublisher(app=app)), cfg.reps, setup)
+    queued = redis_client().llen("celery")
+    redis_client().delete("celery")
+    results.add(
+        Row(
+            "relay",
+            "relay.uow.celery",
+            "django-uow relay, CeleryPublisher (enqueue)",
+            "events/s",
+            rate,
+            samples,
+            baseline="relay.hand",
+            note=f"{queued} Celery messages queued for {n} events",
+        )
+    )
+
+
+def spawn_relays(k: int, publisher: str = "redis") -> list[subprocess.Popen[str]]:
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.worker",
+                "relay",
+                "--publisher",
+                publisher,
+                "--batch-size",
+                "500",
+                "--go",
+                "uow_bench:go",
+            ],
+            env=bench_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(k)
+    ]
+
+
+def collect(procs: list[subprocess.Popen[str]], timeout: float = 300) -> list[dict[str, Any]]:
+    out = []
+    for proc in procs:
+        try:
+            stdout, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        if proc.returncode:
+            raise RuntimeError(f"relay subprocess exited with {proc.returncode}")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def stream_ids(key: str) -> list[str]:
+    redis = redis_client()
+    ids: list[str] = []
+    last = "-"
+    while True:
+        chunk = redis.xrange(key, min=last, max="+", count=10_000)
+        if last != "-":
+            chunk = chunk[1:]
+        if not chunk:
+            return ids
+        for entry_id, fields in chunk:
+            ids.append(json.loads(fields[b"message"])["event_id"])
+        last = chunk[-1][0].decode()
+
+
+def run_concurrency(cfg: Config, results: Results) -> None:
+    n = cfg.scale(20_000, 2_000)
+    reason = relay_available()
+    levels = (1, 2, 4)
+    if reason:
+        for k in levels:
+            results.add(
+                Row(
+                    "concurrency",
+                    f"conc.{k}",
+                    f"django-uow, {k} relay process(es)",
+                    "events/s",
+                    not_measured=reason,
+                )
+            )
+        return
+    redis = redis_client()
+    for k in levels:
+        samples = []
+        dupes = []
+        for _ in range(cfg.reps):
+            reset_backlog(n)
+            redis.delete("uow_bench:go")
+            procs = spawn_relays(k)
+            time.sleep(1.5)  # let them import Django and connect
+            go = time.time()
+            redis.rpush("uow_bench:go", *["go"] * k)
+            outs = collect(procs)
+            end = max(o["end"] for o in outs)
+            drained(n, sum(o["relayed"] for o in outs))
+            samples.append(n / (end - go))
+            ids = stream_ids(UOW_STREAM)
+            dupes.append((len(ids), len(set(ids))))
+        rate = sorted(samples)[len(samples) // 2]
+        total, unique = dupes[-1]
+        dup_count = sum(t - u for t, u in dupes)
+        results.add(
+            Row(
+                "concurrency",
+                f"conc.{k}",
+                f"django-uow, {k} relay process(es), Redis",
+                "events/s",
+                rate,
+                samples,
+                baseline="conc.1",
+                note=f"{total} entries / {unique} unique ids; {dup_count} duplicates "
+                f"over {cfg.reps} runs",
+            )
+        )
+        results.meta[f"conc_{k}_duplicates"] = dup_count
