@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "STREAM_MAXLEN": 100_000,
     "CELERY_QUEUE": None,
     "CELERY_RELAY_TASK": "django_uow.tasks.relay_outbox",
+    # PostgreSQL: send NOTIFY after each commit that wrote events, waking LISTENing relays.
+    "NOTIFY": False,
 }
 
 RelayOnCommit = Literal["celery", "inline", False]
@@ -108,6 +110,10 @@ class UowSettings:
     @property
     def CELERY_RELAY_TASK(self) -> str:
         return str(self._get("CELERY_RELAY_TASK"))
+
+    @property
+    def NOTIFY(self) -> bool:
+        return bool(self._get("NOTIFY"))
 
 
 uow_settings = UowSettings()

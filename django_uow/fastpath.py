@@ -15,8 +15,27 @@ from .conf import uow_settings
 
 logger = logging.getLogger("django_uow.fastpath")
 
+#: The PostgreSQL channel a looping ``relay_outbox`` LISTENs on.
+NOTIFY_CHANNEL = "django_uow_outbox"
+
+
+def notify_relays(using: str) -> None:
+    """Wake relays waiting with LISTEN (PostgreSQL, ``NOTIFY`` setting on); never raises."""
+    from django.db import connections
+
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
+    except Exception:
+        logger.warning("NOTIFY %s failed; relays wake at their interval.", NOTIFY_CHANNEL)
+
 
 def relay_after_commit(event_ids: Sequence[UUID], using: str) -> None:
+    if event_ids and uow_settings.NOTIFY:
+        notify_relays(using)
     mode = uow_settings.RELAY_ON_COMMIT
     if not mode or not event_ids:
         return

@@ -1,0 +1,205 @@
+"""The relay's statements: claim a batch under a lease, acknowledge it, record failures.
+
+Claiming is ONE statement: a ``MATERIALIZED`` CTE picks the due candidates in id order
+(``FOR UPDATE SKIP LOCKED`` where the database supports it, so concurrent relays never
+pick the same row), and an ``UPDATE ... RETURNING`` takes the lease (``claimed_by``,
+``claimed_until``) and counts the attempt. Ordering is enforced in the same statement:
+
+* a candidate is skipped before ``LIMIT`` when an earlier event of its aggregate is
+  owed and cannot be claimed now (failed, backing off, or leased to another relay),
+  so a poisoned aggregate never fills the batch;
+* a candidate is only leased when every earlier not-yet-dispatched event of its
+  aggregate is in this same batch (a concurrent relay holding an earlier one blocks it).
+
+SQLite has no row locks but runs one writer at a time, so the single statement is the
+claim (the documented fallback). Every later statement is fenced by the lease:
+``WHERE id IN (...) AND claimed_by = <relay id>``, so a relay that lost its lease cannot
+mark rows it no longer owns.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+from django.db.models import Case, CharField, DateTimeField, F, Value, When
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from .models import OutboxEvent, OutboxStatus
+
+PENDING = OutboxStatus.PENDING.value
+DISPATCHED = OutboxStatus.DISPATCHED.value
+FAILED = OutboxStatus.FAILED.value
+
+#: Columns the relay reads back from the claim statement (enough to build an Envelope).
+CLAIM_COLUMNS = (
+    "id",
+    "event_id",
+    "event_type",
+    "aggregate_type",
+    "aggregate_id",
+    "aggregate_version",
+    "occurred_at",
+    "payload",
+    "headers",
+    "attempts",
+    "status",
+    "last_error",
+    "available_at",
+    "created_at",
+    "claimed_by",
+    "claimed_until",
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What to write for one event whose attempt failed."""
+
+    error: str
+    dead: bool
+    retry_at: datetime.datetime | None = None
+
+
+def _quote(using: str, name: str) -> str:
+    return connections[using].ops.quote_name(name)
+
+
+def _dt(using: str, value: datetime.datetime) -> Any:
+    return connections[using].ops.adapt_datetimefield_value(value)
+
+
+def claim(
+    *,
+    using: str,
+    relay_id: str,
+    limit: int,
+    lease: float,
+    ordered: bool,
+    event_ids: Sequence[Any] | None = None,
+    now: datetime.datetime | None = None,
+) -> list[OutboxEvent]:
+    """Lease up to ``limit`` due events to ``relay_id`` and return them in id order."""
+    if limit <= 0:
+        return []
+    connection = connections[using]
+    now = now or timezone.now()
+    until = now + datetime.timedelta(seconds=lease)
+    t = _quote(using, OutboxEvent._meta.db_table)
+    lock = (
+        " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    )
+    params: list[Any] = []
+
+    where = [
+        "o.status = %s",
+        "o.available_at <= %s",
+        "(o.claimed_until IS NULL OR o.claimed_until < %s)",
+    ]
+    params += [PENDING, _dt(using, now), _dt(using, now)]
+    if event_ids is not None:
+        if not event_ids:
+            return []
+        uuid_field = OutboxEvent._meta.get_field("event_id")
+        where.append(f"o.event_id IN ({', '.join(['%s'] * len(event_ids))})")
+        params += [uuid_field.get_db_prep_value(e, connection) for e in event_ids]
+    if ordered:
+        # Skip, before LIMIT, events stuck behind an owed event that nobody can claim now.
+        where.append(
+            f"NOT EXISTS (SELECT 1 FROM {t} p WHERE o.aggregate_id <> '' "
+            "AND p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id "
+            "AND p.id < o.id AND p.status <> %s AND (p.status = %s OR p.available_at > %s "
+            "OR (p.claimed_until IS NOT NULL AND p.claimed_until >= %s)))"
+        )
+        params += [DISPATCHED, FAILED, _dt(using, now), _dt(using, now)]
+    cte = (
+        f"WITH cand AS MATERIALIZED (SELECT o.id, o.aggregate_type, o.aggregate_id FROM {t} o "
+        f"WHERE {' AND '.join(where)} ORDER BY o.id LIMIT %s{lock})"
+    )
+    params.append(limit)
+    eligible = "SELECT c.id FROM cand c"
+    if ordered:
+        # Every earlier owed event of the aggregate must be in this batch.
+        eligible += (
+            f" WHERE NOT EXISTS (SELECT 1 FROM {t} p WHERE c.aggregate_id <> '' "
+            "AND p.aggregate_type = c.aggregate_type AND p.aggregate_id = c.aggregate_id "
+            "AND p.id < c.id AND p.status <> %s AND p.id NOT IN (SELECT id FROM cand))"
+        )
+    columns = ", ".join(_quote(using, c) for c in CLAIM_COLUMNS)
+    sql = (
+        f"{cte} UPDATE {t} SET {_quote(using, 'claimed_by')} = %s, "
+        f"{_quote(using, 'claimed_until')} = %s, {_quote(using, 'attempts')} = "
+        f"{_quote(using, 'attempts')} + 1 WHERE {_quote(using, 'id')} IN ({eligible}) "
+        f"RETURNING {columns}"
+    )
+    # Parameters in statement order: the CTE, the SET clause, the eligibility filter.
+    params += [relay_id, _dt(using, until)]
+    if ordered:
+        params.append(DISPATCHED)
+    rows = list(OutboxEvent.objects.using(using).raw(sql, params))
+    rows.sort(key=lambda row: row.id)
+    return rows
+
+
+def _mine(using: str, relay_id: str, ids: Iterable[int]) -> Any:
+    return OutboxEvent.objects.using(using).filter(id__in=list(ids), claimed_by=relay_id)
+
+
+def acknowledge(*, using: str, relay_id: str, ids: Sequence[int]) -> int:
+    """Mark ``ids`` dispatched (one UPDATE, fenced by the lease); return the rows marked."""
+    if not ids:
+        return 0
+    return int(
+        _mine(using, relay_id, ids).update(
+            status=DISPATCHED,
+            dispatched_at=timezone.now(),
+            claimed_by="",
+            claimed_until=None,
+            last_error="",
+        )
+    )
+
+
+def give_back(*, using: str, relay_id: str, ids: Sequence[int]) -> int:
+    """Release ``ids`` untouched: the lease ends and the attempt counted at claim is refunded."""
+    if not ids:
+        return 0
+    return int(
+        _mine(using, relay_id, ids).update(
+            claimed_by="",
+            claimed_until=None,
+            attempts=Greatest(F("attempts") - 1, Value(0)),
+        )
+    )
+
+
+def record_failures(*, using: str, relay_id: str, failures: Mapping[int, Failure]) -> int:
+    """Write every failure of a batch with one UPDATE (CASE per row), fenced by the lease."""
+    if not failures:
+        return 0
+    now = timezone.now()
+    status = Case(
+        *[When(id=pk, then=Value(FAILED if f.dead else PENDING)) for pk, f in failures.items()],
+        output_field=CharField(),
+    )
+    error = Case(
+        *[When(id=pk, then=Value(f.error)) for pk, f in failures.items()],
+        output_field=CharField(),
+    )
+    available = Case(
+        *[When(id=pk, then=Value(f.retry_at or now)) for pk, f in failures.items()],
+        output_field=DateTimeField(),
+    )
+    return int(
+        _mine(using, relay_id, failures).update(
+            status=status,
+            last_error=error,
+            available_at=available,
+            claimed_by="",
+            claimed_until=None,
+        )
+    )

@@ -1,0 +1,181 @@
+"""The long-running relay loop behind ``manage.py relay_outbox``.
+
+Each round: ``close_old_connections()``, drain what is due (``relay_pending``), then
+wait ``interval`` seconds — or less on PostgreSQL, where a dedicated connection
+LISTENs on ``django_uow_outbox`` and a commit's ``NOTIFY`` wakes the loop at once.
+SIGINT/SIGTERM set a flag: the current batch finishes (publish and acknowledgement),
+then the loop exits. Database and broker errors are logged and retried next round.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from django.db import close_old_connections, connections
+
+from .exceptions import RelayError
+from .fastpath import NOTIFY_CHANNEL
+from .relay import BatchResult, RelaySummary, default_relay_id, prune_outbox, relay_pending
+
+logger = logging.getLogger("django_uow.relay")
+
+#: How often a looping relay with ``prune=True`` prunes (seconds).
+PRUNE_EVERY = 3600.0
+
+
+class Listener:
+    """A dedicated autocommit psycopg connection LISTENing for outbox commits."""
+
+    def __init__(self, using: str) -> None:
+        import psycopg
+
+        params = connections[using].get_connection_params()
+        kwargs = {
+            k: v
+            for k, v in params.items()
+            if k in {"dbname", "user", "password", "host", "port", "sslmode", "options"}
+            or k.startswith("ssl")
+        }
+        self.conn = psycopg.connect(autocommit=True, connect_timeout=5, **kwargs)
+        self.conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True when a notification arrived."""
+        for _ in self.conn.notifies(timeout=timeout, stop_after=1):
+            # Drain the ones queued behind it: one wake-up drains them all.
+            for _ in self.conn.notifies(timeout=0.0):
+                pass
+            return True
+        return False
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class RelayLoop:
+    """Relay until stopped. ``once=True`` drains what is due and returns."""
+
+    using: str = "default"
+    interval: float = 1.0
+    batch_size: int | None = None
+    limit: int | None = None
+    once: bool = False
+    prune: bool = False
+    listen: bool = True
+    on_batch: Callable[[BatchResult, RelaySummary], None] | None = None
+    relay_id: str = field(default_factory=default_relay_id)
+    total: RelaySummary = field(default_factory=RelaySummary)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    _last_prune: float = float("-inf")
+    pruned: int = 0
+
+    def stop(self, *args: Any) -> None:
+        self.stopping.set()
+
+    @contextmanager
+    def signals_handled(self) -> Iterator[None]:
+        """Turn SIGINT/SIGTERM into "stop after this batch" (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            logger.info(
+                "Relay %s: signal %d, stopping after the current batch", self.relay_id, signum
+            )
+            self.stop()
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _remaining(self) -> int | None:
+        if self.limit is None:
+            return None
+        return max(0, self.limit - self.total.relayed - self.total.failed)
+
+    def round(self) -> RelaySummary:
+        """One drain; raises ``RelayError`` when the database or broker is unreachable."""
+        close_old_connections()
+        summary = relay_pending(
+            using=self.using,
+            limit=self._remaining(),
+            batch_size=self.batch_size,
+            relay_id=self.relay_id,
+            should_stop=self.stopping.is_set,
+            on_batch=self.on_batch,
+        )
+        self.total.relayed += summary.relayed
+        self.total.failed += summary.failed
+        self.total.retried += summary.retried
+        self.total.batches += summary.batches
+        self.total.left = summary.left
+        if self.prune and time.monotonic() - self._last_prune >= (0 if self.once else PRUNE_EVERY):
+            self.pruned += prune_outbox(using=self.using)
+            self._last_prune = time.monotonic()
+        return summary
+
+    def run(self) -> RelaySummary:
+        if self.once:
+            self.round()
+            return self.total
+        listener = self._listener()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.round()
+                except RelayError as exc:
+                    logger.warning(
+                        "Relay %s: %s; retrying in %.1fs", self.relay_id, exc, self.interval
+                    )
+                    close_old_connections()
+                if self._remaining() == 0:
+                    break
+                self._wait(listener)
+        finally:
+            if listener is not None:
+                listener.close()
+        return self.total
+
+    def _listener(self) -> Listener | None:
+        if not self.listen or connections[self.using].vendor != "postgresql":
+            return None
+        try:
+            return Listener(self.using)
+        except Exception as exc:
+            logger.warning(
+                "LISTEN %s unavailable (%s); polling every %.1fs",
+                NOTIFY_CHANNEL,
+                exc,
+                self.interval,
+            )
+            return None
+
+    def _wait(self, listener: Listener | None) -> None:
+        deadline = time.monotonic() + self.interval
+        while not self.stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            step = min(left, 0.25)
+            if listener is not None:
+                try:
+                    if listener.wait(step):
+                        return
+                except Exception as exc:
+                    logger.warning("LISTEN connection lost (%s); polling instead", exc)
+                    listener = None
+            else:
+                self.stopping.wait(step)

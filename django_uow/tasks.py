@@ -1,0 +1,166 @@
+"""Celery tasks (celery is an optional extra: this module imports without it).
+
+- ``django_uow.tasks.relay_outbox``: the sweep for Celery beat; with ``event_ids`` it is
+  also the on-commit fast path (``enqueue_relay``).
+- ``django_uow.tasks.prune_outbox``: retention, for beat.
+- ``django_uow.tasks.handle_event``: runs one handler for one event (sent by
+  ``CeleryPublisher``); ``acks_late`` so a worker dying mid-handler gets it redelivered.
+
+Beat schedule::
+
+    CELERY_BEAT_SCHEDULE = {
+        "django-uow-relay": {"task": "django_uow.tasks.relay_outbox", "schedule": 5.0},
+        "django-uow-prune": {"task": "django_uow.tasks.prune_outbox", "schedule": 3600.0},
+    }
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from .conf import uow_settings
+from .exceptions import PermanentFailure, RelayError, RetryAfter
+
+logger = logging.getLogger("django_uow.tasks")
+
+try:
+    from celery import shared_task
+except ImportError:  # pragma: no cover - celery is an optional extra
+    shared_task = None
+
+
+def _require_celery() -> None:
+    if shared_task is None:  # pragma: no cover
+        raise RelayError(
+            "RELAY_ON_COMMIT='celery' and CeleryPublisher need Celery: pip install "
+            "'django-uow[celery]', or set DJANGO_UOW['RELAY_ON_COMMIT'] to 'inline' or False."
+        )
+
+
+def run_relay(
+    event_ids: Sequence[str] | None = None,
+    using: str = "default",
+    limit: int | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Body of the relay task: relay ``event_ids``, or sweep what is due. Returns counts."""
+    from .relay import relay_events, relay_pending
+
+    try:
+        if event_ids:
+            batch = relay_events([UUID(str(e)) for e in event_ids], using=using)
+            return {
+                "status": "ok",
+                "relayed": batch.dispatched,
+                "failed": batch.failed,
+                "retried": batch.retried,
+            }
+        summary = relay_pending(using=using, limit=limit, batch_size=batch_size)
+    except RelayError as exc:
+        # The broker or database is down: the sweep tries again at its next run.
+        logger.warning("Relay paused: %s", exc)
+        return {"status": "paused", "error": str(exc)}
+    return {
+        "status": "ok",
+        "relayed": summary.relayed,
+        "failed": summary.failed,
+        "retried": summary.retried,
+        "left": summary.left,
+    }
+
+
+def run_prune(using: str = "default") -> int:
+    from .relay import prune_outbox
+
+    return prune_outbox(using=using)
+
+
+def run_handler_task(task: Any, message: dict[str, Any], handler_name: str) -> bool:
+    """Body of the handler task: rebuild the envelope, run the handler, retry on failure."""
+    from . import signals
+    from .events import Envelope
+    from .handlers import registry, run_handler
+    from .models import OutboxEvent
+    from .relay import backoff_delay
+
+    envelope = Envelope.from_message(message)
+    handler = registry.get(handler_name)
+    retries = int(getattr(task.request, "retries", 0) or 0)
+    try:
+        return run_handler(handler, envelope)
+    except PermanentFailure as exc:
+        logger.error(
+            "Handler %s gave up on event %s (%s) of %s %s: %s",
+            handler_name,
+            envelope.event_id,
+            envelope.event_type,
+            envelope.aggregate_type,
+            envelope.aggregate_id,
+            exc,
+        )
+        signals.event_failed.send(sender=OutboxEvent, envelope=envelope, error=exc, dead=True)
+        return False
+    except Exception as exc:
+        dead = retries + 1 >= uow_settings.MAX_ATTEMPTS
+        signals.event_failed.send(sender=OutboxEvent, envelope=envelope, error=exc, dead=dead)
+        if dead:
+            logger.error(
+                "Handler %s failed event %s (%s) of %s %s for good after %d attempt(s): %s",
+                handler_name,
+                envelope.event_id,
+                envelope.event_type,
+                envelope.aggregate_type,
+                envelope.aggregate_id,
+                retries + 1,
+                exc,
+            )
+            raise
+        countdown = exc.seconds if isinstance(exc, RetryAfter) else backoff_delay(retries + 1)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+
+
+if shared_task is not None:
+
+    @shared_task(name="django_uow.tasks.relay_outbox", ignore_result=True)
+    def relay_outbox(
+        event_ids: Sequence[str] | None = None,
+        using: str = "default",
+        limit: int | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, Any]:
+        """Relay due outbox events (beat), or exactly ``event_ids`` (fast path)."""
+        return run_relay(event_ids, using=using, limit=limit, batch_size=batch_size)
+
+    @shared_task(name="django_uow.tasks.prune_outbox", ignore_result=True)
+    def prune_outbox(using: str = "default") -> int:
+        """Delete dispatched events older than ``RETENTION``."""
+        return run_prune(using)
+
+    @shared_task(
+        name="django_uow.tasks.handle_event",
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+    )
+    def handle_event(self: Any, message: dict[str, Any], handler_name: str) -> bool:
+        """Run one handler for one event (idempotent handlers skip redeliveries)."""
+        return run_handler_task(self, message, handler_name)
+
+
+def enqueue_relay(event_ids: Sequence[UUID], using: str = "default") -> None:
+    """Send the relay task for just-committed events (the ``"celery"`` fast path)."""
+    _require_celery()
+    from celery import current_app
+
+    options: dict[str, Any] = {"retry": False}
+    if uow_settings.CELERY_QUEUE:
+        options["queue"] = uow_settings.CELERY_QUEUE
+    current_app.send_task(
+        uow_settings.CELERY_RELAY_TASK,
+        kwargs={"event_ids": [str(e) for e in event_ids], "using": using},
+        **options,
+    )

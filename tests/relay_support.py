@@ -1,0 +1,88 @@
+"""Helpers shared by the relay tests: write outbox rows fast, publishers that record."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from django_uow.events import Envelope
+from django_uow.models import OutboxEvent
+from django_uow.outbox import write_events
+from django_uow.relay import BlockedByEarlierFailure
+
+CANCELLED = "orders.cancelled"
+
+
+def make_rows(
+    specs: Sequence[tuple[str, str]] | None = None,
+    *,
+    event_type: str = CANCELLED,
+    using: str = "default",
+) -> list[OutboxEvent]:
+    """Write one event per ``(aggregate_id, reason)`` with ONE insert; return them in id order."""
+    rows = []
+    for aggregate_id, reason in specs or []:
+        rows.append(
+            OutboxEvent(
+                event_id=uuid.uuid4(),
+                event_type=event_type,
+                aggregate_type="testapp.order" if aggregate_id else "",
+                aggregate_id=aggregate_id,
+                payload={"order_id": int(aggregate_id or 0), "reason": reason},
+                headers={"schema_version": 1},
+            )
+        )
+    write_events(rows, using)
+    ids = [r.event_id for r in rows]
+    stored = {r.event_id: r for r in OutboxEvent.objects.using(using).filter(event_id__in=ids)}
+    return sorted(stored.values(), key=lambda r: r.id)
+
+
+def interleaved(aggregates: int, per_aggregate: int) -> list[tuple[str, str]]:
+    """``per_aggregate`` events for each of ``aggregates`` aggregates, interleaved round robin."""
+    return [(str(agg + 1), str(seq)) for seq in range(per_aggregate) for agg in range(aggregates)]
+
+
+class RecordingPublisher:
+    """Keeps what it published in order; fails the events whose reason is in ``fail``."""
+
+    def __init__(
+        self, fail: Mapping[str, Exception] | None = None, *, well_behaved: bool = True
+    ) -> None:
+        self.published: list[Envelope] = []
+        self.calls = 0
+        self.fail = dict(fail or {})
+        # A well-behaved publisher does not publish past a failure within an aggregate.
+        self.well_behaved = well_behaved
+
+    def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
+        self.calls += 1
+        failures: dict[UUID, Exception] = {}
+        blocked: set[str] = set()
+        for envelope in envelopes:
+            if self.well_behaved and envelope.aggregate_id in blocked:
+                failures[envelope.event_id] = BlockedByEarlierFailure(envelope)
+                continue
+            exc = self.fail.get(envelope.payload.get("reason", ""))
+            if exc is not None and envelope.aggregate_id:
+                blocked.add(envelope.aggregate_id)
+            if exc is not None:
+                failures[envelope.event_id] = exc
+            else:
+                self.published.append(envelope)
+        return failures or None
+
+    def reasons(self) -> list[Any]:
+        return [e.payload["reason"] for e in self.published]
+
+
+class RaisingPublisher:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+        self.calls = 0
+
+    def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
+        self.calls += 1
+        raise self.exc

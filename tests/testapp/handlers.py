@@ -1,0 +1,57 @@
+"""Handlers used by the relay tests; behaviour is steered through ``BEHAVIOUR``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django_uow import Envelope, PermanentFailure, RetryAfter
+from django_uow.handlers import event_handler
+
+from .events import OrderCancelled, OrderPaid, OrderPlaced, Pinged
+from .models import Effect
+
+#: order_id -> what the OrderPlaced handler does: "raise", "permanent", or a float (RetryAfter).
+BEHAVIOUR: dict[Any, Any] = {}
+#: Event ids seen by the OrderCancelled handler, in call order (in-process consumers).
+SEEN: list[tuple[str, str]] = []
+#: Seconds the OrderCancelled handler sleeps (the SIGKILL test needs a slow batch).
+SLEEP: list[float] = [0.0]
+
+
+@event_handler(OrderPlaced, name="testapp.record_placed")
+def record_placed(event: OrderPlaced, envelope: Envelope) -> None:
+    action = BEHAVIOUR.get(event.order_id)
+    if action == "raise":
+        raise ValueError(f"handler refused order {event.order_id}")
+    if action == "permanent":
+        raise PermanentFailure(f"order {event.order_id} can never be handled")
+    if isinstance(action, int | float) and not isinstance(action, bool):
+        raise RetryAfter(float(action), f"order {event.order_id} not ready")
+    Effect.objects.create(
+        event_id=envelope.event_id, handler="placed", aggregate_id=envelope.aggregate_id
+    )
+
+
+@event_handler(OrderPaid, idempotent=False, name="testapp.record_paid")
+def record_paid(event: OrderPaid) -> None:
+    Effect.objects.create(
+        event_id="00000000-0000-0000-0000-000000000000",
+        handler="paid",
+        aggregate_id=str(event.order_id),
+    )
+
+
+@event_handler(OrderCancelled, name="testapp.record_cancelled")
+def record_cancelled(event: OrderCancelled, envelope: Envelope) -> None:
+    SEEN.append((envelope.aggregate_id, str(envelope.event_id)))
+    if SLEEP[0]:
+        time.sleep(SLEEP[0])
+    Effect.objects.create(
+        event_id=envelope.event_id, handler="cancelled", aggregate_id=envelope.aggregate_id
+    )
+
+
+@event_handler(Pinged, name="testapp.on_ping")
+def on_ping(event: Pinged, envelope: Envelope) -> None:
+    Effect.objects.create(event_id=envelope.event_id, handler="pinged", aggregate_id="")
