@@ -1,0 +1,606 @@
+"""Read-only admin for the outbox and the inbox, with "retry now" and "mark failed".
+
+Events are never added or edited here: the change page is a read-only view. Actions
+need the model's change permission, everything else its view permission. The list
+stays fast on large tables: no full count, no per-row query, filters whose choices
+come from code (not ``SELECT DISTINCT``), exact-match search on indexed columns, and
+big JSON columns left out of the list query.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import apps
+from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.admin.utils import unquote
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import router, transaction
+from django.db.models import Q, QuerySet
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+    JsonResponse,
+)
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.timesince import timesince
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
+
+from .models import AggregateRoot, OutboxEvent, ProcessedEvent
+from .status import outbox_status
+
+logger = logging.getLogger("django_uow.admin")
+
+Status = OutboxEvent.Status
+#: Characters of pretty-printed JSON shown on the change page; the rest via "raw JSON".
+JSON_PREVIEW_CHARS = 20_000
+#: Events shown on an aggregate's timeline page.
+TIMELINE_LIMIT = 500
+#: Rows handled per transaction by the bulk actions ("select all" may cover many).
+ACTION_CHUNK = 1000
+#: Lists count at most this many rows (one more means "more than"): an exact COUNT(*)
+#: reads the whole table on every page view.
+COUNT_CAP = 10_000
+#: Columns the list never shows; they can be megabytes per row.
+HEAVY_FIELDS = ("payload", "headers", "last_error")
+
+
+def aggregate_types() -> list[str]:
+    """``app_label.model`` of every installed aggregate: the values events can carry."""
+    return sorted(m._meta.label_lower for m in apps.get_models() if issubclass(m, AggregateRoot))
+
+
+def search_filter(term: str) -> Q:
+    """Exact-match search: a UUID hits the unique ``event_id`` index, anything else the
+    ``(aggregate_type, aggregate_id)`` index; ``app_label.model:id`` names both."""
+    term = term.strip()
+    label, sep, agg_id = term.partition(":")
+    if sep and "." in label and agg_id:
+        return Q(aggregate_type=label.lower(), aggregate_id=agg_id)
+    ids = {term}
+    event_q = Q(pk__in=[])
+    try:
+        parsed = uuid.UUID(term)
+    except ValueError:
+        pass
+    else:
+        event_q = Q(event_id=parsed)
+        ids.add(str(parsed))
+    # Naming the leading column lets the composite index serve an aggregate_id lookup.
+    aggregate_q = Q(aggregate_type__in=aggregate_types(), aggregate_id__in=sorted(ids))
+    return event_q | aggregate_q
+
+
+def format_duration(seconds: float) -> str:
+    """``3 d 4 h``, ``5 min 2 s``: two units are plenty for a lag."""
+    seconds = int(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size} {unit}")
+            seconds %= size
+        if len(parts) == 2:
+            break
+    return " ".join(parts)
+
+
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, cls=DjangoJSONEncoder)
+
+
+class EventTypeFilter(admin.SimpleListFilter):
+    """Choices from the event registry, so the sidebar costs no query."""
+
+    title = _("event type")
+    parameter_name = "event_type"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        from .events import registry
+
+        return [(name, name) for name in registry.names()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(event_type=value) if value else queryset
+
+
+class AggregateTypeFilter(admin.SimpleListFilter):
+    """Choices from the installed aggregate models, so the sidebar costs no query."""
+
+    title = _("aggregate type")
+    parameter_name = "aggregate_type"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(label, label) for label in aggregate_types()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(aggregate_type=value) if value else queryset
+
+
+class CappedPaginator(Paginator):
+    """Counts at most ``COUNT_CAP + 1`` rows, so a page view never counts the whole table."""
+
+    @cached_property
+    def count(self) -> int:
+        object_list: Any = self.object_list
+        if isinstance(object_list, QuerySet):
+            return object_list[: COUNT_CAP + 1].count()
+        return len(object_list)
+
+
+class CappedChangeList(ChangeList):
+    """Tells the pagination template when the count stopped at the cap."""
+
+    count_capped = False
+    count_cap = COUNT_CAP
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        self.count_cap = COUNT_CAP
+        self.count_capped = self.result_count > COUNT_CAP
+
+
+class LightChangeList(CappedChangeList):
+    """The list query leaves out the JSON and error columns."""
+
+    def get_queryset(self, request: HttpRequest, *args: Any, **kwargs: Any) -> QuerySet[Any]:
+        return super().get_queryset(request, *args, **kwargs).defer(*HEAVY_FIELDS)
+
+
+@admin.register(OutboxEvent)
+class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    change_list_template = "admin/django_uow/outboxevent/change_list.html"
+    change_form_template = "admin/django_uow/outboxevent/change_form.html"
+    list_display = (
+        "short_event_id",
+        "event_type",
+        "aggregate",
+        "status_label",
+        "attempts",
+        "age",
+        "dispatched_at",
+    )
+    list_filter = ("status", EventTypeFilter, AggregateTypeFilter, "created_at")
+    # Only consulted to show the search box: get_search_results() does exact matches.
+    search_fields = ("=event_id", "=aggregate_id")
+    search_help_text = _(
+        "Exact event id, aggregate id, or app_label.model:aggregate_id (e.g. shop.order:42)."
+    )
+    sortable_by = ("short_event_id", "age")
+    ordering = ("-id",)
+    show_full_result_count = False
+    paginator = CappedPaginator
+    list_per_page = 100
+    actions = ["retry_now", "mark_failed"]
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "event_id",
+                    "event_type",
+                    "status",
+                    "attempts",
+                    "occurred_at",
+                    "created_at",
+                    "available_at",
+                    "dispatched_at",
+                    "claimed_by",
+                    "claimed_until",
+                )
+            },
+        ),
+        (_("Aggregate"), {"fields": ("aggregate_type", "aggregate_id", "aggregate_version")}),
+        (_("Last error"), {"fields": ("last_error_display",)}),
+        (_("Payload and headers"), {"fields": ("payload_display", "headers_display")}),
+    )
+    readonly_fields = (
+        "event_id",
+        "event_type",
+        "status",
+        "attempts",
+        "occurred_at",
+        "created_at",
+        "available_at",
+        "dispatched_at",
+        "claimed_by",
+        "claimed_until",
+        "aggregate_type",
+        "aggregate_id",
+        "aggregate_version",
+        "last_error_display",
+        "payload_display",
+        "headers_display",
+    )
+
+    # -- permissions: no add, no delete, a read-only change page ------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting an owed event loses it; retention pruning removes dispatched ones.
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The model-level permission gates the actions; an object's page is view-only.
+        if obj is not None:
+            return False
+        return super().has_change_permission(request)
+
+    # -- list -----------------------------------------------------------------------------
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return LightChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[OutboxEvent], search_term: str
+    ) -> tuple[QuerySet[OutboxEvent], bool]:
+        if not search_term.strip():
+            return queryset, False
+        return queryset.filter(search_filter(search_term)), False
+
+    @admin.display(description=_("event"), ordering="id")
+    def short_event_id(self, obj: OutboxEvent) -> str:
+        return str(obj.event_id)[:8]
+
+    @admin.display(description=_("aggregate"))
+    def aggregate(self, obj: OutboxEvent) -> str:
+        if not obj.aggregate_type:
+            return "-"
+        version = f" v{obj.aggregate_version}" if obj.aggregate_version is not None else ""
+        return f"{obj.aggregate_type}:{obj.aggregate_id}{version}"
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_label(self, obj: OutboxEvent) -> SafeString:
+        return format_html(
+            '<span class="uow-status uow-status-{}">{}</span>', obj.status, obj.get_status_display()
+        )
+
+    @admin.display(description=_("age"), ordering="created_at")
+    def age(self, obj: OutboxEvent) -> str:
+        return timesince(obj.created_at)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        using = router.db_for_read(OutboxEvent)
+        status = outbox_status(using)
+        status["lag_display"] = format_duration(status["lag_seconds"])
+        return super().changelist_view(request, {**(extra_context or {}), "outbox_status": status})
+
+    # -- change page ----------------------------------------------------------------------
+
+    def _json_display(self, obj: OutboxEvent, field: str) -> SafeString:
+        text = pretty_json(getattr(obj, field))
+        raw_url = self._url("raw", obj.pk) + f"?field={field}"
+        if len(text) <= JSON_PREVIEW_CHARS:
+            return format_html(
+                '<pre class="uow-json">{}</pre><a href="{}">{}</a>',
+                text,
+                raw_url,
+                gettext("Raw JSON"),
+            )
+        return format_html(
+            '<pre class="uow-json">{}\n…</pre><p class="uow-truncated">{} <a href="{}">{}</a></p>',
+            text[:JSON_PREVIEW_CHARS],
+            gettext("Showing the first %(shown)s of %(total)s characters.")
+            % {"shown": f"{JSON_PREVIEW_CHARS:,}", "total": f"{len(text):,}"},
+            raw_url,
+            gettext("See the whole value as raw JSON"),
+        )
+
+    @admin.display(description=_("payload"))
+    def payload_display(self, obj: OutboxEvent) -> SafeString:
+        return self._json_display(obj, "payload")
+
+    @admin.display(description=_("headers"))
+    def headers_display(self, obj: OutboxEvent) -> SafeString:
+        return self._json_display(obj, "headers")
+
+    @admin.display(description=_("last error"))
+    def last_error_display(self, obj: OutboxEvent) -> SafeString | str:
+        if not obj.last_error:
+            return "-"
+        return format_html('<pre class="uow-error">{}</pre>', obj.last_error)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        context = {
+            **(extra_context or {}),
+            "timeline_url": self._url("timeline", object_id),
+            "retry_url": self._url("retry", object_id),
+            "can_run_actions": self.has_change_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, context)
+
+    # -- extra views ----------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        name = f"{self.opts.app_label}_{self.opts.model_name}"
+        custom = [
+            path("<path:object_id>/raw/", wrap(self.raw_json_view), name=f"{name}_raw"),
+            path("<path:object_id>/timeline/", wrap(self.timeline_view), name=f"{name}_timeline"),
+            path("<path:object_id>/retry/", wrap(self.retry_view), name=f"{name}_retry"),
+        ]
+        return custom + super().get_urls()  # type: ignore[operator]
+
+    def _url(self, view: str, object_id: Any) -> str:
+        opts = self.opts
+        return reverse(
+            f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_{view}",
+            args=[object_id],
+        )
+
+    def _viewable(self, request: HttpRequest, object_id: str) -> OutboxEvent:
+        obj: OutboxEvent | None = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404(gettext("No outbox event with id %(id)s.") % {"id": object_id})
+        if not self.has_view_permission(request, obj):
+            raise PermissionDenied
+        return obj
+
+    def raw_json_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The whole payload (or ``?field=headers``) as ``application/json``."""
+        field = request.GET.get("field", "payload")
+        if field not in ("payload", "headers"):
+            raise Http404(gettext("field must be 'payload' or 'headers'."))
+        obj = self._viewable(request, object_id)
+        return JsonResponse(
+            getattr(obj, field),
+            encoder=DjangoJSONEncoder,
+            safe=False,
+            json_dumps_params={"indent": 2, "ensure_ascii": False},
+        )
+
+    def timeline_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Every event of this event's aggregate, in the order they were written."""
+        obj = self._viewable(request, object_id)
+        if obj.aggregate_type:
+            rows = list(
+                OutboxEvent.objects.using(obj._state.db)
+                .filter(aggregate_type=obj.aggregate_type, aggregate_id=obj.aggregate_id)
+                .defer(*HEAVY_FIELDS)
+                .order_by("id")[: TIMELINE_LIMIT + 1]
+            )
+        else:
+            rows = [obj]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": gettext("Timeline of %(aggregate)s") % {"aggregate": self.aggregate(obj)},
+            "event": obj,
+            "events": rows[:TIMELINE_LIMIT],
+            "truncated": len(rows) > TIMELINE_LIMIT,
+            "limit": TIMELINE_LIMIT,
+            "change_url_name": f"{self.admin_site.name}:django_uow_outboxevent_change",
+        }
+        return TemplateResponse(request, "admin/django_uow/outboxevent/timeline.html", context)
+
+    def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: "retry now" for one event, from its change page."""
+        return _retry_one(self, request, object_id)
+
+    # -- actions --------------------------------------------------------------------------
+
+    @admin.action(description=_("Retry now"), permissions=["change"])
+    def retry_now(self, request: HttpRequest, queryset: QuerySet[OutboxEvent]) -> None:
+        """Pending again, attempts reset, due now, lease cleared; ``last_error`` is kept
+        (the next attempt overwrites it) so the reason of the failure stays visible."""
+        done, skipped = self._transition(
+            request,
+            queryset,
+            from_statuses=(Status.PENDING, Status.FAILED),
+            changes={
+                "status": Status.PENDING,
+                "attempts": 0,
+                "available_at": timezone.now(),
+                "claimed_by": "",
+                "claimed_until": None,
+            },
+            log_message=gettext("Retry now: pending again, attempts reset to 0."),
+            verb="retried",
+        )
+        self.message_user(
+            request,
+            ngettext(
+                "%(count)d event will be relayed again.",
+                "%(count)d events will be relayed again.",
+                done,
+            )
+            % {"count": done},
+            messages.SUCCESS if done else messages.WARNING,
+        )
+        if skipped:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d event was skipped: it is already dispatched.",
+                    "%(count)d events were skipped: they are already dispatched.",
+                    skipped,
+                )
+                % {"count": skipped},
+                messages.WARNING,
+            )
+
+    @admin.action(description=_("Mark failed"), permissions=["change"])
+    def mark_failed(self, request: HttpRequest, queryset: QuerySet[OutboxEvent]) -> None:
+        """Stop relaying pending events (dead letter); "retry now" undoes it."""
+        done, skipped = self._transition(
+            request,
+            queryset,
+            from_statuses=(Status.PENDING,),
+            changes={"status": Status.FAILED, "claimed_by": "", "claimed_until": None},
+            log_message=gettext("Marked failed."),
+            verb="marked failed",
+        )
+        self.message_user(
+            request,
+            ngettext(
+                "%(count)d event was marked failed.",
+                "%(count)d events were marked failed.",
+                done,
+            )
+            % {"count": done},
+            messages.SUCCESS if done else messages.WARNING,
+        )
+        if skipped:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d event was skipped: only pending events can be marked failed.",
+                    "%(count)d events were skipped: only pending events can be marked failed.",
+                    skipped,
+                )
+                % {"count": skipped},
+                messages.WARNING,
+            )
+
+    def _transition(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[OutboxEvent],
+        *,
+        from_statuses: Sequence[str],
+        changes: dict[str, Any],
+        log_message: str,
+        verb: str,
+    ) -> tuple[int, int]:
+        """Apply ``changes`` to the selected events in ``from_statuses``, in chunks.
+
+        Each chunk locks its rows (``FOR UPDATE`` where supported), updates them with
+        one statement and writes one admin ``LogEntry`` per event with one INSERT.
+        Returns (changed, skipped).
+        """
+        db = queryset.db
+        content_type = ContentType.objects.db_manager(db).get_for_model(OutboxEvent)
+        user_id: Any = request.user.pk
+        done = skipped = 0
+        last_pk = 0
+        base = queryset.order_by("pk")
+        while True:
+            chunk = list(base.filter(pk__gt=last_pk).values_list("pk", flat=True)[:ACTION_CHUNK])
+            if not chunk:
+                break
+            last_pk = chunk[-1]
+            with transaction.atomic(using=db):
+                rows = list(
+                    OutboxEvent.objects.using(db)
+                    .select_for_update()
+                    .filter(pk__in=chunk, status__in=from_statuses)
+                    .order_by("pk")
+                    .values_list("pk", "event_id", "event_type", "aggregate_type", "aggregate_id")
+                )
+                OutboxEvent.objects.using(db).filter(pk__in=[r[0] for r in rows]).update(**changes)
+                LogEntry.objects.db_manager(db).bulk_create(
+                    LogEntry(
+                        user_id=user_id,
+                        content_type_id=content_type.pk,
+                        object_id=str(pk),
+                        object_repr=f"{event_type} {event_id}"[:200],
+                        action_flag=CHANGE,
+                        change_message=log_message,
+                    )
+                    for pk, event_id, event_type, _agg_type, _agg_id in rows
+                )
+            for _pk, event_id, event_type, agg_type, agg_id in rows:
+                logger.info(
+                    "Outbox event %s (%s, aggregate %s:%s) %s in the admin by %s",
+                    event_id,
+                    event_type,
+                    agg_type or "-",
+                    agg_id or "-",
+                    verb,
+                    request.user,
+                    extra={
+                        "event_id": str(event_id),
+                        "event_type": event_type,
+                        "aggregate_type": agg_type,
+                        "aggregate_id": agg_id,
+                    },
+                )
+            done += len(rows)
+            skipped += len(chunk) - len(rows)
+        return done, skipped
+
+
+def _retry_one(model_admin: OutboxEventAdmin, request: HttpRequest, object_id: str) -> HttpResponse:
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    obj = model_admin._viewable(request, object_id)
+    if not model_admin.has_change_permission(request):
+        raise PermissionDenied
+    queryset = OutboxEvent.objects.using(obj._state.db).filter(pk=obj.pk)
+    model_admin.retry_now(request, queryset)
+    return HttpResponseRedirect(
+        reverse(f"{model_admin.admin_site.name}:django_uow_outboxevent_change", args=[obj.pk])
+    )
+
+
+@admin.register(ProcessedEvent)
+class ProcessedEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The inbox, read-only: which handler had its effect for which event, and when."""
+
+    list_display = ("event_id", "handler", "processed_at", "outbox_link")
+    list_filter = ("processed_at",)
+    search_fields = ("=event_id", "=handler")
+    search_help_text = _("Exact event id or handler name.")
+    ordering = ("-id",)
+    show_full_result_count = False
+    paginator = CappedPaginator
+    sortable_by = ("processed_at",)
+    readonly_fields = ("event_id", "handler", "processed_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting a row would let a redelivered event take effect twice.
+        return False
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return CappedChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[ProcessedEvent], search_term: str
+    ) -> tuple[QuerySet[ProcessedEvent], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            return queryset.filter(event_id=uuid.UUID(term)), False
+        except ValueError:
+            return queryset.filter(handler=term), False
+
+    @admin.display(description=_("outbox event"))
+    def outbox_link(self, obj: ProcessedEvent) -> SafeString:
+        url = reverse(f"{self.admin_site.name}:django_uow_outboxevent_changelist")
+        return format_html('<a href="{}?q={}">{}</a>', url, obj.event_id, gettext("find"))
