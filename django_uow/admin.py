@@ -136,7 +136,7 @@ class AggregateTypeFilter(admin.SimpleListFilter):
         return queryset.filter(aggregate_type=value) if value else queryset
 
 
-class CappedPaginator(Paginator):
+class CappedPaginator(Paginator):  # type: ignore[type-arg]
     """Counts at most ``COUNT_CAP + 1`` rows, so a page view never counts the whole table."""
 
     @cached_property
