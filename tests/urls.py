@@ -1,4 +1,14 @@
 from django.contrib import admin
 from django.urls import path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from tests.testapp import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("counters/<int:pk>/", views.counter_resource, name="counter"),
+    path("strict/counters/<int:pk>/", views.strict_counter_resource, name="strict-counter"),
+    path("counters/by-name/<str:name>/", views.counter_by_name, name="counter-by-name"),
+    path("counters/<int:pk>/stale/", views.save_stale_copy, name="counter-stale"),
+    path("cbv/counters/<int:pk>/", views.CounterView.as_view(), name="cbv-counter"),
+    path("cbv/strict/counters/<int:pk>/", views.StrictCounterView.as_view(), name="cbv-strict"),
+]
