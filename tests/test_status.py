@@ -1,0 +1,125 @@
+"""``outbox_status()`` and ``manage.py outbox_status``: counts per status and relay lag."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+import django_uow.status
+from django_uow.models import OutboxEvent
+from django_uow.status import outbox_status
+
+pytestmark = pytest.mark.django_db
+
+Status = OutboxEvent.Status
+
+
+@pytest.fixture
+def frozen_now(monkeypatch: pytest.MonkeyPatch) -> datetime:
+    now = timezone.now().replace(microsecond=0)
+    monkeypatch.setattr(django_uow.status.timezone, "now", lambda: now)
+    return now
+
+
+def make_event(status: str, created_at: datetime, using: str = "default", **kw: Any) -> OutboxEvent:
+    return OutboxEvent.objects.using(using).create(
+        event_id=uuid.uuid4(),
+        event_type="testapp.OrderPlaced",
+        status=status,
+        created_at=created_at,
+        **kw,
+    )
+
+
+def test_empty_outbox(frozen_now: datetime) -> None:
+    assert outbox_status() == {
+        "database": "default",
+        "counts": {"pending": 0, "dispatched": 0, "failed": 0},
+        "dispatched_capped": False,
+        "oldest_pending_created_at": None,
+        "lag_seconds": 0.0,
+    }
+
+
+def test_counts_and_lag_from_the_oldest_pending_event(frozen_now: datetime) -> None:
+    oldest_pending = frozen_now - timedelta(minutes=90)
+    make_event(Status.FAILED, frozen_now - timedelta(days=3))  # older, but not owed by the relay
+    make_event(Status.DISPATCHED, frozen_now - timedelta(days=2), dispatched_at=frozen_now)
+    make_event(Status.PENDING, oldest_pending)
+    make_event(Status.PENDING, frozen_now - timedelta(minutes=1))
+    status = outbox_status()
+    assert status["counts"] == {"pending": 2, "dispatched": 1, "failed": 1}
+    assert status["lag_seconds"] == 5400.0
+    assert status["oldest_pending_created_at"] == oldest_pending.isoformat()
+
+
+def test_three_cheap_queries() -> None:
+    make_event(Status.PENDING, timezone.now())
+    with CaptureQueriesContext(connection) as ctx:
+        outbox_status()
+    sql = [q["sql"] for q in ctx.captured_queries]
+    assert len(sql) == 3, sql
+    assert "GROUP BY" in sql[0] and "'pending', 'failed'" in sql[0]  # owed rows only
+    assert "LIMIT 10001" in sql[1]  # dispatched rows, capped
+    assert "MIN(" in sql[2] and "'pending'" in sql[2]
+
+
+def test_nothing_pending_skips_the_lag_query() -> None:
+    make_event(Status.FAILED, timezone.now())
+    with CaptureQueriesContext(connection) as ctx:
+        outbox_status()
+    assert len(ctx.captured_queries) == 2
+
+
+def test_dispatched_count_is_capped() -> None:
+    for _ in range(3):
+        make_event(Status.DISPATCHED, timezone.now(), dispatched_at=timezone.now())
+    capped = outbox_status(dispatched_cap=2)
+    assert capped["counts"]["dispatched"] == 2 and capped["dispatched_capped"] is True
+    exact = outbox_status(dispatched_cap=None)
+    assert exact["counts"]["dispatched"] == 3 and exact["dispatched_capped"] is False
+
+
+def test_command_text_output(frozen_now: datetime) -> None:
+    make_event(Status.PENDING, frozen_now - timedelta(seconds=30))
+    make_event(Status.FAILED, frozen_now)
+    out = StringIO()
+    call_command("outbox_status", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "pending: 1  failed: 1  dispatched: 0"
+    assert lines[1].startswith("relay lag: 30.0s (oldest pending: ")
+
+
+def test_command_json_output(frozen_now: datetime) -> None:
+    make_event(Status.PENDING, frozen_now - timedelta(seconds=12))
+    out = StringIO()
+    call_command("outbox_status", "--json", stdout=out)
+    data = json.loads(out.getvalue())
+    assert data["counts"] == {"pending": 1, "dispatched": 0, "failed": 0}
+    assert data["lag_seconds"] == 12.0
+    assert data["database"] == "default"
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_command_database_option() -> None:
+    make_event(Status.PENDING, timezone.now())
+    make_event(Status.FAILED, timezone.now(), using="other")
+    out = StringIO()
+    call_command("outbox_status", "--json", "--database", "other", stdout=out)
+    data = json.loads(out.getvalue())
+    assert data["database"] == "other"
+    assert data["counts"] == {"pending": 0, "dispatched": 0, "failed": 1}
+
+
+def test_command_unknown_database() -> None:
+    with pytest.raises(CommandError, match="Unknown database alias 'nope'"):
+        call_command("outbox_status", "--database", "nope")
