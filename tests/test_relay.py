@@ -104,7 +104,7 @@ def test_inline_fast_path_relays_right_after_commit(
 
 
 def test_relay_events_relays_exactly_the_given_events() -> None:
-    a, b, c = make_rows([("1", "a"), ("2", "b"), ("3", "c")])
+    a, _b, c = make_rows([("1", "a"), ("2", "b"), ("3", "c")])
     publisher = RecordingPublisher()
     result = relay_events([a.event_id, c.event_id], publishers=[publisher])
     assert result.dispatched == 2
@@ -113,7 +113,7 @@ def test_relay_events_relays_exactly_the_given_events() -> None:
 
 
 def test_relay_events_respects_aggregate_order() -> None:
-    first, second = make_rows([("1", "first"), ("1", "second")])
+    _first, second = make_rows([("1", "first"), ("1", "second")])
     publisher = RecordingPublisher()
     # The earlier event of the aggregate is still owed and not in the set: wait for the sweep.
     assert relay_events([second.event_id], publishers=[publisher]).dispatched == 0

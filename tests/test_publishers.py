@@ -1,0 +1,276 @@
+"""Publishers against real servers: Redis streams, Celery through a real worker on Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from django_uow import UnitOfWork
+from django_uow.models import OutboxEvent, ProcessedEvent
+from django_uow.publishers import (
+    CeleryPublisher,
+    InlinePublisher,
+    RedisStreamPublisher,
+    get_publishers,
+    handler_task_id,
+)
+from django_uow.relay import relay_pending
+from tests.relay_support import make_rows
+from tests.testapp.models import Effect, Order
+
+UOW = {"RELAY_ON_COMMIT": False, "PUBLISHERS": ["django_uow.publishers.InlinePublisher"]}
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+# ----------------------------------------------------------------------- loading
+
+
+def test_publishers_are_loaded_once_and_reloaded_when_settings_change() -> None:
+    first = get_publishers()
+    assert get_publishers() is first
+    assert [type(p) for p in first] == [InlinePublisher]
+    with override_settings(
+        DJANGO_UOW={**UOW, "PUBLISHERS": ["django_uow.publishers.RedisStreamPublisher"]}
+    ):
+        assert [type(p) for p in get_publishers()] == [RedisStreamPublisher]
+    assert [type(p) for p in get_publishers()] == [InlinePublisher]
+
+
+def test_a_bad_publisher_path_is_a_clear_error() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    with (
+        override_settings(DJANGO_UOW={**UOW, "PUBLISHERS": ["myapp.nope.Publisher"]}),
+        pytest.raises(ImproperlyConfigured, match="'myapp.nope.Publisher', which cannot be"),
+    ):
+        get_publishers()
+
+
+def test_handler_task_ids_are_deterministic() -> None:
+    event_id = uuid.uuid4()
+    assert handler_task_id(event_id, "h") == handler_task_id(str(event_id), "h")
+    assert handler_task_id(event_id, "h") == str(uuid.uuid5(event_id, "h"))
+    assert handler_task_id(event_id, "h") != handler_task_id(event_id, "other")
+
+
+# ----------------------------------------------------------------------- redis streams
+
+
+@pytest.fixture
+def stream_prefix(redis_server: str) -> Iterator[tuple[Any, str]]:
+    import redis
+
+    client = redis.Redis.from_url(redis_server)
+    prefix = f"uowtest:{uuid.uuid4().hex[:8]}"
+    yield client, prefix
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.mark.django_db
+def test_redis_stream_publisher_adds_one_entry_per_event_per_aggregate_type(
+    stream_prefix: tuple[Any, str], redis_server: str
+) -> None:
+    client, prefix = stream_prefix
+    rows = make_rows([("1", "a"), ("2", "b"), ("", "c")])
+    publisher = RedisStreamPublisher(redis_server, key=prefix + ":{aggregate_type}")
+    summary = relay_pending(publishers=[publisher])
+    assert summary.relayed == 3
+    entries = client.xrange(f"{prefix}:testapp.order")
+    messages = [json.loads(fields[b"message"]) for _, fields in entries]
+    assert [m["event_id"] for m in messages] == [str(rows[0].event_id), str(rows[1].event_id)]
+    assert messages[0]["payload"] == {"order_id": 1, "reason": "a"}
+    assert messages[0]["event_type"] == "orders.cancelled"
+    assert client.xlen(f"{prefix}:none") == 1
+
+
+@pytest.mark.django_db
+def test_redis_stream_publisher_per_event_type_and_bounded(
+    stream_prefix: tuple[Any, str], redis_server: str
+) -> None:
+    client, prefix = stream_prefix
+    make_rows([(str(i), "x") for i in range(300)])
+    publisher = RedisStreamPublisher(redis_server, key=prefix + ":{event_type}", maxlen=10)
+    assert relay_pending(publishers=[publisher]).relayed == 300
+    length = client.xlen(f"{prefix}:orders.cancelled")
+    assert 10 <= length < 300  # MAXLEN ~ trims whole macro nodes
+
+
+@pytest.mark.django_db
+def test_redis_stream_publisher_uses_one_pipeline_round_trip(
+    stream_prefix: tuple[Any, str], redis_server: str
+) -> None:
+    client, prefix = stream_prefix
+    make_rows([(str(i), "x") for i in range(50)])
+    publisher = RedisStreamPublisher(redis_server, key=prefix + ":{aggregate_type}")
+    before = client.info("commandstats").get("cmdstat_xadd", {}).get("calls", 0)
+    executes: list[int] = []
+    real_pipeline = publisher.client.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        real_execute = pipe.execute
+
+        def execute(*a: Any, **k: Any) -> Any:
+            executes.append(len(pipe.command_stack))
+            return real_execute(*a, **k)
+
+        pipe.execute = execute
+        return pipe
+
+    publisher.client.pipeline = counting_pipeline
+    relay_pending(publishers=[publisher])
+    assert executes == [50]
+    after = client.info("commandstats")["cmdstat_xadd"]["calls"]
+    assert after - before >= 50
+
+
+# ----------------------------------------------------------------------- celery
+
+
+@pytest.fixture(scope="module")
+def celery_worker() -> Iterator[Any]:
+    from tests.conftest import require_server
+
+    require_server("Redis", "127.0.0.1", 6379)
+    from celery.contrib.testing.worker import start_worker
+
+    import django_uow.tasks  # noqa: F401 - registers the shared tasks
+    from tests.celery_app import app
+
+    app.set_current()
+    app.set_default()
+    with app.connection_for_write() as conn:
+        conn.default_channel.client.flushdb()  # UOW_REDIS_DB is this run's own database
+    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
+        yield app
+
+
+@pytest.fixture
+def received(celery_worker: Any) -> Iterator[list[tuple[str, str]]]:
+    from celery.signals import task_prerun
+
+    seen: list[tuple[str, str]] = []
+
+    def record(sender: Any = None, task_id: str = "", **kwargs: Any) -> None:
+        seen.append((sender.name, task_id))
+
+    task_prerun.connect(record, weak=False)
+    yield seen
+    task_prerun.disconnect(record)
+
+
+def place(count: int) -> list[Order]:
+    orders = []
+    for _ in range(count):
+        with UnitOfWork():
+            order = Order.objects.create(total=Decimal("5"))
+            order.place()
+            order.save()
+        orders.append(order)
+    return orders
+
+
+@pytest.mark.celery
+@pytest.mark.postgres  # the worker's threads need a real server (in-memory SQLite locks tables)
+@pytest.mark.django_db(transaction=True)
+def test_celery_publisher_delivers_each_event_to_its_handler_through_a_worker(
+    celery_worker: Any, received: list[tuple[str, str]]
+) -> None:
+    with override_settings(
+        DJANGO_UOW={**UOW, "PUBLISHERS": ["django_uow.publishers.CeleryPublisher"]}
+    ):
+        place(5)
+        assert relay_pending().relayed == 5
+    assert wait_for(lambda: Effect.objects.count() == 5)
+    expected = {
+        handler_task_id(e, "testapp.record_placed")
+        for e in OutboxEvent.objects.values_list("event_id", flat=True)
+    }
+    assert {tid for name, tid in received if name == "django_uow.tasks.handle_event"} == expected
+
+
+@pytest.mark.celery
+@pytest.mark.postgres  # the worker's threads need a real server (in-memory SQLite locks tables)
+@pytest.mark.django_db(transaction=True)
+def test_celery_redelivery_has_its_effect_once(celery_worker: Any) -> None:
+    place(1)
+    envelope = OutboxEvent.objects.get().to_envelope()
+    publisher = CeleryPublisher(celery_worker)
+    publisher.publish([envelope])
+    publisher.publish([envelope])  # the relay died before its acknowledgement
+    assert wait_for(lambda: ProcessedEvent.objects.filter(event_id=envelope.event_id).count() == 1)
+    # Give the second delivery the time to run too, then count effects.
+    assert wait_for(lambda: Effect.objects.count() >= 1)
+    time.sleep(0.5)
+    assert Effect.objects.filter(event_id=envelope.event_id).count() == 1
+
+
+@pytest.mark.celery
+@pytest.mark.postgres  # the worker's threads need a real server (in-memory SQLite locks tables)
+@pytest.mark.django_db(transaction=True)
+def test_celery_publisher_reuses_one_producer_for_the_whole_batch(celery_worker: Any) -> None:
+    place(20)
+    envelopes = [row.to_envelope() for row in OutboxEvent.objects.order_by("id")]
+    acquired: list[Any] = []
+    pool = celery_worker.producer_pool
+    real = pool.acquire
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        producer = real(*args, **kwargs)
+        acquired.append(producer)
+        return producer
+
+    pool.acquire = spy
+    try:
+        assert CeleryPublisher(celery_worker).publish(envelopes) is None
+    finally:
+        del pool.acquire
+    assert len(acquired) == 1
+    assert wait_for(lambda: Effect.objects.count() == 20)
+
+
+@pytest.mark.celery
+@pytest.mark.postgres  # the worker's threads need a real server (in-memory SQLite locks tables)
+@pytest.mark.django_db(transaction=True)
+def test_celery_fast_path_enqueues_the_relay_task(
+    celery_worker: Any, received: list[tuple[str, str]]
+) -> None:
+    with override_settings(DJANGO_UOW={**UOW, "RELAY_ON_COMMIT": "celery"}):
+        place(2)
+        assert wait_for(lambda: Effect.objects.count() == 2)
+    assert OutboxEvent.objects.filter(status="dispatched").count() == 2
+    assert any(name == "django_uow.tasks.relay_outbox" for name, _ in received)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_celery_publisher_with_an_unreachable_broker_pauses_the_relay() -> None:
+    from celery import Celery
+
+    import django_uow.tasks  # noqa: F401
+    from django_uow.exceptions import RelayError
+
+    dead = Celery("dead", broker="redis://127.0.0.1:1/0")
+    dead.conf.broker_connection_retry = False
+    dead.conf.broker_connection_max_retries = 0
+    dead.conf.broker_transport_options = {"max_retries": 0}
+    place(2)
+    with pytest.raises(RelayError, match="Could not reach the broker"):
+        relay_pending(publishers=[CeleryPublisher(dead)])
+    assert list(OutboxEvent.objects.values_list("status", "attempts")) == [("pending", 0)] * 2
