@@ -120,6 +120,11 @@ class ProcessedEvent(models.Model):
 class VersionedQuerySet(models.QuerySet[Any]):
     def update_versioned(self, **kwargs: Any) -> int:
         """``update()`` that also bumps ``version``, so in-memory copies become stale."""
+        if VERSION_FIELD in kwargs:
+            raise TypeError(
+                f"update_versioned({VERSION_FIELD}=...) on {self.model._meta.label}: the version "
+                f"is incremented for you. Drop {VERSION_FIELD}=, or use update() to set it."
+            )
         return self.update(**{VERSION_FIELD: F(VERSION_FIELD) + 1}, **kwargs)
 
 

@@ -228,6 +228,11 @@ def test_update_versioned_bumps_versions_so_loaded_copies_become_stale() -> None
     assert stored(other.pk) == (5, 2)
 
 
+def test_update_versioned_refuses_an_explicit_version() -> None:
+    with pytest.raises(TypeError, match=r"update_versioned\(version=\.\.\.\) on testapp\.Counter"):
+        Counter.objects.update_versioned(version=7)
+
+
 def test_plain_queryset_update_does_not_bump(django_assert_num_queries: Any) -> None:
     """Documented: ``update()`` is Django's; use ``update_versioned()`` to invalidate copies."""
     counter = Counter.objects.create(name="a")

@@ -226,30 +226,34 @@ def test_four_writers_lose_no_increment() -> None:
     """Guarantee 6: 4 workers x 50 read-modify-write increments of one row end at 200."""
     counter = Counter.objects.create(name="shared")
     workers, per_worker = 4, 50
-    attempts = [0] * workers
+    attempts = 0
+    attempts_lock = threading.Lock()
     start = threading.Barrier(workers, timeout=TIMEOUT)
 
-    def worker(index: int) -> None:
-        @unit_of_work(retries=50, backoff=(0.001, 0.05))
-        def increment() -> None:
-            attempts[index] += 1
-            loaded = Counter.objects.get(pk=counter.pk)
-            time.sleep(0.0005)  # some work between the read and the write
-            loaded.value += 1
-            loaded.save()
+    # One decorated function shared by every thread, as a module-level service would be.
+    @unit_of_work(retries=50, backoff=(0.001, 0.05))
+    def increment() -> None:
+        nonlocal attempts
+        with attempts_lock:
+            attempts += 1
+        loaded = Counter.objects.get(pk=counter.pk)
+        time.sleep(0.0005)  # some work between the read and the write
+        loaded.value += 1
+        loaded.save()
 
+    def worker() -> None:
         start.wait()
         for _ in range(per_worker):
             increment()
 
-    threads = [in_thread(lambda i=i: worker(i)) for i in range(workers)]
+    threads = [in_thread(worker) for _ in range(workers)]
     for thread, errors in threads:
         join(thread, errors)
 
     row = Counter.objects.get(pk=counter.pk)
     assert row.value == workers * per_worker
     assert row.version == 1 + workers * per_worker
-    conflicts = sum(attempts) - workers * per_worker
+    conflicts = attempts - workers * per_worker
     assert conflicts > 0, "the workers never conflicted, so the test proved nothing"
 
 
