@@ -1,0 +1,1 @@
+"""The quickstart's code, as the docs show it (included with snippets) and tests run it."""
