@@ -1,4 +1,11 @@
-"""Optional OpenTelemetry integration: a no-op unless ``opentelemetry`` is installed."""
+"""Optional OpenTelemetry integration: a no-op unless ``opentelemetry-api`` is installed.
+
+At ``record_event`` time the active W3C trace context (``traceparent``, ``tracestate``)
+is copied into the event's headers, so the work a handler does later, in another
+process, joins the trace of the request that caused it: ``span(name, headers)`` opens
+a child of that context. The tracer is looked up on each call, so a tracer provider
+configured after import (as OpenTelemetry's SDK setup usually is) is honoured.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +13,21 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-try:  # pragma: no cover - depends on the environment
+try:
     from opentelemetry import propagate, trace
+except ImportError:  # pragma: no cover - depends on the environment
+    propagate = None  # type: ignore[assignment]
+    trace = None  # type: ignore[assignment]
 
-    _tracer: Any = trace.get_tracer("django_uow")
-except ImportError:  # pragma: no cover
-    propagate = None
-    _tracer = None
+#: Instrumentation scope name of every span this package opens.
+TRACER_NAME = "django_uow"
+#: Header keys the W3C trace-context propagator reads and writes.
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def enabled() -> bool:
+    """Whether OpenTelemetry is importable (spans may still go to a no-op provider)."""
+    return trace is not None
 
 
 def inject_trace_context(headers: dict[str, Any]) -> None:
@@ -24,12 +39,37 @@ def inject_trace_context(headers: dict[str, Any]) -> None:
     headers.update(carrier)
 
 
+def _parent_context(headers: Mapping[str, Any] | None) -> Any:
+    # Only a carrier that holds a trace context replaces the current one: extracting
+    # from headers without it would start a new root and cut the current trace.
+    if not headers or not headers.get("traceparent"):
+        return None
+    carrier = {k: str(v) for k, v in headers.items() if isinstance(v, str | int)}
+    return propagate.extract(carrier)
+
+
 @contextmanager
-def span(name: str, headers: Mapping[str, Any] | None = None, **attributes: Any) -> Iterator[None]:
-    """Open a span (child of the trace context in ``headers`` when given); no-op without OTel."""
-    if _tracer is None:
-        yield
+def span(
+    name: str,
+    headers: Mapping[str, Any] | None = None,
+    *,
+    kind: str = "internal",
+    **attributes: Any,
+) -> Iterator[Any]:
+    """Open a span, the child of the trace context in ``headers`` when they carry one.
+
+    ``kind`` is a ``SpanKind`` name (``"internal"``, ``"consumer"``, ``"producer"``...).
+    Attributes whose value is ``None`` are left out. Yields the span (``None`` when
+    OpenTelemetry is not installed). An exception leaving the block is recorded on the
+    span, which is marked as an error, and propagates.
+    """
+    if trace is None:
+        yield None
         return
-    context = propagate.extract(dict(headers)) if headers else None
-    with _tracer.start_as_current_span(name, context=context, attributes=attributes):
-        yield
+    tracer = trace.get_tracer(TRACER_NAME)
+    span_kind = getattr(trace.SpanKind, kind.upper())
+    attrs = {k: v for k, v in attributes.items() if v is not None}
+    with tracer.start_as_current_span(
+        name, context=_parent_context(headers), kind=span_kind, attributes=attrs
+    ) as current:
+        yield current
