@@ -184,6 +184,7 @@ def test_changelist_posts_each_rows_version(staff: Client) -> None:
     counter.save()
     html = staff.get(changelist_url(Counter)).content.decode()
     assert f'<input type="hidden" name="{VERSION_POST_PREFIX}{counter.pk}" value="2">' in html
+    assert 'id="action-toggle"' in html  # the select-all header survives the override
 
 
 def test_action_on_a_stale_selection_is_refused(staff: Client) -> None:
