@@ -32,6 +32,7 @@ __all__ = [
     "conflict_as_409",
     "conflict_response",
     "etag_for",
+    "precondition_response",
     "versioned_view",
 ]
 
