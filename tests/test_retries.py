@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -20,7 +21,8 @@ from django.db.models.functions import Concat
 
 from django_uow import ConcurrencyError, UnitOfWork, UnitOfWorkError, unit_of_work
 from django_uow.decorator import backoff_delay, is_retryable
-from tests.testapp.models import Counter, Note
+from django_uow.models import OutboxEvent
+from tests.testapp.models import Counter, Note, Order
 
 TIMEOUT = 20.0  # seconds any thread handshake may wait before the test fails
 
@@ -75,6 +77,28 @@ def test_conflict_rolls_back_and_reruns_the_whole_function() -> None:
     # The first attempt (its note and the +100) was rolled back as a whole.
     assert (row.value, row.version) == (1, 2)
     assert list(Note.objects.values_list("text", flat=True)) == ["attempt 2"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_of_a_failed_attempt_are_discarded() -> None:
+    with UnitOfWork():
+        order = Order.objects.create(total=Decimal("3.00"))
+    attempts: list[int] = []
+
+    @unit_of_work(retries=2, backoff=(0.0, 0.0))
+    def place() -> None:
+        attempts.append(1)
+        loaded = Order.objects.get(pk=order.pk)
+        loaded.place()
+        if len(attempts) == 1:
+            Order.objects.filter(pk=order.pk).update_versioned(note="concurrent")
+        loaded.save()
+
+    place()
+    assert len(attempts) == 2
+    (event,) = OutboxEvent.objects.all()  # one OrderPlaced, from the attempt that committed
+    assert event.event_type.endswith("OrderPlaced")
+    assert event.aggregate_version == Order.objects.get(pk=order.pk).version == 2
 
 
 @pytest.mark.django_db(transaction=True)
