@@ -190,6 +190,8 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     show_full_result_count = False
     paginator = CappedPaginator
     list_per_page = 100
+    if hasattr(admin, "ShowFacets"):  # Django 5.0+: facet counts would COUNT per choice
+        show_facets = admin.ShowFacets.NEVER
     actions = ["retry_now", "mark_failed"]
     fieldsets = (
         (
@@ -573,6 +575,8 @@ class ProcessedEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     ordering = ("-id",)
     show_full_result_count = False
     paginator = CappedPaginator
+    if hasattr(admin, "ShowFacets"):
+        show_facets = admin.ShowFacets.NEVER
     sortable_by = ("processed_at",)
     readonly_fields = ("event_id", "handler", "processed_at")
 
