@@ -16,7 +16,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import flatten_fieldsets
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import models, router, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils.html import format_html
@@ -90,6 +90,17 @@ class VersionedAdminMixin(_AdminBase):
     The ``version`` field is added to the change form as a hidden input (whatever
     ``fields``/``fieldsets`` say) and left out of the add form.
     """
+
+    def __init__(self, model: type[models.Model], admin_site: Any) -> None:
+        from .models import VersionedModel
+
+        if not issubclass(model, VersionedModel):
+            raise ImproperlyConfigured(
+                f"{type(self).__name__} is registered for {model._meta.label}, which is not a "
+                "VersionedModel, so it has no version to check. Make the model inherit "
+                "django_uow.VersionedModel (or AggregateRoot), or use a plain ModelAdmin."
+            )
+        super().__init__(model, admin_site)
 
     def get_fieldsets(self, request: HttpRequest, obj: models.Model | None = None) -> Any:
         fieldsets = list(super().get_fieldsets(request, obj))

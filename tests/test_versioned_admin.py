@@ -271,3 +271,13 @@ def test_delete_queryset_is_version_checked_per_object(admin_user: Any) -> None:
         with transaction.atomic():
             model_admin.delete_queryset(request, Counter.objects.order_by("pk"))
     assert Counter.objects.count() == 2
+
+
+def test_registering_for_an_unversioned_model_is_refused() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from django_uow.admin_locking import VersionedModelAdmin
+    from tests.testapp.models import Note
+
+    with pytest.raises(ImproperlyConfigured, match=r"testapp\.Note, which is not a VersionedModel"):
+        VersionedModelAdmin(Note, admin.site)
