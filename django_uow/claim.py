@@ -123,11 +123,23 @@ def claim(
     params.append(limit)
     eligible = "SELECT c.id FROM cand c"
     if ordered:
-        # Every earlier owed event of the aggregate must be in this batch.
+        # Every earlier owed event of the aggregate must be in this batch. Per aggregate,
+        # the first owed event NOT in the batch (found by walking uow_outbox_owed_idx, so
+        # the cost grows with the batch, not with the backlog) blocks every later one.
+        cte += (
+            ", blockers AS MATERIALIZED (SELECT a.aggregate_type, a.aggregate_id, (SELECT p.id "
+            f"FROM {t} p WHERE p.aggregate_type = a.aggregate_type "
+            "AND p.aggregate_id = a.aggregate_id AND p.status <> %s "
+            "AND p.id NOT IN (SELECT id FROM cand) "
+            "ORDER BY p.aggregate_type, p.aggregate_id, p.id LIMIT 1) AS blocker "
+            "FROM (SELECT DISTINCT aggregate_type, aggregate_id FROM cand "
+            "WHERE aggregate_id <> '') a)"
+        )
+        params.append(DISPATCHED)
         eligible += (
-            f" WHERE NOT EXISTS (SELECT 1 FROM {t} p WHERE c.aggregate_id <> '' "
-            "AND p.aggregate_type = c.aggregate_type AND p.aggregate_id = c.aggregate_id "
-            "AND p.id < c.id AND p.status <> %s AND p.id NOT IN (SELECT id FROM cand))"
+            " WHERE NOT EXISTS (SELECT 1 FROM blockers b WHERE "
+            "b.aggregate_type = c.aggregate_type AND b.aggregate_id = c.aggregate_id "
+            "AND b.blocker < c.id)"
         )
     columns = ", ".join(_quote(using, c) for c in CLAIM_COLUMNS)
     sql = (
@@ -136,10 +148,8 @@ def claim(
         f"{_quote(using, 'attempts')} + 1 WHERE {_quote(using, 'id')} IN ({eligible}) "
         f"RETURNING {columns}"
     )
-    # Parameters in statement order: the CTE, the SET clause, the eligibility filter.
+    # Parameters in statement order: the CTEs, then the SET clause.
     params += [relay_id, _dt(using, until)]
-    if ordered:
-        params.append(DISPATCHED)
     rows = list(OutboxEvent.objects.using(using).raw(sql, params))
     rows.sort(key=lambda row: row.id)
     return rows

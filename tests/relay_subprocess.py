@@ -1,0 +1,35 @@
+"""Run ``manage.py relay_outbox`` in a child process against a given (test) database.
+
+Usage: python -m tests.relay_subprocess <database name> [relay_outbox options...]
+Environment: UOW_LEASE (seconds), UOW_HANDLER_SLEEP (seconds per OrderCancelled event).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    import tests.settings as settings
+
+    settings.DATABASES["default"]["NAME"] = sys.argv[1]
+    settings.DJANGO_UOW = {
+        **settings.DJANGO_UOW,
+        "LEASE": float(os.environ.get("UOW_LEASE", "60")),
+        "NOTIFY": True,
+    }
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from tests.testapp import handlers
+
+    handlers.SLEEP[0] = float(os.environ.get("UOW_HANDLER_SLEEP", "0"))
+    call_command("relay_outbox", *sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()

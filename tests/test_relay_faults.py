@@ -1,0 +1,291 @@
+"""Faults: Redis stopped mid-drain, the relay SIGKILLed mid-batch, three relays at once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from django.conf import settings
+from django.db import connection, connections
+
+from django_uow import Envelope, RelayError
+from django_uow.models import OutboxEvent, ProcessedEvent
+from django_uow.publishers import RedisStreamPublisher
+from django_uow.relay import relay_batch, relay_pending
+from tests.conftest import CI
+from tests.relay_support import interleaved, make_rows
+from tests.testapp.models import Effect
+
+ROOT = Path(__file__).resolve().parent.parent
+OWN_REDIS_PORT = 6390
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
+# ----------------------------------------------------------------------- Redis outage
+
+
+class OwnRedis:
+    """A throw-away redis-server on its own port (never the shared one on 6379)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+            + ["--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def accepting() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return True
+            except OSError:
+                return False
+
+        assert wait_until(accepting, timeout=10), "redis-server did not start"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    if shutil.which("redis-server") is None:
+        message = "redis-server binary not found (apt-get install redis-server)"
+        if CI:
+            pytest.fail(f"{message} (CI=true)")
+        pytest.skip(message)
+    server = OwnRedis(OWN_REDIS_PORT)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def stream_ids(port: int, key: str) -> list[str]:
+    import json
+
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        return [json.loads(f[b"message"])["event_id"] for _, f in client.xrange(key)]
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_redis_stopped_mid_drain_loses_nothing_and_marks_nothing_unpublished(
+    own_redis: OwnRedis,
+) -> None:
+    rows = make_rows(interleaved(3, 10))
+    publisher = RedisStreamPublisher(
+        f"redis://127.0.0.1:{OWN_REDIS_PORT}/0", key="uowfault:{aggregate_type}"
+    )
+    key = "uowfault:testapp.order"
+    assert relay_batch(batch_size=10, publishers=[publisher]).dispatched == 10
+    before = stream_ids(OWN_REDIS_PORT, key)
+    assert len(before) == 10
+
+    own_redis.stop()
+    with pytest.raises(RelayError, match="Could not reach the broker"):
+        relay_pending(batch_size=10, publishers=[publisher])
+    marked = set(OutboxEvent.objects.filter(status="dispatched").values_list("event_id", flat=True))
+    assert {str(e) for e in marked} == set(before)  # nothing marked that was not published
+    pending = OutboxEvent.objects.filter(status="pending")
+    assert pending.count() == 20
+    assert set(pending.values_list("attempts", "claimed_by")) == {(0, "")}
+
+    own_redis.start()  # an empty server: --save "" keeps nothing
+    summary = relay_pending(batch_size=10, publishers=[publisher])
+    assert (summary.relayed, summary.left) == (20, 0)
+    after = stream_ids(OWN_REDIS_PORT, key)
+    assert sorted(before + after) == sorted(str(r.event_id) for r in rows)
+
+
+# ----------------------------------------------------------------------- SIGKILL
+
+
+def relay_process(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.relay_subprocess", connection.settings_dict["NAME"], *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_relay_killed_mid_batch_delivers_everything_and_effects_happen_once() -> None:
+    rows = make_rows(interleaved(10, 20))
+    proc = relay_process(
+        "--batch-size",
+        "25",
+        "--interval",
+        "0.1",
+        env={"UOW_HANDLER_SLEEP": "0.01", "UOW_LEASE": "1"},
+    )
+    try:
+
+        def mid_batch() -> bool:
+            done = OutboxEvent.objects.filter(status="dispatched").count()
+            return done >= 25 and Effect.objects.count() > done + 3
+
+        assert wait_until(mid_batch), proc.stderr.read() if proc.poll() is not None else ""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    # Events the dead relay ran handlers for are leased but not acknowledged.
+    assert OutboxEvent.objects.exclude(claimed_by="").filter(status="pending").exists()
+
+    def restart_once() -> bool:
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.relay_subprocess", connection.settings_dict["NAME"]]
+            + ["--once"],
+            cwd=ROOT,
+            env={**os.environ, "UOW_LEASE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return not OutboxEvent.objects.exclude(status="dispatched").exists()
+
+    assert wait_until(restart_once, timeout=30, step=0.3)
+    per_event = defaultdict(int)
+    for event_id in Effect.objects.values_list("event_id", flat=True):
+        per_event[event_id] += 1
+    assert set(per_event) == {r.event_id for r in rows}
+    assert set(per_event.values()) == {1}  # idempotent handler: exactly once per event
+    assert ProcessedEvent.objects.count() == len(rows)
+    # Per-aggregate order of the effects follows the outbox order.
+    order_of = {r.event_id: r.id for r in rows}
+    by_aggregate: dict[str, list[int]] = defaultdict(list)
+    for aggregate_id, event_id in Effect.objects.order_by("id").values_list(
+        "aggregate_id", "event_id"
+    ):
+        by_aggregate[aggregate_id].append(order_of[event_id])
+    assert all(ids == sorted(ids) for ids in by_aggregate.values())
+
+
+# ----------------------------------------------------------------------- concurrency
+
+
+class RedisListPublisher:
+    """Appends ``aggregate:reason:event_id`` to a Redis list, one pipeline per batch."""
+
+    def __init__(self, url: str, key: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.key = key
+
+    def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
+        pipe = self.client.pipeline(transaction=False)
+        for e in envelopes:
+            pipe.rpush(self.key, f"{e.aggregate_id}:{e.payload['reason']}:{e.event_id}")
+        pipe.execute()
+        return None
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_three_concurrent_relays_publish_each_event_once_in_aggregate_order(
+    redis_server: str,
+) -> None:
+    import redis
+
+    rows = make_rows(interleaved(50, 100))
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {OutboxEvent._meta.db_table}")  # as autovacuum would
+    key = f"uowtest:concurrent:{uuid.uuid4().hex[:8]}"
+    errors: list[BaseException] = []
+    batches: dict[str, int] = {}
+    start = threading.Barrier(3)
+
+    def relay(name: str) -> None:
+        publisher = RedisListPublisher(redis_server, key)
+        try:
+            start.wait(timeout=10)
+            count = 0
+            for _ in range(400):
+                summary = relay_pending(batch_size=250, publishers=[publisher])
+                count += summary.batches
+                if summary.left == 0:
+                    break
+                if not summary.relayed:
+                    time.sleep(0.01)  # the others hold the due events: let them finish
+            batches[name] = count
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+            publisher.client.close()
+
+    threads = [threading.Thread(target=relay, args=(f"r{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    client = redis.Redis.from_url(redis_server)
+    try:
+        published = [item.decode() for item in client.lrange(key, 0, -1)]
+    finally:
+        client.delete(key)
+        client.close()
+    assert not errors, errors
+    assert len(batches) == 3
+    event_ids = [item.rsplit(":", 1)[1] for item in published]
+    assert len(event_ids) == len(set(event_ids)) == len(rows)  # no event twice, none lost
+    seen: dict[str, list[int]] = defaultdict(list)
+    for item in published:
+        aggregate_id, reason, _ = item.split(":")
+        seen[aggregate_id].append(int(reason))
+    assert all(seq == list(range(100)) for seq in seen.values())
+    assert not OutboxEvent.objects.exclude(status="dispatched").exists()
+    assert settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
