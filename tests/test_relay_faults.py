@@ -56,8 +56,17 @@ class OwnRedis:
         binary = shutil.which("redis-server")
         assert binary is not None
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-            + ["--appendonly", "no"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -184,8 +193,13 @@ def test_relay_killed_mid_batch_delivers_everything_and_effects_happen_once() ->
 
     def restart_once() -> bool:
         done = subprocess.run(
-            [sys.executable, "-m", "tests.relay_subprocess", connection.settings_dict["NAME"]]
-            + ["--once"],
+            [
+                sys.executable,
+                "-m",
+                "tests.relay_subprocess",
+                connection.settings_dict["NAME"],
+                "--once",
+            ],
             cwd=ROOT,
             env={**os.environ, "UOW_LEASE": "1"},
             capture_output=True,
