@@ -68,6 +68,8 @@ def assert_consistent(report: dict[str, Any]) -> None:
     )
     assert report["redelivered"] == 5
     assert report["effects_after_redelivery"] == report["effects_before_redelivery"]
+    # A restock sent with the ETag of a page loaded before a sale is refused.
+    assert (report["stale_restock_status"], report["fresh_restock_status"]) == (412, 200)
     assert report["stock_matches_projection"] is True
     assert report["revenue_matches_payments"] is True
     # Each rush round: all buyers read the stock before anyone writes, so all but one retry.

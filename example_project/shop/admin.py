@@ -1,13 +1,16 @@
 from django.contrib import admin
 
+from django_uow.admin_locking import VersionedModelAdmin
+
 from .models import Notification, Order, OrderLine, Payment, Product, ProductSales
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(VersionedModelAdmin):
+    """Two staff members editing one product: the second save is refused, not lost."""
+
     list_display = ["sku", "name", "price", "stock", "version"]
     search_fields = ["sku", "name"]
-    readonly_fields = ["version"]
 
 
 class OrderLineInline(admin.TabularInline):

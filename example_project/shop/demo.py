@@ -31,8 +31,11 @@ from . import services
 from .errors import OutOfStock
 from .models import Notification, Order, Payment, Product, ProductSales
 
-#: How often an entry point re-runs after a conflict before giving up.
-RETRIES = 12
+#: How often an entry point re-runs after a conflict before giving up, and the backoff
+#: (base, cap) in seconds: generous, because on a busy machine SQLite's single writer
+#: can hold the lock for a while.
+RETRIES = 20
+BACKOFF = (0.02, 1.0)
 
 #: (sku, name, price, stock). LIMITED is scarce on purpose: some orders must be refused.
 CATALOG = [
@@ -86,6 +89,8 @@ class DemoReport:
     effects_after_redelivery: int = 0
     effects_before_redelivery: int = 0
     stock_matches_projection: bool = False
+    stale_restock_status: int | None = None
+    fresh_restock_status: int | None = None
     revenue_matches_payments: bool = False
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -129,6 +134,11 @@ class DemoReport:
             found.append(
                 f"redelivering {self.redelivered} events changed the effects from "
                 f"{self.effects_before_redelivery} to {self.effects_after_redelivery}"
+            )
+        if (self.stale_restock_status, self.fresh_restock_status) != (412, 200):
+            found.append(
+                f"restocking with a stale ETag answered {self.stale_restock_status} (expected "
+                f"412), with the fresh one {self.fresh_restock_status} (expected 200)"
             )
         if not self.stock_matches_projection:
             found.append("the sales projection does not match the stock taken")
@@ -184,6 +194,8 @@ class DemoReport:
             f" (expected {self.expected_processed_rows})",
             f"  redelivered events        {self.redelivered}:"
             f" effects {self.effects_before_redelivery} -> {self.effects_after_redelivery}",
+            f"  restock, stale If-Match   HTTP {self.stale_restock_status}"
+            f" (fresh: HTTP {self.fresh_restock_status})",
             "  sales projection          "
             + ("matches the stock taken" if self.stock_matches_projection else "MISMATCH"),
             "  projected revenue         "
@@ -203,19 +215,19 @@ class DemoReport:
 # The transaction boundary: each call is one unit of work, re-run on conflicts.
 
 
-@unit_of_work(retries=RETRIES)
+@unit_of_work(retries=RETRIES, backoff=BACKOFF)
 def buy(
     customer: str, items: dict[str, int], after_reserve: Callable[[], None] | None = None
 ) -> Order:
     return services.place_order(customer, items, after_reserve=after_reserve)
 
 
-@unit_of_work(retries=RETRIES)
+@unit_of_work(retries=RETRIES, backoff=BACKOFF)
 def pay(order_id: int) -> Order:
     return services.pay_order(order_id)
 
 
-@unit_of_work(retries=RETRIES)
+@unit_of_work(retries=RETRIES, backoff=BACKOFF)
 def cancel(order_id: int) -> Order:
     return services.cancel_order(order_id, reason="changed their mind")
 
@@ -281,10 +293,12 @@ class OneShotBarrier:
             self.barrier.wait()
 
 
-def _run_threads(target: Callable[[int], None], threads: int) -> None:
+def _run_threads(target: Callable[[int], None], threads: int, errors: list[str]) -> None:
     def run(index: int) -> None:
         try:
             target(index)
+        except Exception as error:  # reported by problems(), never lost with the thread
+            errors.append(f"thread {index}: {type(error).__name__}: {error}")
         finally:
             connections.close_all()  # this thread's connections
 
@@ -353,7 +367,7 @@ def rush(config: DemoConfig, tally: Tally) -> None:
                 ),
             )
 
-        _run_threads(buyer, config.threads)
+        _run_threads(buyer, config.threads, tally.errors)
 
 
 def traffic(config: DemoConfig, tally: Tally) -> None:
@@ -362,7 +376,7 @@ def traffic(config: DemoConfig, tally: Tally) -> None:
 
     def shopper(index: int) -> None:
         rng = random.Random(config.seed * 1000 + index)
-        client = Client()
+        client = Client(raise_request_exception=False)
         for n in range(index, config.orders, config.threads):
             basket = {sku: rng.randint(1, 3) for sku in rng.sample(skus, rng.randint(1, 3))}
             tally.add("attempted")
@@ -372,7 +386,7 @@ def traffic(config: DemoConfig, tally: Tally) -> None:
             else:
                 _attempt(tally, "placed", lambda basket=basket, n=n: buy(f"customer-{n}", basket))
 
-    _run_threads(shopper, config.threads)
+    _run_threads(shopper, config.threads, tally.errors)
 
 
 def after_sales(config: DemoConfig, tally: Tally) -> None:
@@ -390,7 +404,7 @@ def after_sales(config: DemoConfig, tally: Tally) -> None:
     actions = {"paid": pay, "cancelled": cancel}
 
     def clerk(index: int) -> None:
-        client = Client()
+        client = Client(raise_request_exception=False)
         for n, (action, order_id) in enumerate(plan[index :: config.threads]):
             if n % 2:
                 path = f"/api/orders/{order_id}/{'pay' if action == 'paid' else 'cancel'}/"
@@ -398,7 +412,29 @@ def after_sales(config: DemoConfig, tally: Tally) -> None:
             else:
                 _attempt(tally, action, lambda a=action, o=order_id: actions[a](o))
 
-    _run_threads(clerk, config.threads)
+    _run_threads(clerk, config.threads, tally.errors)
+
+
+def restock(report: DemoReport, tally: Tally) -> dict[str, int]:
+    """Staff restock from a page loaded before a sale: refused (412), then done on a fresh one."""
+    client = Client()
+    product = Product.objects.get(sku=RUSH_SKU)
+    page = client.get(f"/api/products/{product.pk}/")
+    stale_etag = page["ETag"]
+    tally.add("attempted")
+    _attempt(tally, "placed", lambda: buy("walk-in", {RUSH_SKU: 1}))  # changes the product
+    path = f"/api/products/{product.pk}/restock/"
+    body = {"quantity": 10}
+    stale = client.post(
+        path, body, content_type="application/json", headers={"If-Match": stale_etag}
+    )
+    fresh_etag = client.get(f"/api/products/{product.pk}/")["ETag"]
+    fresh = client.post(
+        path, body, content_type="application/json", headers={"If-Match": fresh_etag}
+    )
+    report.stale_restock_status = stale.status_code
+    report.fresh_restock_status = fresh.status_code
+    return {RUSH_SKU: 10} if fresh.status_code == 200 else {}
 
 
 def relay_mode() -> str:
@@ -462,7 +498,7 @@ def redeliver_some(count: int = 5) -> int:
     return len(rows)
 
 
-def measure(report: DemoReport, initial_stock: dict[str, int]) -> None:
+def measure(report: DemoReport, initial_stock: dict[str, int], restocked: dict[str, int]) -> None:
     statuses = Counter(Order.objects.values_list("status", flat=True))
     report.orders_cancelled = statuses.get(Order.Status.CANCELLED, 0)
     report.orders_paid = statuses.get(Order.Status.PAID, 0)
@@ -499,7 +535,7 @@ def measure(report: DemoReport, initial_stock: dict[str, int]) -> None:
     sales = {s.sku: s for s in ProductSales.objects.all()}
     report.stock_matches_projection = all(
         (sales[p.sku].units_ordered - sales[p.sku].units_cancelled if p.sku in sales else 0)
-        == initial_stock[p.sku] - p.stock
+        == initial_stock[p.sku] + restocked.get(p.sku, 0) - p.stock
         for p in Product.objects.all()
     )
     revenue = sum((s.revenue for s in sales.values()), Decimal("0"))
@@ -530,6 +566,8 @@ def run_scenario(
         traffic(config, tally)
         say("After-sales: paying and cancelling...")
         after_sales(config, tally)
+        say("Restock: a stale page, then a fresh one...")
+        restocked = restock(report, tally)
     report.conflicts_by_error = dict(retries.by_error)
     report.conflicts_retried = sum(retries.by_error.values())
     report.orders_attempted = tally.counts["attempted"]
@@ -549,6 +587,6 @@ def run_scenario(
     report.effects_before_redelivery = effects_count()
     report.redelivered = redeliver_some()
     report.effects_after_redelivery = effects_count()
-    measure(report, initial_stock)
+    measure(report, initial_stock, restocked)
     report.seconds = time.monotonic() - started
     return report

@@ -1,4 +1,4 @@
-"""JSON endpoints and one HTML page. Every write runs in ``@unit_of_work(retries=5)``.
+"""JSON endpoints and one HTML page. Every write runs in ``@unit_of_work(retries=...)``.
 
 Errors are turned into responses *outside* the unit of work (``json_errors`` is the
 outer decorator), so the unit of work sees the exception and rolls back first.
@@ -17,6 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from django_uow import unit_of_work
+from django_uow.http import conflict_as_409, versioned_view
 from django_uow.models import OutboxEvent
 
 from . import services
@@ -24,6 +25,11 @@ from .errors import ShopError
 from .models import Notification, Order, Product, ProductSales
 
 View = Callable[..., HttpResponse]
+
+#: Re-runs of a write request after a conflict (a stale version, or SQLite's
+#: "database is locked" when two requests write at once) before answering 409 / 500.
+RETRIES = 10
+BACKOFF = (0.02, 1.0)  # seconds (base, cap) of the jittered exponential backoff
 
 
 def json_errors(view: View) -> View:
@@ -67,25 +73,27 @@ def order_json(order: Order) -> dict[str, Any]:
     }
 
 
+def product_json(p: Product) -> dict[str, Any]:
+    return {
+        "id": p.pk,
+        "sku": p.sku,
+        "name": p.name,
+        "price": str(p.price),
+        "stock": p.stock,
+        "version": p.version,
+    }
+
+
 @require_GET
 def product_list(request: HttpRequest) -> JsonResponse:
-    products = [
-        {
-            "sku": p.sku,
-            "name": p.name,
-            "price": str(p.price),
-            "stock": p.stock,
-            "version": p.version,
-        }
-        for p in Product.objects.all()
-    ]
-    return JsonResponse({"products": products})
+    return JsonResponse({"products": [product_json(p) for p in Product.objects.all()]})
 
 
 @csrf_exempt
 @require_POST
+@conflict_as_409
 @json_errors
-@unit_of_work(retries=5)
+@unit_of_work(retries=RETRIES, backoff=BACKOFF)
 def order_create(request: HttpRequest) -> JsonResponse:
     """POST {"customer": "ada", "items": {"SKU": quantity}} -> 201 with the order."""
     data = _body(request)
@@ -104,8 +112,9 @@ def order_detail(request: HttpRequest, order_id: int) -> JsonResponse:
 
 @csrf_exempt
 @require_POST
+@conflict_as_409
 @json_errors
-@unit_of_work(retries=5)
+@unit_of_work(retries=RETRIES, backoff=BACKOFF)
 def order_pay(request: HttpRequest, order_id: int) -> JsonResponse:
     data = _body(request)
     order = services.pay_order(order_id, reference=str(data.get("reference", "")))
@@ -114,12 +123,39 @@ def order_pay(request: HttpRequest, order_id: int) -> JsonResponse:
 
 @csrf_exempt
 @require_POST
+@conflict_as_409
 @json_errors
-@unit_of_work(retries=5)
+@unit_of_work(retries=RETRIES, backoff=BACKOFF)
 def order_cancel(request: HttpRequest, order_id: int) -> JsonResponse:
     data = _body(request)
     order = services.cancel_order(order_id, reason=str(data.get("reason", "")))
     return JsonResponse(order_json(order))
+
+
+@csrf_exempt
+@require_POST
+@versioned_view(Product)
+@json_errors
+@unit_of_work
+def product_restock(request: HttpRequest, product: Product) -> JsonResponse:
+    """POST {"quantity": n} with ``If-Match: <ETag of GET /api/products/<pk>/>``.
+
+    Staff restocking from a stale page get 412 instead of overwriting a change they
+    have not seen; no ``retries=`` here, since re-running would ignore their If-Match.
+    """
+    quantity = _body(request).get("quantity")
+    if not isinstance(quantity, int) or quantity <= 0:
+        raise ShopError('"quantity" must be a positive integer.')
+    product.release(quantity)
+    product.save(update_fields=["stock"])
+    return JsonResponse(product_json(product))
+
+
+@require_GET
+@versioned_view(Product)
+def product_detail(request: HttpRequest, product: Product) -> JsonResponse:
+    """The product, with its version as the ``ETag``."""
+    return JsonResponse(product_json(product))
 
 
 @require_GET
@@ -130,7 +166,7 @@ def outbox(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"events": counts})
 
 
-@unit_of_work(retries=5)
+@unit_of_work(retries=RETRIES, backoff=BACKOFF)
 def _place_from_form(customer: str, sku: str, quantity: int) -> Order:
     return services.place_order(customer, {sku: quantity})
 
