@@ -9,6 +9,7 @@ then the loop exits. Database and broker errors are logged and retried next roun
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -49,12 +50,12 @@ class Listener:
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds; True when a notification arrived."""
-        for _ in self.conn.notifies(timeout=timeout, stop_after=1):
-            # Drain the ones queued behind it: one wake-up drains them all.
-            for _ in self.conn.notifies(timeout=0.0):
+        woke = any(True for _ in self.conn.notifies(timeout=timeout, stop_after=1))
+        if woke:
+            # Drop the ones queued behind it: one wake-up drains them all.
+            for _ in self.conn.notifies(timeout=0.01):
                 pass
-            return True
-        return False
+        return woke
 
     def close(self) -> None:
         self.conn.close()
@@ -76,6 +77,7 @@ class RelayLoop:
     total: RelaySummary = field(default_factory=RelaySummary)
     stopping: threading.Event = field(default_factory=threading.Event)
     _last_prune: float = float("-inf")
+    _listener_conn: Listener | None = None
     pruned: int = 0
 
     def stop(self, *args: Any) -> None:
@@ -108,7 +110,8 @@ class RelayLoop:
 
     def round(self) -> RelaySummary:
         """One drain; raises ``RelayError`` when the database or broker is unreachable."""
-        close_old_connections()
+        if not connections[self.using].in_atomic_block:
+            close_old_connections()  # never inside a caller's transaction (tests)
         summary = relay_pending(
             using=self.using,
             limit=self._remaining(),
@@ -131,7 +134,7 @@ class RelayLoop:
         if self.once:
             self.round()
             return self.total
-        listener = self._listener()
+        self._listener_conn = self._listener()
         try:
             while not self.stopping.is_set():
                 try:
@@ -143,10 +146,11 @@ class RelayLoop:
                     close_old_connections()
                 if self._remaining() == 0:
                     break
-                self._wait(listener)
+                self._wait()
         finally:
-            if listener is not None:
-                listener.close()
+            if self._listener_conn is not None:
+                self._listener_conn.close()
+                self._listener_conn = None
         return self.total
 
     def _listener(self) -> Listener | None:
@@ -163,19 +167,22 @@ class RelayLoop:
             )
             return None
 
-    def _wait(self, listener: Listener | None) -> None:
+    def _wait(self) -> None:
         deadline = time.monotonic() + self.interval
         while not self.stopping.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             step = min(left, 0.25)
+            listener = self._listener_conn
             if listener is not None:
                 try:
                     if listener.wait(step):
                         return
                 except Exception as exc:
                     logger.warning("LISTEN connection lost (%s); polling instead", exc)
-                    listener = None
+                    self._listener_conn = None
+                    with contextlib.suppress(Exception):  # already broken
+                        listener.close()
             else:
                 self.stopping.wait(step)
