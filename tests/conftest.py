@@ -11,6 +11,9 @@ from django.db import connection
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
+# The fixtures django-uow ships for its users (uow_events, uow_drain), tested here too.
+pytest_plugins = ["django_uow.testing"]
+
 
 def server_reachable(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
