@@ -16,6 +16,8 @@ from django.utils import timezone
 
 #: Dispatched rows are counted up to this many; ``dispatched_capped`` says when the cap hit.
 DISPATCHED_COUNT_CAP = 10_000
+#: The oldest pending event is looked for among this many earliest-due pending events.
+PENDING_SCAN_CAP = 100_000
 
 
 def outbox_status(
@@ -27,7 +29,8 @@ def outbox_status(
     ``dispatched_capped`` (the dispatched count stopped at ``dispatched_cap``; pass
     ``None`` for an exact count), ``oldest_pending_created_at`` (ISO 8601 or ``None``)
     and ``lag_seconds``: the age of the oldest event still owed (pending), measured
-    from its ``created_at``; ``0.0`` when nothing is pending.
+    from its ``created_at``; ``0.0`` when nothing is pending. With more than
+    ``PENDING_SCAN_CAP`` pending events the oldest is sought among the earliest due.
     """
     from .models import OutboxEvent
 
@@ -55,7 +58,15 @@ def outbox_status(
 
     oldest: datetime | None = None
     if counts[Status.PENDING]:
-        oldest = events.filter(status=Status.PENDING).aggregate(oldest=Min("created_at"))["oldest"]
+        # MIN over the pending rows in due order: the partial index on pending rows serves
+        # the inner query. A plain MIN(created_at) lets PostgreSQL walk the created_at
+        # index from the oldest row, through every dispatched row, to the newest pending.
+        due = (
+            events.filter(status=Status.PENDING)
+            .order_by("available_at", "id")
+            .values("created_at")[:PENDING_SCAN_CAP]
+        )
+        oldest = due.aggregate(oldest=Min("created_at"))["oldest"]
     lag = max(0.0, (timezone.now() - oldest).total_seconds()) if oldest is not None else 0.0
     return {
         "database": using,

@@ -70,7 +70,7 @@ def test_three_cheap_queries() -> None:
     assert len(sql) == 3, sql
     assert "GROUP BY" in sql[0] and "'pending', 'failed'" in sql[0]  # owed rows only
     assert "LIMIT 10001" in sql[1]  # dispatched rows, capped
-    assert "MIN(" in sql[2] and "'pending'" in sql[2]
+    assert "MIN(" in sql[2] and "'pending'" in sql[2] and "LIMIT 100000" in sql[2]
 
 
 def test_nothing_pending_skips_the_lag_query() -> None:
