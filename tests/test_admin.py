@@ -380,3 +380,19 @@ def test_processed_event_admin_is_read_only(viewer: Client, admin_client: Client
     assert admin_client.post(change, {"handler": "x"}).status_code == 403
     row.refresh_from_db()
     assert row.handler == "shop.send_mail"
+
+
+def test_actions_log_one_line_per_event_with_its_identity(
+    operator: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    event = make_event(status=Status.FAILED, aggregate_id="77", event_type="testapp.OrderPaid")
+    with caplog.at_level("INFO", logger="django_uow.admin"):
+        post_action(operator, "retry_now", event)
+    records = [r for r in caplog.records if r.name == "django_uow.admin"]
+    assert len(records) == 1
+    record: Any = records[0]
+    message = record.getMessage()
+    assert str(event.event_id) in message and "testapp.OrderPaid" in message
+    assert "testapp.order:77" in message and "operator" in message
+    assert (record.event_id, record.event_type) == (str(event.event_id), "testapp.OrderPaid")
+    assert (record.aggregate_type, record.aggregate_id) == ("testapp.order", "77")
