@@ -155,8 +155,8 @@ def _publish(publishers: Sequence[Any], envelopes: Sequence[Envelope]) -> dict[U
             for env in todo:
                 failures.setdefault(env.event_id, exc)
             continue
-        for event_id, exc in (result or {}).items():
-            failures.setdefault(event_id, exc)
+        for event_id, error in (result or {}).items():
+            failures.setdefault(event_id, error)
     return failures
 
 

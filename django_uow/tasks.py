@@ -124,7 +124,7 @@ def run_handler_task(task: Any, message: dict[str, Any], handler_name: str) -> b
 
 if shared_task is not None:
 
-    @shared_task(name="django_uow.tasks.relay_outbox", ignore_result=True)
+    @shared_task(name="django_uow.tasks.relay_outbox", ignore_result=True)  # type: ignore[untyped-decorator]
     def relay_outbox(
         event_ids: Sequence[str] | None = None,
         using: str = "default",
@@ -134,12 +134,12 @@ if shared_task is not None:
         """Relay due outbox events (beat), or exactly ``event_ids`` (fast path)."""
         return run_relay(event_ids, using=using, limit=limit, batch_size=batch_size)
 
-    @shared_task(name="django_uow.tasks.prune_outbox", ignore_result=True)
+    @shared_task(name="django_uow.tasks.prune_outbox", ignore_result=True)  # type: ignore[untyped-decorator]
     def prune_outbox(using: str = "default") -> int:
         """Delete dispatched events older than ``RETENTION``."""
         return run_prune(using)
 
-    @shared_task(
+    @shared_task(  # type: ignore[untyped-decorator]
         name="django_uow.tasks.handle_event",
         bind=True,
         acks_late=True,

@@ -23,6 +23,7 @@ from django_uow.publishers import (
 )
 from django_uow.relay import relay_pending
 from tests.relay_support import make_rows
+from tests.testapp.events import Pinged
 from tests.testapp.models import Effect, Order
 
 UOW = {"RELAY_ON_COMMIT": False, "PUBLISHERS": ["django_uow.publishers.InlinePublisher"]}
@@ -274,3 +275,113 @@ def test_celery_publisher_with_an_unreachable_broker_pauses_the_relay() -> None:
     with pytest.raises(RelayError, match="Could not reach the broker"):
         relay_pending(publishers=[CeleryPublisher(dead)])
     assert list(OutboxEvent.objects.values_list("status", "attempts")) == [("pending", 0)] * 2
+
+
+# ----------------------------------------------------------------------- tasks
+
+
+@pytest.fixture
+def temp_handler_names() -> Iterator[list[str]]:
+    from django_uow.handlers import registry
+
+    names: list[str] = []
+    yield names
+    for name in names:
+        registry.unregister(name)
+
+
+def ping_envelope() -> Any:
+    with UnitOfWork() as uow:
+        uow.record_event(Pinged(note="hello"))
+    return OutboxEvent.objects.get().to_envelope()
+
+
+@pytest.mark.celery
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_handler_task_retries_a_failing_handler_with_backoff(
+    celery_worker: Any, temp_handler_names: list[str]
+) -> None:
+    from django_uow.handlers import event_handler
+
+    calls: list[int] = []
+
+    @event_handler(Pinged, name="t.flaky_task")
+    def flaky(event: Pinged, envelope: Any) -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ValueError("not yet")
+        Effect.objects.create(event_id=envelope.event_id, handler="flaky")
+
+    temp_handler_names.append("t.flaky_task")
+    with override_settings(DJANGO_UOW={**UOW, "BACKOFF": (0.01, 0.05)}):
+        envelope = ping_envelope()
+        CeleryPublisher(celery_worker).publish([envelope])
+        assert wait_for(lambda: Effect.objects.filter(handler="flaky").count() == 1)
+    assert len(calls) == 3
+    assert ProcessedEvent.objects.filter(handler="t.flaky_task").count() == 1
+
+
+@pytest.mark.celery
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_handler_task_gives_up_on_permanent_failure(
+    celery_worker: Any, temp_handler_names: list[str]
+) -> None:
+    from django_uow import PermanentFailure
+    from django_uow.handlers import event_handler
+    from django_uow.signals import event_failed
+
+    calls: list[int] = []
+    dead: list[bool] = []
+
+    @event_handler(Pinged, name="t.hopeless")
+    def hopeless(event: Pinged) -> None:
+        calls.append(1)
+        raise PermanentFailure("never")
+
+    temp_handler_names.append("t.hopeless")
+
+    def on_failed(sender: Any, **kwargs: Any) -> None:
+        dead.append(kwargs["dead"])
+
+    event_failed.connect(on_failed, weak=False, dispatch_uid="tf")
+    try:
+        CeleryPublisher(celery_worker).publish([ping_envelope()])
+        assert wait_for(lambda: dead == [True])
+        time.sleep(0.3)  # a retry, if one were scheduled, would show up as a second call
+    finally:
+        event_failed.disconnect(dispatch_uid="tf")
+    assert calls == [1]
+
+
+@pytest.mark.django_db
+def test_relay_task_reports_a_paused_relay_when_the_broker_is_down() -> None:
+    from django_uow.tasks import relay_outbox
+
+    make_rows([("1", "a")])
+    with override_settings(
+        DJANGO_UOW={
+            **UOW,
+            "PUBLISHERS": ["django_uow.publishers.RedisStreamPublisher"],
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+        }
+    ):
+        result = relay_outbox()
+    assert result["status"] == "paused" and "Could not reach the broker" in result["error"]
+    assert relay_outbox() == {"status": "ok", "relayed": 1, "failed": 0, "retried": 0, "left": 0}
+
+
+@pytest.mark.django_db
+def test_prune_task() -> None:
+    import datetime
+
+    from django.utils import timezone
+
+    from django_uow.tasks import prune_outbox
+
+    make_rows([("1", "a")])
+    OutboxEvent.objects.update(
+        status="dispatched", dispatched_at=timezone.now() - datetime.timedelta(days=30)
+    )
+    assert prune_outbox() == 1
