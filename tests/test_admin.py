@@ -396,3 +396,37 @@ def test_actions_log_one_line_per_event_with_its_identity(
     assert "testapp.order:77" in message and "operator" in message
     assert (record.event_id, record.event_type) == (str(event.event_id), "testapp.OrderPaid")
     assert (record.aggregate_type, record.aggregate_id) == ("testapp.order", "77")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retried_event_is_relayed_and_signalled(operator: Client) -> None:
+    from django_uow.relay import relay_pending
+    from django_uow.signals import event_dispatched
+
+    event = make_event(
+        status=Status.FAILED,
+        attempts=10,
+        event_type="testapp.Pinged",
+        aggregate_type="",
+        aggregate_id="",
+        aggregate_version=None,
+        payload={"note": "hello", "ref": None, "extra": {}},
+        available_at=timezone.now() + timedelta(days=1),
+    )
+    assert relay_pending().relayed == 0  # failed: the relay leaves it alone
+
+    seen: list[Any] = []
+
+    def receiver(sender: Any, envelope: Any, **kwargs: Any) -> None:
+        seen.append(envelope.event_id)
+
+    event_dispatched.connect(receiver, dispatch_uid="test-admin-retry")
+    try:
+        post_action(operator, "retry_now", event)
+        summary = relay_pending()
+    finally:
+        event_dispatched.disconnect(dispatch_uid="test-admin-retry")
+    assert summary.relayed == 1
+    assert seen == [event.event_id]
+    event.refresh_from_db()
+    assert event.status == Status.DISPATCHED and event.attempts == 1
