@@ -14,13 +14,13 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from django.db import close_old_connections, connections
+from django.db import DatabaseError, close_old_connections, connections
 
 from .exceptions import RelayError
 from .fastpath import NOTIFY_CHANNEL
@@ -73,6 +73,7 @@ class RelayLoop:
     prune: bool = False
     listen: bool = True
     on_batch: Callable[[BatchResult, RelaySummary], None] | None = None
+    publishers: Sequence[Any] | None = None
     relay_id: str = field(default_factory=default_relay_id)
     total: RelaySummary = field(default_factory=RelaySummary)
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -117,6 +118,7 @@ class RelayLoop:
             limit=self._remaining(),
             batch_size=self.batch_size,
             relay_id=self.relay_id,
+            publishers=self.publishers,
             should_stop=self.stopping.is_set,
             on_batch=self.on_batch,
         )
@@ -139,7 +141,7 @@ class RelayLoop:
             while not self.stopping.is_set():
                 try:
                     self.round()
-                except RelayError as exc:
+                except (RelayError, DatabaseError) as exc:  # transient: log, retry next round
                     logger.warning(
                         "Relay %s: %s; retrying in %.1fs", self.relay_id, exc, self.interval
                     )

@@ -207,3 +207,23 @@ def test_listen_notify_wakes_the_loop_long_before_its_interval(settings: Any) ->
         code, out, err = stop(proc)
     assert code == 0, err
     assert "relayed 1" in out
+
+
+@pytest.mark.django_db
+def test_loop_survives_a_broker_outage_and_carries_on() -> None:
+    from django_uow.delivery import RelayLoop
+    from tests.relay_support import RecordingPublisher
+
+    class FlakyBroker(RecordingPublisher):
+        def publish(self, envelopes: Any) -> Any:
+            if self.calls == 0:
+                self.calls += 1
+                raise ConnectionRefusedError(111, "Connection refused")
+            return super().publish(envelopes)
+
+    make_rows([("1", "a"), ("2", "b")])
+    broker = FlakyBroker()
+    loop = RelayLoop(interval=0.01, limit=2, listen=False, publishers=[broker])
+    total = loop.run()
+    assert (total.relayed, broker.calls) == (2, 2)
+    assert broker.reasons() == ["a", "b"]

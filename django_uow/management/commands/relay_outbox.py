@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from django_uow.delivery import RelayLoop
 from django_uow.exceptions import RelayError
@@ -69,7 +70,7 @@ class Command(BaseCommand):
         with loop.signals_handled():
             try:
                 total = loop.run()
-            except RelayError as exc:
+            except (RelayError, DatabaseError) as exc:
                 if tty:
                     self.stdout.write("")
                 raise CommandError(str(exc)) from exc
