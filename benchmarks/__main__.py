@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_database()
     django.setup()
 
+    from . import celery_app  # noqa: F401 - the benchmark's app becomes celery.current_app
     from .db import migrate
     from .harness import Config, Results
     from .report import write_outputs

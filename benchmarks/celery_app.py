@@ -10,7 +10,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
 
 app = Celery("benchmarks")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["django_uow"], force=True)
+app.autodiscover_tasks(["django_uow"])  # lazily: django_uow.tasks needs the apps loaded
+app.set_current()  # the fast path's enqueue_relay() sends through celery.current_app
 
 
 @app.task(name="benchmarks.noop")

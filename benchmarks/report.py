@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 from importlib import metadata
@@ -30,10 +31,8 @@ LIBRARIES = [
 def versions(peer_versions: dict[str, str] | None = None) -> dict[str, str]:
     found: dict[str, str] = {}
     for name in LIBRARIES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     found.update(peer_versions or {})
     found["Python"] = platform.python_version()
     return found

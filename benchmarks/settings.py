@@ -43,7 +43,9 @@ DJANGO_UOW = {
     "REDIS_URL": REDIS_URL,
     "BATCH_SIZE": int(os.environ.get("UOW_BENCH_BATCH_SIZE", "500")),
     # Streams uncapped, like the hand-written XADD relay, so entries can be counted.
-    "STREAM_MAXLEN": int(os.environ.get("UOW_BENCH_STREAM_MAXLEN", "0")),
+    "STREAM_MAXLEN": int(os.environ["UOW_BENCH_STREAM_MAXLEN"])
+    if os.environ.get("UOW_BENCH_STREAM_MAXLEN")
+    else None,
     "NOTIFY": os.environ.get("UOW_BENCH_NOTIFY") == "1",
 }
 if os.environ.get("UOW_BENCH_PUBLISHERS"):

@@ -9,4 +9,5 @@ class BenchAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from .. import celery_app  # noqa: F401 - every process sends through the benchmark's app
         from . import handlers  # noqa: F401 - registers the benchmark's event handlers

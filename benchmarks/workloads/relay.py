@@ -178,7 +178,7 @@ def stream_ids(key: str) -> list[str]:
             chunk = chunk[1:]
         if not chunk:
             return ids
-        for entry_id, fields in chunk:
+        for _entry_id, fields in chunk:
             ids.append(json.loads(fields[b"message"])["event_id"])
         last = chunk[-1][0].decode()
 
