@@ -24,8 +24,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections
-from django.db.models import Case, CharField, DateTimeField, F, Value, When
+from django.db import connections, transaction
+from django.db.models import (
+    Case,
+    CharField,
+    DateTimeField,
+    Exists,
+    F,
+    Min,
+    OuterRef,
+    Q,
+    Value,
+    When,
+)
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -34,6 +45,10 @@ from .models import OutboxEvent, OutboxStatus
 PENDING = OutboxStatus.PENDING.value
 DISPATCHED = OutboxStatus.DISPATCHED.value
 FAILED = OutboxStatus.FAILED.value
+
+#: Databases where the claim is one ``WITH ... UPDATE ... RETURNING`` statement; the
+#: others use ``claim_portable`` (a short transaction of a few statements).
+ONE_STATEMENT_VENDORS = frozenset({"postgresql", "sqlite"})
 
 #: Columns the relay reads back from the claim statement (enough to build an Envelope).
 CLAIM_COLUMNS = (
@@ -84,11 +99,21 @@ def claim(
     now: datetime.datetime | None = None,
 ) -> list[OutboxEvent]:
     """Lease up to ``limit`` due events to ``relay_id`` and return them in id order."""
-    if limit <= 0:
+    if limit <= 0 or (event_ids is not None and not event_ids):
         return []
     connection = connections[using]
     now = now or timezone.now()
     until = now + datetime.timedelta(seconds=lease)
+    if connection.vendor not in ONE_STATEMENT_VENDORS:
+        return claim_portable(
+            using=using,
+            relay_id=relay_id,
+            limit=limit,
+            until=until,
+            ordered=ordered,
+            event_ids=event_ids,
+            now=now,
+        )
     t = _quote(using, OutboxEvent._meta.db_table)
     lock = (
         " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
@@ -153,6 +178,76 @@ def claim(
     rows = list(OutboxEvent.objects.using(using).raw(sql, params))
     rows.sort(key=lambda row: row.id)
     return rows
+
+
+def claim_portable(
+    *,
+    using: str,
+    relay_id: str,
+    limit: int,
+    until: datetime.datetime,
+    ordered: bool,
+    event_ids: Sequence[Any] | None,
+    now: datetime.datetime,
+) -> list[OutboxEvent]:
+    """The same claim for databases without ``UPDATE ... RETURNING`` (MySQL, MariaDB...).
+
+    One short transaction: lock the candidates (``SKIP LOCKED`` where supported), find
+    each aggregate's first owed event outside them, lease the eligible ones, read them.
+    """
+    connection = connections[using]
+    manager = OutboxEvent.objects.using(using)
+    with transaction.atomic(using=using):
+        due = manager.filter(status=PENDING, available_at__lte=now).filter(
+            Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+        )
+        if event_ids is not None:
+            due = due.filter(event_id__in=list(event_ids))
+        if ordered:
+            stuck = (
+                manager.filter(
+                    aggregate_type=OuterRef("aggregate_type"),
+                    aggregate_id=OuterRef("aggregate_id"),
+                    id__lt=OuterRef("id"),
+                )
+                .exclude(status=DISPATCHED)
+                .filter(Q(status=FAILED) | Q(available_at__gt=now) | Q(claimed_until__gte=now))
+            )
+            due = due.filter(Q(aggregate_id="") | ~Exists(stuck))
+        skip_locked = connection.features.has_select_for_update_skip_locked
+        candidates = list(
+            due.order_by("id")
+            .select_for_update(skip_locked=skip_locked)
+            .values_list("id", "aggregate_type", "aggregate_id")[:limit]
+        )
+        ids = [pk for pk, _, _ in candidates]
+        if ordered and ids:
+            keys = {(t, a) for _, t, a in candidates if a}
+            blockers: dict[tuple[str, str], int] = {}
+            if keys:
+                owed = Q()
+                for aggregate_type, aggregate_id in keys:
+                    owed |= Q(aggregate_type=aggregate_type, aggregate_id=aggregate_id)
+                for aggregate_type, aggregate_id, first in (
+                    manager.filter(owed)
+                    .exclude(status=DISPATCHED)
+                    .exclude(id__in=ids)
+                    .values_list("aggregate_type", "aggregate_id")
+                    .annotate(first=Min("id"))
+                    .order_by()
+                ):
+                    blockers[(aggregate_type, aggregate_id)] = first
+            ids = [
+                pk
+                for pk, t, a in candidates
+                if not a or (t, a) not in blockers or pk < blockers[(t, a)]
+            ]
+        if not ids:
+            return []
+        manager.filter(id__in=ids).update(
+            claimed_by=relay_id, claimed_until=until, attempts=F("attempts") + 1
+        )
+        return list(manager.filter(id__in=ids).order_by("id"))
 
 
 def _mine(using: str, relay_id: str, ids: Iterable[int]) -> Any:

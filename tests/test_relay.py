@@ -33,6 +33,14 @@ pytestmark = pytest.mark.django_db
 P, D, F = "pending", "dispatched", "failed"
 
 
+@pytest.fixture(autouse=True, params=["one-statement", "portable"])
+def claim_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test through the one-statement claim and the portable (MySQL...) claim."""
+    if request.param == "portable":
+        monkeypatch.setattr(claims, "ONE_STATEMENT_VENDORS", frozenset())
+    return str(request.param)
+
+
 @pytest.fixture(autouse=True)
 def _reset_handlers() -> Iterator[None]:
     handlers.BEHAVIOUR.clear()
@@ -127,12 +135,17 @@ def test_relay_events_respects_aggregate_order() -> None:
 
 
 @pytest.mark.parametrize("count", [3, 120])
-def test_one_claim_and_one_ack_statement_per_batch(count: int) -> None:
+def test_one_claim_and_one_ack_statement_per_batch(count: int, claim_mode: str) -> None:
     make_rows(interleaved(3, count // 3))
     with CaptureQueriesContext(connection) as ctx:
         result = relay_batch(batch_size=500, publishers=[RecordingPublisher()])
     assert result.dispatched == count
     sql = [q["sql"] for q in ctx.captured_queries]
+    if claim_mode == "portable":
+        # SAVEPOINT, SELECT ... FOR UPDATE, blockers, lease UPDATE, SELECT, RELEASE; ack.
+        assert len(sql) == 7, sql
+        assert sql[3].startswith("UPDATE") and sql[6].startswith("UPDATE")
+        return
     assert len(sql) == 2, sql
     assert sql[0].startswith("WITH cand AS MATERIALIZED") and "RETURNING" in sql[0]
     assert sql[1].startswith("UPDATE") and "dispatched" in sql[1]
@@ -140,14 +153,15 @@ def test_one_claim_and_one_ack_statement_per_batch(count: int) -> None:
         assert "FOR UPDATE SKIP LOCKED" in sql[0]
 
 
-def test_failures_of_a_batch_are_written_with_one_update() -> None:
+def test_failures_of_a_batch_are_written_with_one_update(claim_mode: str) -> None:
     make_rows([("1", "ok"), ("2", "bad"), ("3", "bad")])
     publisher = RecordingPublisher(fail={"bad": ValueError("nope")})
     with CaptureQueriesContext(connection) as ctx:
         relay_batch(publishers=[publisher])
     sql = [q["sql"] for q in ctx.captured_queries]
-    assert len(sql) == 3, sql  # claim, ack, one UPDATE for both failures
-    assert "CASE WHEN" in sql[2]
+    claim_statements = 6 if claim_mode == "portable" else 1
+    assert len(sql) == claim_statements + 2, sql  # claim, ack, one UPDATE for both failures
+    assert "CASE WHEN" in sql[-1]
 
 
 def test_batches_are_bounded_by_batch_size() -> None:
