@@ -20,13 +20,15 @@ THREADS = 3
 RUSH_ROUNDS = 2
 
 
-def run_demo(database_url: str, *extra: str) -> dict[str, Any]:
+def run_demo(database_url: str, *extra: str, redis_url: str = "") -> dict[str, Any]:
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in {"REDIS_URL", "CELERY_BROKER_URL", "DEMO_SERVICES", "DJANGO_SETTINGS_MODULE"}
     }
     env["DATABASE_URL"] = database_url
+    if redis_url:
+        env["REDIS_URL"] = redis_url
     command = [sys.executable, "manage.py", "demo", "--json", "--orders", "16"]
     command += ["--threads", str(THREADS), "--rush-rounds", str(RUSH_ROUNDS), *extra]
     done = subprocess.run(
@@ -122,3 +124,20 @@ def test_demo_on_postgres() -> None:
     assert_consistent(report)
     # On PostgreSQL a stale versioned UPDATE matches no row: the conflict is a ConcurrencyError.
     assert report["conflicts_by_error"].get("ConcurrencyError", 0) >= RUSH_ROUNDS * (THREADS - 1)
+
+
+@pytest.mark.postgres
+def test_demo_with_a_celery_worker_and_beat(redis_server: str) -> None:
+    """With a broker the demo starts a real worker and beat, and the numbers still add up."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    name = f"{db['TEST']['NAME']}_demo_celery"
+    try:
+        report = run_demo(
+            f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{name}", redis_url=redis_server
+        )
+    finally:
+        drop_database(db, name)
+    assert report["relay_mode"] == "through celery"
+    assert_consistent(report)
