@@ -58,7 +58,7 @@ demo: install
 	$(BIN)/python manage.py demo
 
 docs: install
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # The peer libraries compared by `make bench` live in their own environment, never in .venv.
 BENCH_VENV := .venv-bench
