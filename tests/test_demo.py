@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,30 @@ def test_demo_with_a_celery_worker_and_beat(redis_server: str) -> None:
         drop_database(db, name)
     assert report["relay_mode"] == "through celery"
     assert_consistent(report)
+
+
+def test_the_example_projects_own_tests_pass(tmp_path: Path) -> None:
+    """``manage.py test example_project.shop``: views, errors, ETags, the page, the admin."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.postgresql":
+        url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['TEST']['NAME']}_shop"
+    else:
+        url = f"sqlite:///{tmp_path / 'shop.sqlite3'}"
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "CELERY_BROKER_URL"}}
+    env.update(DATABASE_URL=url, DEMO_SERVICES="0")
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "test", "example_project.shop", "--noinput"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    ran = re.search(r"^Ran (\d+) tests?", done.stderr, re.M)
+    assert ran is not None and int(ran.group(1)) >= 9, done.stderr[-2000:]
+    assert re.search(r"^OK$", done.stderr, re.M), done.stderr[-2000:]
