@@ -21,6 +21,7 @@ from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from .events import DomainEvent, Envelope, event_context, event_type_of
+from .tracing import span
 
 logger = logging.getLogger("django_uow.handlers")
 
@@ -188,7 +189,16 @@ def run_handler(handler: Handler, envelope: Envelope, *, using: str | None = Non
         correlation_id=envelope.correlation_id or str(envelope.event_id),
         causation_id=str(envelope.event_id),
     )
-    with context:
+    trace = span(
+        f"handle {envelope.event_type}",
+        envelope.headers,
+        kind="consumer",
+        handler=handler.name,
+        event_id=str(envelope.event_id),
+        aggregate_type=envelope.aggregate_type or None,
+        aggregate_id=envelope.aggregate_id or None,
+    )
+    with context, trace:
         if not handler.idempotent:
             handler.func(event, **kwargs)
             return True

@@ -323,24 +323,32 @@ def _run_batch(
     size = batch_size or uow_settings.BATCH_SIZE
     pubs = list(publishers) if publishers is not None else get_publishers()
     result = BatchResult()
-    with span("django_uow.relay.batch", batch_size=size, database=using):
-        try:
-            rows = claims.claim(
-                using=using,
-                relay_id=relay_id,
-                limit=size,
-                lease=uow_settings.LEASE,
-                ordered=uow_settings.ORDERING == "aggregate",
-                event_ids=event_ids,
-            )
-        except Exception as exc:
-            raise RelayError(
-                f"Could not claim outbox events on database {using!r}: {describe(exc)}. "
-                "Check that the database is reachable and migrated (manage.py migrate django_uow)."
-            ) from exc
-        result.claimed = len(rows)
-        if rows:
-            _process(rows, using=using, relay_id=relay_id, publishers=pubs, result=result)
+    try:
+        rows = claims.claim(
+            using=using,
+            relay_id=relay_id,
+            limit=size,
+            lease=uow_settings.LEASE,
+            ordered=uow_settings.ORDERING == "aggregate",
+            event_ids=event_ids,
+        )
+    except Exception as exc:
+        raise RelayError(
+            f"Could not claim outbox events on database {using!r}: {describe(exc)}. "
+            "Check that the database is reachable and migrated (manage.py migrate django_uow)."
+        ) from exc
+    result.claimed = len(rows)
+    if not rows:
+        return result  # an idle poll opens no span
+    # One span per batch (never one for a whole loop), around publish and acknowledge.
+    with span(
+        "django_uow.relay.batch", database=using, relay_id=relay_id, claimed=len(rows)
+    ) as current:
+        _process(rows, using=using, relay_id=relay_id, publishers=pubs, result=result)
+        if current is not None:
+            current.set_attribute("dispatched", result.dispatched)
+            current.set_attribute("failed", result.failed)
+            current.set_attribute("retried", result.retried)
     return result
 
 

@@ -428,3 +428,29 @@ def test_retry_after_from_a_publisher_mapping() -> None:
     row = OutboxEvent.objects.get()
     assert row.status == P
     assert row.available_at > timezone.now() + datetime.timedelta(seconds=3000)
+
+
+# ----------------------------------------------------------------------- tracing
+
+
+def test_one_span_per_batch_and_handler_spans_continue_the_trace() -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="needs opentelemetry-sdk (the dev extra)")
+    from opentelemetry import trace
+
+    from tests.test_tracing import _EXPORTER, _install_exporter
+
+    _install_exporter()
+    _EXPORTER.clear()
+    try:
+        with trace.get_tracer("tests").start_as_current_span("POST /orders") as request:
+            place_order()
+        make_rows([("71", "a"), ("72", "b")])
+        assert relay_pending(batch_size=2).batches == 2
+        spans = _EXPORTER.get_finished_spans()
+    finally:
+        _EXPORTER.clear()
+    batches = [s for s in spans if s.name == "django_uow.relay.batch"]
+    assert [dict(s.attributes or {})["claimed"] for s in batches] == [2, 1]
+    (handled,) = [s for s in spans if s.name == "handle testapp.OrderPlaced"]
+    assert handled.context.trace_id == request.get_span_context().trace_id
+    assert dict(handled.attributes or {})["handler"] == "testapp.record_placed"
