@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import textwrap
@@ -28,9 +29,11 @@ from tests.testapp.models import Order
 _EXPORTER = InMemorySpanExporter()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _provider() -> None:
-    # The global provider can be set once per process: reuse an SDK one if present.
+@functools.cache
+def _install_exporter() -> None:
+    # The global provider can be set once per process: reuse an SDK one if present. Once
+    # only: pytest-django runs this module's database tests apart from the others, so a
+    # module fixture would be set up twice and every span exported twice.
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         trace.set_tracer_provider(TracerProvider())
     provider = trace.get_tracer_provider()
@@ -40,6 +43,7 @@ def _provider() -> None:
 
 @pytest.fixture
 def exporter() -> Iterator[InMemorySpanExporter]:
+    _install_exporter()
     _EXPORTER.clear()
     yield _EXPORTER
     _EXPORTER.clear()
