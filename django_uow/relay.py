@@ -268,8 +268,9 @@ def _process(
             extra=_log_extra(row),
         )
         signals.event_dispatched.send(sender=OutboxEvent, envelope=envelopes[row.id])
+    by_id = {r.id: r for r in rows}
     for row_id, failure in failures.items():
-        row = next(r for r in rows if r.id == row_id)
+        row = by_id[row_id]
         if failure.dead:
             result.failed += 1
             logger.error(
@@ -399,8 +400,8 @@ def relay_events(
     return total
 
 
-def count_due(using: str = "default") -> int:
-    """Pending events (due or not); one indexed COUNT on the partial pending index."""
+def count_pending(using: str = "default") -> int:
+    """Pending events, due or not (the ``left`` of a summary); uses the partial pending index."""
     return int(OutboxEvent.objects.using(using).filter(status=OutboxStatus.PENDING).count())
 
 
@@ -434,7 +435,7 @@ def relay_pending(
             on_batch(batch, summary)
         if not batch.progressed:
             break  # everything claimed was handed back: wait for the blocker
-    summary.left = count_due(using)
+    summary.left = count_pending(using)
     return summary
 
 

@@ -385,3 +385,35 @@ def test_prune_task() -> None:
         status="dispatched", dispatched_at=timezone.now() - datetime.timedelta(days=30)
     )
     assert prune_outbox() == 1
+
+
+@pytest.mark.django_db
+def test_celery_tasks_go_to_the_handler_queue_or_celery_queue(
+    redis_server: str, temp_handler_names: list[str]
+) -> None:
+    import redis
+
+    from django_uow.handlers import event_handler
+    from tests.celery_app import app
+
+    @event_handler(Pinged, name="t.routed", queue="uowtest-special")
+    def routed(event: Pinged) -> None: ...
+
+    temp_handler_names.append("t.routed")
+    client = redis.Redis.from_url(redis_server)
+    client.delete("uowtest-special", "uowtest-default")
+    try:
+        with override_settings(DJANGO_UOW={**UOW, "CELERY_QUEUE": "uowtest-default"}):
+            envelope = ping_envelope()
+            assert CeleryPublisher(app).publish([envelope]) is None
+        special = [json.loads(m) for m in client.lrange("uowtest-special", 0, -1)]
+        default = [json.loads(m) for m in client.lrange("uowtest-default", 0, -1)]
+    finally:
+        client.delete("uowtest-special", "uowtest-default")
+        client.close()
+    assert [m["headers"]["id"] for m in special] == [handler_task_id(envelope.event_id, "t.routed")]
+    # testapp's own Pinged handler has no queue of its own: it follows CELERY_QUEUE.
+    assert [m["headers"]["id"] for m in default] == [
+        handler_task_id(envelope.event_id, "testapp.on_ping")
+    ]
+    assert special[0]["headers"]["task"] == "django_uow.tasks.handle_event"
