@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 from django.utils import timezone
 
 from django_uow.models import OutboxEvent
@@ -63,6 +64,10 @@ def browser() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+            # While Playwright's loop runs, the ORM keeps its connections per context
+            # (asgiref): close the ones the test opened, or they outlive the test
+            # and block dropping the test database.
+            connections.close_all()
 
 
 def seed_outbox() -> OutboxEvent:
