@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ["write", "versioned", "peers", "relay", "concurrency", "latency", "scale"]
+WORKLOADS = ["write", "versioned", "relay", "concurrency", "latency", "scale", "peers"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(name)
         print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
     results.finalize()
+    from .targets import check
+
+    print("\n== targets across workloads", flush=True)
+    check(results)
     results.meta["duration_s"] = round(time.perf_counter() - started, 1)
     results.meta["failed_workloads"] = failures
     if not args.no_write:

@@ -45,6 +45,10 @@ def relay(args: argparse.Namespace) -> dict[str, Any]:
     publisher = make_publisher(args.publisher)
     client = redis_client()
     if args.go:
+        from django.db import connection
+
+        connection.ensure_connection()
+        client.rpush(f"{args.go}:ready", "1")
         wait_for(client, args.go)
     start = time.time()
     summary = relay_pending(publishers=[publisher], batch_size=args.batch_size)

@@ -49,7 +49,7 @@ def drained(n: int, relayed: int) -> int:
 
 
 def run_relay(cfg: Config, results: Results) -> None:
-    n = cfg.scale(20_000, 2_000)
+    n = cfg.scale(20_000, 1_000)
     results.meta["relay_n"] = n
     setup = lambda: reset_backlog(n)  # noqa: E731
 
@@ -184,7 +184,7 @@ def stream_ids(key: str) -> list[str]:
 
 
 def run_concurrency(cfg: Config, results: Results) -> None:
-    n = cfg.scale(20_000, 2_000)
+    n = cfg.scale(20_000, 1_000)
     reason = relay_available()
     levels = (1, 2, 4)
     if reason:
@@ -203,14 +203,22 @@ def run_concurrency(cfg: Config, results: Results) -> None:
     for k in levels:
         samples = []
         dupes = []
-        for _ in range(cfg.reps):
+        for _ in range(1 if cfg.quick else cfg.reps):
             reset_backlog(n)
-            redis.delete("uow_bench:go")
+            redis.delete("uow_bench:go", "uow_bench:go:ready")
             procs = spawn_relays(k)
-            time.sleep(1.5)  # let them import Django and connect
-            go = time.time()
-            redis.rpush("uow_bench:go", *["go"] * k)
-            outs = collect(procs)
+            try:
+                for _ in range(k):  # every relay has imported Django and connected
+                    if not redis.blpop(["uow_bench:go:ready"], timeout=60):
+                        raise RuntimeError("a relay subprocess did not start within 60 s")
+                go = time.time()
+                redis.rpush("uow_bench:go", *["go"] * k)
+                outs = collect(procs)
+            finally:
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait(timeout=10)
             end = max(o["end"] for o in outs)
             drained(n, sum(o["relayed"] for o in outs))
             samples.append(n / (end - go))

@@ -8,7 +8,8 @@ import sys
 import time
 from datetime import timedelta
 
-from django.db import connection
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from ..db import OUTBOX, redis_client, seed_outbox, truncate, vacuum
 from ..harness import Config, Results, Row, bench_env, median_time
@@ -51,7 +52,33 @@ def claim_time(cfg: Config, dispatched: int) -> tuple[float, list[float]]:
             raise RuntimeError(f"claimed {batch.claimed}, dispatched {batch.dispatched}")
 
     run()  # warm-up
-    return median_time(run, max(cfg.reps, 5), setup=lambda: _repend(ids))
+    result = median_time(run, max(cfg.reps, 15), setup=lambda: _repend(ids))
+    _repend(ids)
+    with CaptureQueriesContext(connection) as ctx:
+        relay_batch(batch_size=BATCH, publishers=[publisher])
+    _repend(ids)
+    PLANS[dispatched] = explain(ctx.captured_queries[0]["sql"])
+    return result
+
+
+PLANS: dict[int, list[str]] = {}
+
+
+class _Rollback(Exception):
+    pass
+
+
+def explain(sql: str) -> list[str]:
+    """EXPLAIN ANALYZE the claim statement inside a transaction that is rolled back."""
+    lines: list[str] = []
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
+            lines = [r[0] for r in cursor.fetchall()]
+            raise _Rollback
+    except _Rollback:
+        pass
+    return lines
 
 
 def drain_rss(n: int) -> dict[str, float]:
@@ -95,6 +122,7 @@ def writer_rate(seconds: float | None, during: object = None) -> tuple[float, fl
 
 def run_scale(cfg: Config, results: Results) -> None:
     small, big = cfg.scale(10_000, 10_000), cfg.scale(1_000_000, 100_000)
+    drain_small, drain_big = cfg.scale(10_000, 5_000), cfg.scale(1_000_000, 50_000)
     reason = relay_available()
     if reason:
         results.add(Row("scale", "scale.claim.small", "claim time", "ms", not_measured=reason))
@@ -135,6 +163,8 @@ def run_scale(cfg: Config, results: Results) -> None:
         "The claim query's cost grows with the number of dispatched rows.",
     )
 
+    results.meta["claim_plans"] = {str(k): v for k, v in PLANS.items()}
+    small, big = drain_small, drain_big
     little = drain_rss(small)
     results.add(
         Row(
@@ -173,7 +203,7 @@ def run_scale(cfg: Config, results: Results) -> None:
     # Every row of the big drain is dispatched now: prune them while a writer commits.
     from django_uow.relay import prune_outbox
 
-    base_rate, _ = writer_rate(cfg.scale(5, 3))
+    base_rate, _ = writer_rate(cfg.scale(5, 2))
     results.add(
         Row(
             "scale",

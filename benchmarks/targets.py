@@ -1,0 +1,91 @@
+"""Targets that compare workloads with each other (checked after every workload ran)."""
+
+from __future__ import annotations
+
+from .harness import Results
+
+
+def _best(results: Results, keys: list[str]) -> tuple[str, float] | None:
+    found = [(k, results.value(k)) for k in keys]
+    found = [(k, v) for k, v in found if v]
+    return max(found, key=lambda kv: kv[1]) if found else None  # type: ignore[arg-type,return-value]
+
+
+def _ratio(results: Results, a: str, b: str) -> float | None:
+    va, vb = results.value(a), results.value(b)
+    return va / vb if va and vb else None
+
+
+def check(results: Results) -> None:
+    def target(
+        key: str, text: str, ratio: float | None, want: float, why: str, what: str = ""
+    ) -> None:
+        if ratio is None:
+            results.target(key, text, f"not measured{what}", None)
+        else:
+            results.target(key, text, f"{ratio:.2f}×{what}", ratio >= want, why)
+
+    conc = results.value("peer.versioned.concurrency")
+    target(
+        "versioned.peer",
+        "Versioned save ≥ 1.8 × django-concurrency's",
+        _ratio(results, "versioned.uow", "peer.versioned.concurrency") if conc else None,
+        1.8,
+        "django-concurrency's extra SELECT is cheaper than expected on this machine.",
+    )
+    target(
+        "relay.redis.hand",
+        "Relay with RedisStreamPublisher ≥ 0.8 × hand-written XADD relay",
+        _ratio(results, "relay.uow.redis", "relay.hand"),
+        0.8,
+        "django-uow's claim (per-aggregate ordering check, lease columns) and its Envelope "
+        "objects cost more per event than the bare hand-written loop.",
+    )
+    best = _best(
+        results, ["peer.relay.celery_outbox", "peer.relay.jaiminho", "peer.relay.outbox_pattern"]
+    )
+    target(
+        "relay.redis.peers",
+        "Relay with RedisStreamPublisher ≥ 20 × the fastest peer relay",
+        _ratio(results, "relay.uow.redis", best[0]) if best else None,
+        20,
+        "The fastest peer relay is closer than expected.",
+        f" (vs {best[0].split('.')[-1]})" if best else "",
+    )
+    target(
+        "relay.concurrency",
+        "2 relays ≥ 1.4 × one",
+        _ratio(results, "conc.2", "conc.1"),
+        1.4,
+        "Two relays on two shared cores contend with PostgreSQL and Redis for CPU, and "
+        "the per-aggregate check makes them hand back events the other one holds.",
+    )
+    dupes = [results.meta.get(f"conc_{k}_duplicates") for k in (1, 2, 4)]
+    if any(d is not None for d in dupes):
+        total = sum(d or 0 for d in dupes)
+        results.target(
+            "relay.duplicates",
+            "Concurrent relays publish no event twice",
+            f"{total} duplicate(s)",
+            total == 0,
+            "An event was published by two relays.",
+        )
+    target(
+        "relay.celery.send_task",
+        "Relay with CeleryPublisher ≥ 2 × a plain send_task loop",
+        _ratio(results, "relay.uow.celery", "relay.send_task"),
+        2,
+        "CeleryPublisher still builds and sends one Celery message per event and handler "
+        "(apply_async per message); sharing one producer saves the connection, not the "
+        "per-message work.",
+    )
+    target(
+        "relay.celery.peers",
+        "Relay with CeleryPublisher ≥ 3 × the fastest Celery-based peer relay",
+        _ratio(results, "relay.uow.celery", "peer.relay.celery_outbox")
+        if results.value("peer.relay.celery_outbox")
+        else None,
+        3,
+        "See the previous target: the per-message Celery cost dominates both.",
+        " (vs django-celery-outbox)",
+    )
