@@ -45,21 +45,22 @@ def _env(**extra: str) -> dict[str, str]:
 
 @contextmanager
 def process(cmd: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    proc.log = log  # type: ignore[attr-defined]
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+    """Run ``cmd`` in its own process group; stop it (and its children) on exit."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        proc.log = log  # type: ignore[attr-defined]
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
 
 
 def worker_cmd() -> list[str]:
