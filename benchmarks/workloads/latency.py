@@ -25,7 +25,7 @@ from .relay import relay_available
 
 CELERY = "django_uow.publishers.CeleryPublisher"
 #: Seconds between probe commits: a latency probe, not a load test (the worker stays idle).
-SPACING = 0.05
+SPACING = 0.03
 POOL = os.environ.get("UOW_BENCH_POOL", "threads")
 
 

@@ -78,7 +78,7 @@ def _loop(fn: object, n: int) -> int:
 
 
 def run_write(cfg: Config, results: Results) -> None:
-    n = cfg.scale(2000, 200)
+    n = cfg.scale(1000, 200)
     truncate(*TABLES)
     for fn in (tx_plain, tx_hand_outbox, tx_uow):  # warm up connections and caches
         _loop(fn, 20)
