@@ -500,7 +500,8 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         Returns (changed, skipped).
         """
         db = queryset.db
-        content_type = ContentType.objects.db_manager(db).get_for_model(OutboxEvent)
+        # The admin log follows its own routing (usually "default", like the admin).
+        content_type = ContentType.objects.get_for_model(OutboxEvent)
         user_id: Any = request.user.pk
         done = skipped = 0
         last_pk = 0
@@ -519,7 +520,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                     .values_list("pk", "event_id", "event_type", "aggregate_type", "aggregate_id")
                 )
                 OutboxEvent.objects.using(db).filter(pk__in=[r[0] for r in rows]).update(**changes)
-                LogEntry.objects.db_manager(db).bulk_create(
+                LogEntry.objects.bulk_create(
                     LogEntry(
                         user_id=user_id,
                         content_type_id=content_type.pk,

@@ -435,3 +435,23 @@ def test_retried_event_is_relayed_and_signalled(operator: Client) -> None:
     assert seen == [event.event_id]
     event.refresh_from_db()
     assert event.status == Status.DISPATCHED and event.attempts == 1
+
+
+def test_retry_all_matching_events_in_chunks(
+    operator: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import django_uow.admin
+
+    monkeypatch.setattr(django_uow.admin, "ACTION_CHUNK", 2)
+    failed = [make_event(status=Status.FAILED, aggregate_id=str(i)) for i in range(5)]
+    dispatched = make_event(status=Status.DISPATCHED, dispatched_at=timezone.now())
+    response = operator.post(
+        url("changelist") + "?status__exact=failed",
+        {"action": "retry_now", "select_across": "1", "_selected_action": [failed[0].pk]},
+        follow=True,
+    )
+    assert "5 events will be relayed again." in response.content.decode()
+    assert OutboxEvent.objects.filter(status=Status.PENDING).count() == 5
+    assert sorted(int(e.object_id) for e in LogEntry.objects.all()) == [e.pk for e in failed]
+    dispatched.refresh_from_db()
+    assert dispatched.status == Status.DISPATCHED
