@@ -104,6 +104,12 @@ class RelayLoop:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
+    def _close_old_connections(self) -> None:
+        # Drops broken or expired connections; never inside a caller's transaction
+        # (a test, or a relay started from inside atomic()), which it would break.
+        if not connections[self.using].in_atomic_block:
+            close_old_connections()
+
     def _remaining(self) -> int | None:
         if self.limit is None:
             return None
@@ -111,8 +117,7 @@ class RelayLoop:
 
     def round(self) -> RelaySummary:
         """One drain; raises ``RelayError`` when the database or broker is unreachable."""
-        if not connections[self.using].in_atomic_block:
-            close_old_connections()  # never inside a caller's transaction (tests)
+        self._close_old_connections()
         summary = relay_pending(
             using=self.using,
             limit=self._remaining(),
@@ -145,7 +150,7 @@ class RelayLoop:
                     logger.warning(
                         "Relay %s: %s; retrying in %.1fs", self.relay_id, exc, self.interval
                     )
-                    close_old_connections()
+                    self._close_old_connections()
                 if self._remaining() == 0:
                     break
                 self._wait()

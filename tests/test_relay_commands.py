@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -224,6 +225,11 @@ def test_loop_survives_a_broker_outage_and_carries_on() -> None:
     make_rows([("1", "a"), ("2", "b")])
     broker = FlakyBroker()
     loop = RelayLoop(interval=0.01, limit=2, listen=False, publishers=[broker])
-    total = loop.run()
+    watchdog = threading.Timer(20, loop.stop)  # a broken loop fails the test, never hangs it
+    watchdog.start()
+    try:
+        total = loop.run()
+    finally:
+        watchdog.cancel()
     assert (total.relayed, broker.calls) == (2, 2)
     assert broker.reasons() == ["a", "b"]
