@@ -29,7 +29,7 @@ logger = logging.getLogger("django_uow.tasks")
 try:
     from celery import shared_task
 except ImportError:  # pragma: no cover - celery is an optional extra
-    shared_task = None
+    shared_task = None  # type: ignore[assignment]
 
 
 def _require_celery() -> None:

@@ -417,3 +417,29 @@ def test_celery_tasks_go_to_the_handler_queue_or_celery_queue(
         handler_task_id(envelope.event_id, "testapp.on_ping")
     ]
     assert special[0]["headers"]["task"] == "django_uow.tasks.handle_event"
+
+
+def test_the_package_imports_without_celery() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['celery'] = None\n"
+        "import django; django.setup()\n"
+        "import django_uow.tasks, django_uow.publishers, django_uow.relay, django_uow.delivery\n"
+        "from django_uow.exceptions import RelayError\n"
+        "try:\n"
+        "    django_uow.tasks.enqueue_relay([], using='default')\n"
+        "except RelayError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'django-uow[celery]'" in done.stdout
