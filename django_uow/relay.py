@@ -209,12 +209,14 @@ def _process(
         by_event = _publish(publishers, [envelopes[r.id] for r in to_publish])
     except Exception as exc:
         # Broker unreachable: nothing is marked, no attempt is spent.
+        claims.record_failures(using=using, relay_id=relay_id, failures=failures)
+        result.failed += len(failures)
         result.handed_back += claims.give_back(
-            using=using, relay_id=relay_id, ids=[r.id for r in rows]
+            using=using, relay_id=relay_id, ids=[r.id for r in to_publish]
         )
         raise RelayError(
-            f"Could not reach the broker ({describe(exc)}); {len(rows)} claimed event(s) were "
-            "handed back without spending an attempt. Check the broker and retry."
+            f"Could not reach the broker ({describe(exc)}); {len(to_publish)} claimed event(s) "
+            "were handed back without spending an attempt. Check the broker and retry."
         ) from exc
 
     ordered = uow_settings.ORDERING == "aggregate"
