@@ -24,7 +24,7 @@ from django.db import connection, connections
 from django_uow import Envelope, RelayError
 from django_uow.models import OutboxEvent, ProcessedEvent
 from django_uow.publishers import RedisStreamPublisher
-from django_uow.relay import relay_batch, relay_pending
+from django_uow.relay import relay_pending
 from tests.conftest import CI
 from tests.relay_support import interleaved, make_rows
 from tests.testapp.models import Effect
@@ -128,13 +128,16 @@ def test_redis_stopped_mid_drain_loses_nothing_and_marks_nothing_unpublished(
         f"redis://127.0.0.1:{OWN_REDIS_PORT}/0", key="uowfault:{aggregate_type}"
     )
     key = "uowfault:testapp.order"
-    assert relay_batch(batch_size=10, publishers=[publisher]).dispatched == 10
-    before = stream_ids(OWN_REDIS_PORT, key)
-    assert len(before) == 10
+    before: list[str] = []
 
-    own_redis.stop()
+    def stop_redis_after_first_batch(batch: Any, summary: Any) -> None:
+        if summary.batches == 1:
+            before.extend(stream_ids(OWN_REDIS_PORT, key))
+            own_redis.stop()
+
     with pytest.raises(RelayError, match="Could not reach the broker"):
-        relay_pending(batch_size=10, publishers=[publisher])
+        relay_pending(batch_size=10, publishers=[publisher], on_batch=stop_redis_after_first_batch)
+    assert len(before) == 10
     marked = set(OutboxEvent.objects.filter(status="dispatched").values_list("event_id", flat=True))
     assert {str(e) for e in marked} == set(before)  # nothing marked that was not published
     pending = OutboxEvent.objects.filter(status="pending")
