@@ -443,3 +443,29 @@ def test_the_package_imports_without_celery() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "pip install 'django-uow[celery]'" in done.stdout
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commit_with_the_broker_down_keeps_the_events_for_the_sweep(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from celery import Celery, current_app
+
+    previous = current_app._get_current_object()
+    dead = Celery("dead", broker="redis://127.0.0.1:1/0")
+    dead.conf.broker_transport_options = {"max_retries": 0}
+    dead.set_current()
+    try:
+        with (
+            override_settings(DJANGO_UOW={**UOW, "RELAY_ON_COMMIT": "celery"}),
+            caplog.at_level(logging.WARNING, logger="django_uow.fastpath"),
+        ):
+            place(1)  # commits; enqueuing the relay task fails after COMMIT
+    finally:
+        previous.set_current()
+    assert Order.objects.get().status == "placed"
+    assert OutboxEvent.objects.get().status == "pending"
+    assert "the sweep will deliver them" in caplog.text
+    assert relay_pending().relayed == 1
