@@ -24,7 +24,14 @@ from django.db import DatabaseError, close_old_connections, connections
 
 from .exceptions import RelayError
 from .fastpath import NOTIFY_CHANNEL
-from .relay import BatchResult, RelaySummary, default_relay_id, prune_outbox, relay_pending
+from .relay import (
+    BatchResult,
+    RelaySummary,
+    count_pending,
+    default_relay_id,
+    prune_outbox,
+    relay_pending,
+)
 
 logger = logging.getLogger("django_uow.relay")
 
@@ -126,12 +133,14 @@ class RelayLoop:
             publishers=self.publishers,
             should_stop=self.stopping.is_set,
             on_batch=self.on_batch,
+            count_left=self.once,
         )
         self.total.relayed += summary.relayed
         self.total.failed += summary.failed
         self.total.retried += summary.retried
         self.total.batches += summary.batches
-        self.total.left = summary.left
+        if self.once:
+            self.total.left = summary.left
         if self.prune and time.monotonic() - self._last_prune >= (0 if self.once else PRUNE_EVERY):
             self.pruned += prune_outbox(using=self.using)
             self._last_prune = time.monotonic()
@@ -154,6 +163,10 @@ class RelayLoop:
                 if self._remaining() == 0:
                     break
                 self._wait()
+            try:
+                self.total.left = count_pending(self.using)
+            except DatabaseError as exc:
+                logger.warning("Relay %s: could not count pending events: %s", self.relay_id, exc)
         finally:
             if self._listener_conn is not None:
                 self._listener_conn.close()

@@ -416,10 +416,12 @@ def relay_pending(
     relay_id: str | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_batch: Callable[[BatchResult, RelaySummary], None] | None = None,
+    count_left: bool = True,
 ) -> RelaySummary:
     """Relay what is due, batch after batch, until nothing is due or ``limit`` is reached.
 
-    Stops early (after the current batch) when ``should_stop()`` returns true. Raises
+    Stops early (after the current batch) when ``should_stop()`` returns true.
+    ``count_left=False`` skips counting the pending events at the end. Raises
     ``RelayError`` when the database or the broker is unreachable.
     """
     relay_id = relay_id or default_relay_id()
@@ -437,7 +439,8 @@ def relay_pending(
             on_batch(batch, summary)
         if not batch.progressed:
             break  # everything claimed was handed back: wait for the blocker
-    summary.left = count_pending(using)
+    if count_left:  # a looping relay counts once, when it stops, not every round
+        summary.left = count_pending(using)
     return summary
 
 
