@@ -256,7 +256,8 @@ def test_celery_fast_path_enqueues_the_relay_task(
     with override_settings(DJANGO_UOW={**UOW, "RELAY_ON_COMMIT": "celery"}):
         place(2)
         assert wait_for(lambda: Effect.objects.count() == 2)
-    assert OutboxEvent.objects.filter(status="dispatched").count() == 2
+    # The handlers commit before the relay acknowledges: wait for the acknowledgement too.
+    assert wait_for(lambda: OutboxEvent.objects.filter(status="dispatched").count() == 2)
     assert any(name == "django_uow.tasks.relay_outbox" for name, _ in received)
 
 
