@@ -211,16 +211,28 @@ def test_celery_publisher_delivers_each_event_to_its_handler_through_a_worker(
 @pytest.mark.postgres  # the worker's threads need a real server (in-memory SQLite locks tables)
 @pytest.mark.django_db(transaction=True)
 def test_celery_redelivery_has_its_effect_once(celery_worker: Any) -> None:
-    place(1)
-    envelope = OutboxEvent.objects.get().to_envelope()
-    publisher = CeleryPublisher(celery_worker)
-    publisher.publish([envelope])
-    publisher.publish([envelope])  # the relay died before its acknowledgement
-    assert wait_for(lambda: ProcessedEvent.objects.filter(event_id=envelope.event_id).count() == 1)
-    # Give the second delivery the time to run too, then count effects.
-    assert wait_for(lambda: Effect.objects.count() >= 1)
-    time.sleep(0.5)
+    from celery.signals import task_postrun
+
+    finished: list[tuple[str, Any]] = []
+
+    def record(sender: Any = None, task_id: str = "", retval: Any = None, **kw: Any) -> None:
+        finished.append((task_id, retval))
+
+    task_postrun.connect(record, weak=False)
+    try:
+        place(1)
+        envelope = OutboxEvent.objects.get().to_envelope()
+        publisher = CeleryPublisher(celery_worker)
+        publisher.publish([envelope])
+        publisher.publish([envelope])  # the relay died before its acknowledgement
+        assert wait_for(lambda: len(finished) == 2)
+    finally:
+        task_postrun.disconnect(record)
+    task_id = handler_task_id(envelope.event_id, "testapp.record_placed")
+    # Both deliveries ran under the same task id; the second one was skipped as processed.
+    assert sorted(finished, key=lambda f: bool(f[1])) == [(task_id, False), (task_id, True)]
     assert Effect.objects.filter(event_id=envelope.event_id).count() == 1
+    assert ProcessedEvent.objects.filter(event_id=envelope.event_id).count() == 1
 
 
 @pytest.mark.celery
@@ -348,9 +360,11 @@ def test_handler_task_gives_up_on_permanent_failure(
 
     event_failed.connect(on_failed, weak=False, dispatch_uid="tf")
     try:
-        CeleryPublisher(celery_worker).publish([ping_envelope()])
-        assert wait_for(lambda: dead == [True])
-        time.sleep(0.3)  # a retry, if one were scheduled, would show up as a second call
+        # Zero backoff: a retry, if one were wrongly scheduled, would run at once.
+        with override_settings(DJANGO_UOW={**UOW, "BACKOFF": (0.0, 0.0)}):
+            CeleryPublisher(celery_worker).publish([ping_envelope()])
+            assert wait_for(lambda: dead == [True])
+            time.sleep(0.3)
     finally:
         event_failed.disconnect(dispatch_uid="tf")
     assert calls == [1]
