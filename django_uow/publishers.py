@@ -32,9 +32,24 @@ logger = logging.getLogger("django_uow.publishers")
 HANDLE_TASK = "django_uow.tasks.handle_event"
 
 
+__all__ = [
+    "BlockedByEarlierFailure",
+    "CeleryPublisher",
+    "InlinePublisher",
+    "Publisher",
+    "RedisStreamPublisher",
+    "get_publishers",
+    "handler_task_id",
+]
+
+
 @runtime_checkable
 class Publisher(Protocol):
-    def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None: ...
+    """What ``PUBLISHERS`` entries implement: publish one batch, report what failed."""
+
+    def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
+        """Publish ``envelopes`` (id order); ``None``: all published, else the failures."""
+        ...
 
 
 class _OrderedFailures:
