@@ -130,14 +130,19 @@ def claim(
         where.append(f"o.event_id IN ({', '.join(['%s'] * len(event_ids))})")
         params += [uuid_field.get_db_prep_value(e, connection) for e in event_ids]
     if ordered:
-        # Skip, before LIMIT, events stuck behind an owed event that nobody can claim now.
+        # Skip, before LIMIT, events behind an owed event of their aggregate that cannot be
+        # claimed now (failed, leased elsewhere) or that comes later in the claim order (a
+        # retried head due after its follower, or not due at all). So every candidate's
+        # earlier owed events precede it in the scan: a batch never fills up with followers
+        # whose heads lie past the LIMIT, which would stall the relay.
         where.append(
             f"NOT EXISTS (SELECT 1 FROM {t} p WHERE o.aggregate_id <> '' "
             "AND p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id "
-            "AND p.id < o.id AND p.status <> %s AND (p.status = %s OR p.available_at > %s "
+            "AND p.id < o.id AND p.status <> %s AND (p.status = %s "
+            "OR p.available_at > o.available_at "
             "OR (p.claimed_until IS NOT NULL AND p.claimed_until >= %s)))"
         )
-        params += [DISPATCHED, FAILED, _dt(using, now), _dt(using, now)]
+        params += [DISPATCHED, FAILED, _dt(using, now)]
     cte = (
         f"WITH cand AS MATERIALIZED (SELECT o.id, o.aggregate_type, o.aggregate_id FROM {t} o "
         f"WHERE {' AND '.join(where)} ORDER BY o.available_at, o.id LIMIT %s{lock})"
@@ -208,7 +213,11 @@ def claim_portable(
                     id__lt=OuterRef("id"),
                 )
                 .exclude(status=DISPATCHED)
-                .filter(Q(status=FAILED) | Q(available_at__gt=now) | Q(claimed_until__gte=now))
+                .filter(
+                    Q(status=FAILED)
+                    | Q(available_at__gt=OuterRef("available_at"))
+                    | Q(claimed_until__gte=now)
+                )
             )
             due = due.filter(Q(aggregate_id="") | ~Exists(stuck))
         skip_locked = connection.features.has_select_for_update_skip_locked

@@ -454,3 +454,15 @@ def test_one_span_per_batch_and_handler_spans_continue_the_trace() -> None:
     (handled,) = [s for s in spans if s.name == "handle testapp.OrderPlaced"]
     assert handled.context.trace_id == request.get_span_context().trace_id
     assert dict(handled.attributes or {})["handler"] == "testapp.record_placed"
+
+
+def test_a_retried_head_due_after_its_follower_does_not_stall_the_relay() -> None:
+    # The claim scans oldest-due first: the follower a2 sorts before its head a1 here.
+    a1, a2 = make_rows([("1", "a1"), ("1", "a2")])
+    now = timezone.now()
+    OutboxEvent.objects.filter(id=a1.id).update(available_at=now - datetime.timedelta(seconds=1))
+    OutboxEvent.objects.filter(id=a2.id).update(available_at=now - datetime.timedelta(hours=1))
+    publisher = RecordingPublisher()
+    summary = relay_pending(batch_size=1, publishers=[publisher])
+    assert (summary.relayed, summary.left) == (2, 0)
+    assert publisher.reasons() == ["a1", "a2"]
