@@ -1,8 +1,9 @@
 """The long-running relay loop behind ``manage.py relay_outbox``.
 
-Each round: ``close_old_connections()``, drain what is due (``relay_pending``), then
-wait ``interval`` seconds — or less on PostgreSQL, where a dedicated connection
-LISTENs on ``django_uow_outbox`` and a commit's ``NOTIFY`` wakes the loop at once.
+Each round drains what is due (``relay_pending``, with ``close_old_connections()``
+before each batch), then waits ``interval`` seconds — or less on PostgreSQL, where a
+dedicated connection LISTENs on ``django_uow_outbox`` and a commit's ``NOTIFY`` wakes
+the loop at once.
 SIGINT/SIGTERM set a flag: the current batch finishes (publish and acknowledgement),
 then the loop exits. Database and broker errors are logged and retried next round.
 """
@@ -124,7 +125,6 @@ class RelayLoop:
 
     def round(self) -> RelaySummary:
         """One drain; raises ``RelayError`` when the database or broker is unreachable."""
-        self._close_old_connections()
         summary = relay_pending(
             using=self.using,
             limit=self._remaining(),
@@ -134,6 +134,7 @@ class RelayLoop:
             should_stop=self.stopping.is_set,
             on_batch=self.on_batch,
             count_left=self.once,
+            before_batch=self._close_old_connections,
         )
         self.total.relayed += summary.relayed
         self.total.failed += summary.failed

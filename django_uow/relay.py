@@ -417,11 +417,13 @@ def relay_pending(
     should_stop: Callable[[], bool] | None = None,
     on_batch: Callable[[BatchResult, RelaySummary], None] | None = None,
     count_left: bool = True,
+    before_batch: Callable[[], None] | None = None,
 ) -> RelaySummary:
     """Relay what is due, batch after batch, until nothing is due or ``limit`` is reached.
 
     Stops early (after the current batch) when ``should_stop()`` returns true.
-    ``count_left=False`` skips counting the pending events at the end. Raises
+    ``count_left=False`` skips counting the pending events at the end; ``before_batch``
+    runs before each batch (the looping relay drops stale connections there). Raises
     ``RelayError`` when the database or the broker is unreachable.
     """
     relay_id = relay_id or default_relay_id()
@@ -430,6 +432,8 @@ def relay_pending(
     while limit is None or summary.relayed + summary.failed < limit:
         if should_stop is not None and should_stop():
             break
+        if before_batch is not None:
+            before_batch()
         room = size if limit is None else min(size, limit - summary.relayed - summary.failed)
         batch = relay_batch(using=using, batch_size=room, publishers=publishers, relay_id=relay_id)
         if batch.claimed == 0:
