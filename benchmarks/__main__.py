@@ -35,6 +35,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--no-write", action="store_true", help="print only; do not write JSON/Markdown/PNG"
     )
+    parser.add_argument(
+        "--full-drain",
+        action="store_true",
+        help="scale: relay the whole 1M backlog (default: its first 100,000 events)",
+    )
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        default=None,
+        help="measure nothing: rewrite the page and chart from an earlier run's JSON",
+    )
     return parser.parse_args(argv)
 
 
@@ -42,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
     sys.path.insert(0, str(ROOT))
+    if args.render:
+        from .harness import Config
+        from .report import load_results, write_outputs
+
+        write_outputs(load_results(Path(args.render)), Config(False, 0, set(), None), ROOT)
+        return 0
 
     import django
     from django.conf import settings
@@ -65,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         reps=args.reps or (3 if args.quick else 5),
         only=set(args.only or WORKLOADS),
         peers_python=None if args.quick else peers_python,
+        full_drain=args.full_drain,
     )
     results = Results()
     results.meta.update(

@@ -54,6 +54,7 @@ class Config:
     reps: int
     only: set[str]
     peers_python: str | None
+    full_drain: bool = False
 
     def scale(self, full: int, quick: int) -> int:
         return quick if self.quick else full

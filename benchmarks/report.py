@@ -54,10 +54,26 @@ def server_versions() -> dict[str, str]:
     return out
 
 
+def load_results(path: Path) -> Results:
+    """Results of an earlier run, from its JSON (``--render``)."""
+    from .harness import Row, Target
+
+    data = json.loads(path.read_text())
+    results = Results()
+    results.meta = data["meta"]
+    for row in data["rows"]:
+        results.rows[row["key"]] = Row(**row)
+    for target in data["targets"]:
+        target.pop("verdict", None)
+        results.targets.append(Target(**target))
+    return results
+
+
 def write_outputs(results: Results, cfg: Config, root: Path) -> None:
     meta = results.meta
-    meta["versions"] = {**versions(meta.get("peer_versions")), **server_versions()}
-    meta["machine"] = f"{platform.machine()}, {_cpus()} CPU(s), {platform.system()}"
+    if "versions" not in meta:
+        meta["versions"] = {**versions(meta.get("peer_versions")), **server_versions()}
+        meta["machine"] = f"{platform.machine()}, {_cpus()} CPU(s), {platform.system()}"
     data: dict[str, Any] = {
         "meta": meta,
         "rows": [row.as_dict() for row in results.rows.values()],
@@ -162,22 +178,24 @@ def write_chart(results: Results, path: Path) -> bool:
     except ImportError:
         print("matplotlib is not installed: no chart (pip install -e '.[bench]')")
         return False
-    groups: dict[str, list[Any]] = {}
+    groups: dict[tuple[str, str], list[Any]] = {}
     for row in results.rows.values():
-        if row.value is None or row.ratio is None or row.unit == "MiB":
+        if row.value is None or row.ratio is None:
             continue
-        groups.setdefault(row.workload, []).append(row)
+        groups.setdefault((row.workload, row.baseline or ""), []).append(row)
     groups = {k: v for k, v in groups.items() if len(v) > 1}
     if not groups:
         return False
+    sizes = [len(v) for v in groups.values()]
     fig, axes = plt.subplots(
         len(groups),
         1,
-        figsize=(10, 1.2 + 0.42 * sum(map(len, groups.values())) + 0.6 * len(groups)),
+        figsize=(11, 0.9 * len(groups) + 0.36 * sum(sizes)),
+        gridspec_kw={"height_ratios": sizes},
     )
     if len(groups) == 1:
         axes = [axes]
-    for ax, (workload, rows) in zip(axes, groups.items(), strict=True):
+    for ax, ((workload, baseline), rows) in zip(axes, groups.items(), strict=True):
         labels = [r.label for r in rows]
         ratios = [r.ratio for r in rows]
         colors = [
@@ -191,8 +209,9 @@ def write_chart(results: Results, path: Path) -> bool:
         ax.barh(labels[::-1], ratios[::-1], color=colors[::-1])
         ax.axvline(1.0, color="black", linewidth=0.8)
         unit = rows[0].unit
-        lower = "" if rows[0].higher_is_better else " (lower is better)"
-        ax.set_title(f"{workload}: × baseline ({unit}){lower}", fontsize=10, loc="left")
+        lower = "higher is better" if rows[0].higher_is_better else "lower is better"
+        base = results.rows[baseline].label if baseline in results.rows else "baseline"
+        ax.set_title(f"{workload} ({unit}, {lower}): ratio to «{base}»", fontsize=9, loc="left")
         ax.tick_params(labelsize=8)
         for i, r in enumerate(rows[::-1]):
             ax.text(

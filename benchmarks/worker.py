@@ -51,7 +51,7 @@ def relay(args: argparse.Namespace) -> dict[str, Any]:
         client.rpush(f"{args.go}:ready", "1")
         wait_for(client, args.go)
     start = time.time()
-    summary = relay_pending(publishers=[publisher], batch_size=args.batch_size)
+    summary = relay_pending(publishers=[publisher], batch_size=args.batch_size, limit=args.limit)
     end = time.time()
     return {
         "relayed": summary.relayed,
@@ -85,6 +85,7 @@ def main() -> int:
     r.add_argument("--publisher", choices=["redis", "celery", "null"], default="redis")
     r.add_argument("--batch-size", type=int, default=None)
     r.add_argument("--go", default=None)
+    r.add_argument("--limit", type=int, default=None)
     w = sub.add_parser("write")
     w.add_argument("--go", required=True)
     w.add_argument("--stop", required=True)

@@ -20,7 +20,7 @@ SECTIONS = {
     # what: (workload, baseline key, size (full), reps)
     "write": ("write", "write.b", 1000),
     "versioned": ("versioned", "versioned.plain", 2000),
-    "relay": ("relay", "relay.hand", 2000),
+    "relay": ("relay", "relay.hand", 1000),
 }
 
 EXPECTED = {
