@@ -233,3 +233,22 @@ def test_loop_survives_a_broker_outage_and_carries_on() -> None:
         watchdog.cancel()
     assert (total.relayed, broker.calls) == (2, 2)
     assert broker.reasons() == ["a", "b"]
+
+
+def test_the_relay_docs_name_real_tasks_and_options() -> None:
+    import re
+
+    import django_uow.tasks  # noqa: F401 - registers the tasks
+    from django_uow.management.commands import prune_outbox, relay_outbox
+    from tests.celery_app import app
+
+    text = (ROOT / "docs" / "relay.md").read_text()
+    tasks = set(re.findall(r'"task": "([\w.]+)"', text))
+    assert tasks == {"django_uow.tasks.relay_outbox", "django_uow.tasks.prune_outbox"}
+    assert tasks <= set(app.tasks)
+    known = set()
+    for module, name in ((relay_outbox, "relay_outbox"), (prune_outbox, "prune_outbox")):
+        parser = module.Command().create_parser("manage.py", name)
+        known |= {opt for action in parser._actions for opt in action.option_strings}
+    documented = set(re.findall(r"`(--[a-z-]+)", text))
+    assert documented and documented <= known, documented - known
