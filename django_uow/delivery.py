@@ -1,9 +1,9 @@
 """The long-running relay loop behind ``manage.py relay_outbox``.
 
-Each round drains what is due (``relay_pending``, with ``close_old_connections()``
-before each batch), then waits ``interval`` seconds — or less on PostgreSQL, where a
-dedicated connection LISTENs on ``django_uow_outbox`` and a commit's ``NOTIFY`` wakes
-the loop at once.
+Each round calls ``close_old_connections()`` and drains what is due (``relay_pending``;
+the check runs before each batch too when ``CONN_MAX_AGE`` keeps connections), then waits
+``interval`` seconds — or less on PostgreSQL, where a dedicated connection LISTENs on
+``django_uow_outbox`` and a commit's ``NOTIFY`` wakes the loop at once.
 SIGINT/SIGTERM set a flag: the current batch finishes (publish and acknowledgement),
 then the loop exits. Database and broker errors are logged and retried next round.
 """
@@ -118,6 +118,21 @@ class RelayLoop:
         if not connections[self.using].in_atomic_block:
             close_old_connections()
 
+    def _before_batch(self) -> None:
+        # With CONN_MAX_AGE = 0 (Django's default) every check closes the connection:
+        # reconnecting for every batch would cost more than the batch. A drain then keeps
+        # its connection and the check runs once per round; a broken one is still dropped.
+        connection = connections[self.using]
+        if connection.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+            self._close_old_connections()
+        elif (
+            connection.connection is not None
+            and connection.errors_occurred
+            and not connection.in_atomic_block
+            and not connection.is_usable()
+        ):
+            connection.close()
+
     def _remaining(self) -> int | None:
         if self.limit is None:
             return None
@@ -125,6 +140,7 @@ class RelayLoop:
 
     def round(self) -> RelaySummary:
         """One drain; raises ``RelayError`` when the database or broker is unreachable."""
+        self._close_old_connections()
         summary = relay_pending(
             using=self.using,
             limit=self._remaining(),
@@ -134,7 +150,7 @@ class RelayLoop:
             should_stop=self.stopping.is_set,
             on_batch=self.on_batch,
             count_left=self.once,
-            before_batch=self._close_old_connections,
+            before_batch=self._before_batch,
         )
         self.total.relayed += summary.relayed
         self.total.failed += summary.failed

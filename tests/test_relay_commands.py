@@ -252,3 +252,21 @@ def test_the_relay_docs_name_real_tasks_and_options() -> None:
         known |= {opt for action in parser._actions for opt in action.option_strings}
     documented = set(re.findall(r"`(--[a-z-]+)", text))
     assert documented and documented <= known, documented - known
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_drain_keeps_its_connection_across_batches() -> None:
+    from django_uow.delivery import RelayLoop
+
+    make_rows([("1", "a"), ("2", "b"), ("3", "c")])
+    connection.close()
+    seen: list[int] = []
+    loop = RelayLoop(
+        once=True,
+        batch_size=1,
+        listen=False,
+        on_batch=lambda batch, summary: seen.append(id(connection.connection)),
+    )
+    assert loop.run().relayed == 3
+    assert len(seen) == 3 and len(set(seen)) == 1  # CONN_MAX_AGE=0: one connect per round
