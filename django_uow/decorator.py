@@ -111,7 +111,14 @@ class UnitOfWorkDecorator:
         return result
 
     def _refuse_nested_retries(self, func: Callable[..., Any]) -> None:
-        if current_uow(self.using) is not None or connections[self.using].in_atomic_block:
+        # The atomic blocks a test case wraps around each test don't count: inside them
+        # the unit of work is a savepoint that a retry can roll back and re-run.
+        outer_blocks = [
+            block
+            for block in connections[self.using].atomic_blocks
+            if not getattr(block, "_from_testcase", False)
+        ]
+        if current_uow(self.using) is not None or outer_blocks:
             raise UnitOfWorkError(
                 f"@unit_of_work(retries={self.retries}) on {func.__qualname__}() was called "
                 "inside another transaction; a retry would re-run only part of it. Put "

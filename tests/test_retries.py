@@ -343,3 +343,28 @@ def test_deadlock_victim_is_retried(caplog: pytest.LogCaptureFixture) -> None:
     assert [sorted(t) for t in texts] == [["x", "y"], ["x", "y"]]  # both writes, both rows
     (retry,) = [r for r in caplog.records if r.name == "django_uow.retry"]
     assert "deadlock detected" in retry.getMessage()
+
+
+@pytest.mark.django_db
+def test_retries_work_inside_a_test_case_transaction() -> None:
+    """The atomic block Django's TestCase (and plain ``django_db``) opens does not count as
+    an outer transaction: the unit of work is a savepoint that a retry rolls back."""
+    counter = Counter.objects.create(name="c")
+    stale = Counter.objects.get(pk=counter.pk)
+    counter.save()  # stale is now one version behind
+    calls: list[int] = []
+
+    @unit_of_work(retries=2, backoff=(0.0, 0.0))
+    def bump() -> None:
+        calls.append(1)
+        Note.objects.create(text=f"attempt {len(calls)}")
+        target = stale if len(calls) == 1 else Counter.objects.get(pk=counter.pk)
+        target.value += 1
+        target.save()
+
+    bump()
+    assert calls == [1, 1]
+    counter.refresh_from_db()
+    assert (counter.value, counter.version) == (1, 3)
+    # The first attempt's note was rolled back with its savepoint.
+    assert list(Note.objects.values_list("text", flat=True)) == ["attempt 2"]
