@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 from celery import Celery
 from celery.signals import task_postrun
@@ -15,7 +16,10 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 
 @task_postrun.connect
 def _close_db_connections(**kwargs: object) -> None:
-    # Worker threads must not keep connections to the test database open.
+    # Worker threads must not keep connections to the test database open. Never in the
+    # main thread: an eager task there runs inside the test's own transaction.
+    if threading.current_thread() is threading.main_thread():
+        return
     from django.db import connections
 
     connections.close_all()
