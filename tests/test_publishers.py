@@ -155,12 +155,19 @@ def celery_worker() -> Iterator[Any]:
     import django_uow.tasks  # noqa: F401 - registers the shared tasks
     from tests.celery_app import app
 
+    from celery import _state
+
+    previous_default, previous_current = _state.default_app, _state.get_current_app()
     app.set_current()
     app.set_default()
     with app.connection_for_write() as conn:
         conn.default_channel.client.flushdb()  # UOW_REDIS_DB is this run's own database
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
-        yield app
+    try:
+        with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
+            yield app
+    finally:
+        _state.set_default_app(previous_default)
+        previous_current.set_current()
 
 
 @pytest.fixture
