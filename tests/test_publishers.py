@@ -150,12 +150,11 @@ def celery_worker() -> Iterator[Any]:
     from tests.conftest import require_server
 
     require_server("Redis", "127.0.0.1", 6379)
+    from celery import _state
     from celery.contrib.testing.worker import start_worker
 
     import django_uow.tasks  # noqa: F401 - registers the shared tasks
     from tests.celery_app import app
-
-    from celery import _state
 
     previous_default, previous_current = _state.default_app, _state.get_current_app()
     app.set_current()
