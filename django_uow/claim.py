@@ -85,6 +85,20 @@ def _dt(using: str, value: datetime.datetime) -> Any:
     return connections[using].ops.adapt_datetimefield_value(value)
 
 
+def one_statement(using: str) -> bool:
+    """True when the claim can be one ``WITH ... UPDATE ... RETURNING`` statement.
+
+    PostgreSQL, and SQLite from 3.35 (``RETURNING`` and ``MATERIALIZED``; Django's
+    ``can_return_rows_from_bulk_insert`` feature flag tracks the same version).
+    """
+    connection = connections[using]
+    if connection.vendor not in ONE_STATEMENT_VENDORS:
+        return False
+    return connection.vendor != "sqlite" or bool(
+        connection.features.can_return_rows_from_bulk_insert
+    )
+
+
 def claim(
     *,
     using: str,
@@ -101,7 +115,7 @@ def claim(
     connection = connections[using]
     now = now or timezone.now()
     until = now + datetime.timedelta(seconds=lease)
-    if connection.vendor not in ONE_STATEMENT_VENDORS:
+    if not one_statement(using):
         return claim_portable(
             using=using,
             relay_id=relay_id,
@@ -124,8 +138,6 @@ def claim(
     ]
     params += [PENDING, _dt(using, now), _dt(using, now)]
     if event_ids is not None:
-        if not event_ids:
-            return []
         uuid_field = OutboxEvent._meta.get_field("event_id")
         where.append(f"o.event_id IN ({', '.join(['%s'] * len(event_ids))})")
         params += [uuid_field.get_db_prep_value(e, connection) for e in event_ids]

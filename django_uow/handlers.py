@@ -148,7 +148,10 @@ def _claim_processed(handler: Handler, envelope: Envelope, using: str) -> bool:
     from .models import ProcessedEvent
 
     connection = connections[using]
-    if connection.vendor in {"postgresql", "sqlite"}:
+    # INSERT ... ON CONFLICT DO NOTHING RETURNING: PostgreSQL, SQLite 3.35+.
+    if connection.vendor == "postgresql" or (
+        connection.vendor == "sqlite" and connection.features.can_return_rows_from_bulk_insert
+    ):
         table = connection.ops.quote_name(ProcessedEvent._meta.db_table)
         field = ProcessedEvent._meta.get_field("event_id")
         processed_at = connection.ops.adapt_datetimefield_value(timezone.now())

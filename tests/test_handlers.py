@@ -181,3 +181,15 @@ class _Local(DomainEvent):
 
 def test_handlers_for_an_event_without_handlers_is_empty() -> None:
     assert handlers_for(_Local.event_type) == []
+
+
+def test_inbox_fallback_without_on_conflict_returning(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Databases without INSERT ... ON CONFLICT ... RETURNING use a savepoint instead.
+    from django.db import connection
+
+    monkeypatch.setattr(connection, "vendor", "mysql")
+    env = envelope_for(OrderPlaced(order_id=7, total=Decimal("1")))
+    handler = registry.get("testapp.record_placed")
+    assert run_handler(handler, env) is True
+    assert run_handler(handler, env) is False
+    assert Effect.objects.filter(event_id=env.event_id).count() == 1
