@@ -8,7 +8,7 @@ Ids are stable and never reused:
   ``E009`` ``ORDERING``; ``E010`` ``RETENTION``; ``E011`` ``PRUNE_BATCH_SIZE``;
   ``E012`` ``LEASE``; ``E013`` ``REDIS_URL``; ``E014`` ``STREAM_KEY``;
   ``E015`` ``STREAM_MAXLEN``; ``E016`` ``CELERY_QUEUE``; ``E017`` ``CELERY_RELAY_TASK``;
-  ``E018`` Celery is needed but not installed;
+  ``E018`` Celery is needed but not installed; ``E019`` ``NOTIFY``;
 - ``W001`` SQLite as the default database with relays that run side by side.
 """
 
@@ -241,6 +241,18 @@ def _check_celery_relay_task(value: Any) -> list[Message]:
     ]
 
 
+def _check_notify(value: Any) -> list[Message]:
+    if isinstance(value, bool):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['NOTIFY'] must be True or False, not {value!r}.",
+            "True sends pg_notify after commits that wrote events (PostgreSQL only).",
+            19,
+        )
+    ]
+
+
 VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "RELAY_ON_COMMIT": _check_relay_on_commit,
     "PUBLISHERS": _check_publishers,
@@ -256,6 +268,7 @@ VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "STREAM_MAXLEN": _check_stream_maxlen,
     "CELERY_QUEUE": _check_celery_queue,
     "CELERY_RELAY_TASK": _check_celery_relay_task,
+    "NOTIFY": _check_notify,
 }
 
 

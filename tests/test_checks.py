@@ -107,6 +107,8 @@ def test_e005_missing_attribute() -> None:
         ("CELERY_QUEUE", 5, None, "E016"),
         ("CELERY_RELAY_TASK", "", "myproject.tasks.relay", "E017"),
         ("CELERY_RELAY_TASK", None, "django_uow.tasks.relay_outbox", "E017"),
+        ("NOTIFY", "yes", True, "E019"),
+        ("NOTIFY", 1, False, "E019"),
     ],
 )
 def test_scalar_keys(key: str, bad: Any, good: Any, check_id: str) -> None:
