@@ -89,9 +89,9 @@ def test_span_continues_the_trace_in_the_headers(exporter: InMemorySpanExporter)
     parent = request_span.get_span_context()
 
     # Later, elsewhere, with no active span: the handler's span joins the request's trace.
-    with span("handle testapp.OrderPlaced", headers, kind="consumer", event_id="e1", none=None):
+    with span("handle tests.TracingProbe", headers, kind="consumer", event_id="e1", none=None):
         pass
-    child = finished(exporter, "handle testapp.OrderPlaced")
+    child = finished(exporter, "handle tests.TracingProbe")
     assert child.parent is not None
     assert child.parent.span_id == parent.span_id
     assert child.context.trace_id == parent.trace_id
@@ -103,9 +103,12 @@ def test_span_without_trace_headers_is_a_child_of_the_current_span(
     exporter: InMemorySpanExporter,
 ) -> None:
     tracer = trace.get_tracer("tests")
-    with tracer.start_as_current_span("relay batch") as outer, span("publish", {"x": 1}):
+    with (
+        tracer.start_as_current_span("relay batch") as outer,
+        span("publish tests.probe", {"x": 1}),
+    ):
         pass
-    inner = finished(exporter, "publish")
+    inner = finished(exporter, "publish tests.probe")
     assert inner.parent is not None
     assert inner.parent.span_id == outer.get_span_context().span_id
 
