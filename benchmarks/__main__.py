@@ -41,6 +41,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="scale: relay the whole 1M backlog (default: its first 100,000 events)",
     )
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="re-run the --only workloads and replace their rows in the latest results",
+    )
+    parser.add_argument(
         "--render",
         metavar="JSON",
         default=None,
@@ -85,11 +90,32 @@ def main(argv: list[str] | None = None) -> int:
         full_drain=args.full_drain,
     )
     results = Results()
+    latest = (
+        ROOT / "benchmarks" / "results" / ("latest-quick.json" if args.quick else "latest.json")
+    )
+    if args.merge and latest.exists():
+        from .report import load_results
+        from .targets import CROSS
+
+        results = load_results(latest)
+        for key in [k for k, r in results.rows.items() if r.workload in cfg.only]:
+            del results.rows[key]
+        results.targets = [
+            t for t in results.targets if t.key.split(".")[0] not in cfg.only and t.key not in CROSS
+        ]
+        results.meta.pop("versions", None)
+        results.meta["rerun"] = (
+            f"{', '.join(w for w in WORKLOADS if w in cfg.only)} re-run at "
+            + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        )
+    started_at = results.meta.get("started")
     results.meta.update(
         mode="quick" if args.quick else "full",
         reps=cfg.reps,
         started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     )
+    if args.merge and started_at:
+        results.meta["started"] = started_at
     started = time.perf_counter()
     failures: list[str] = []
     for name in WORKLOADS:
@@ -109,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n== targets across workloads", flush=True)
     check(results)
-    results.meta["duration_s"] = round(time.perf_counter() - started, 1)
+    if not args.merge:
+        results.meta["duration_s"] = round(time.perf_counter() - started, 1)
     results.meta["failed_workloads"] = failures
     if not args.no_write:
         write_outputs(results, cfg, ROOT)

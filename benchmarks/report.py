@@ -114,7 +114,8 @@ def render_markdown(results: Results) -> str:
         BEGIN,
         "",
         f"Run: {meta.get('started')} ({meta.get('mode')} mode, median of {meta.get('reps')} "
-        f"repetitions, {meta.get('duration_s')} s in all) on {meta.get('machine')}.",
+        f"repetitions, {meta.get('duration_s')} s in all) on {meta.get('machine')}."
+        + (f" Workloads {meta['rerun']}." if meta.get("rerun") else ""),
         "",
         "### Results",
         "",

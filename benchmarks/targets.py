@@ -4,6 +4,19 @@ from __future__ import annotations
 
 from .harness import Results
 
+#: Keys of the targets checked here (recomputed on every run, ``--merge`` included).
+CROSS = frozenset(
+    {
+        "versioned.peer",
+        "relay.redis.hand",
+        "relay.redis.peers",
+        "relay.concurrency",
+        "relay.duplicates",
+        "relay.celery.send_task",
+        "relay.celery.peers",
+    }
+)
+
 
 def _best(results: Results, keys: list[str]) -> tuple[str, float] | None:
     found = [(k, results.value(k)) for k in keys]

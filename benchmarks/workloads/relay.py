@@ -244,7 +244,7 @@ def run_concurrency(cfg: Config, results: Results) -> None:
                 samples,
                 baseline="conc.1",
                 note=f"{total} entries / {unique} unique ids; {dup_count} duplicates "
-                f"over {cfg.reps} runs",
+                f"over {len(samples)} run(s)",
             )
         )
         results.meta[f"conc_{k}_duplicates"] = dup_count

@@ -228,6 +228,11 @@ def run_scale(cfg: Config, results: Results) -> None:
             baseline="scale.writer.alone",
         )
     )
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {OUTBOX} WHERE status = 'dispatched'")
+        seeded = int(cursor.fetchone()[0])
+    if seeded != big:
+        raise RuntimeError(f"expected {big} dispatched rows before pruning, found {seeded}")
     pruned: list[int] = []
     during_rate, took = writer_rate(
         None, during=lambda: pruned.append(prune_outbox(older_than=timedelta(0)))
@@ -244,3 +249,5 @@ def run_scale(cfg: Config, results: Results) -> None:
         )
     )
     results.meta["prune"] = {"rows": pruned[0], "seconds": took}
+    if pruned[0] != big:
+        raise RuntimeError(f"prune_outbox() deleted {pruned[0]} of {big} dispatched rows")
