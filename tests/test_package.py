@@ -44,3 +44,16 @@ def test_migrations_match_models() -> None:
     except SystemExit as exit_:  # pragma: no cover - the failure path
         pytest.fail(f"Models and migrations have drifted:\n{out.getvalue()}")
         raise exit_
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_outbox_table_leaves_room_for_in_place_claim_updates() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reloptions FROM pg_class WHERE relname = %s", ["django_uow_outboxevent"]
+        )
+        (options,) = cursor.fetchone()
+    assert "fillfactor=50" in (options or [])
