@@ -108,6 +108,15 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:,.0f}"
 
 
+ORDER = ["write", "versioned", "relay", "concurrency", "latency", "scale"]
+
+
+def ordered(results: Results) -> list[Any]:
+    """Rows grouped by workload in suite order (peers beside what they compare with)."""
+    rows = list(results.rows.values())
+    return sorted(rows, key=lambda r: ORDER.index(r.workload) if r.workload in ORDER else 99)
+
+
 def render_markdown(results: Results) -> str:
     meta = results.meta
     lines = [
@@ -122,7 +131,7 @@ def render_markdown(results: Results) -> str:
         "| workload | what | median | unit | × baseline | baseline |",
         "|---|---|---:|---|---:|---|",
     ]
-    for row in results.rows.values():
+    for row in ordered(results):
         if row.not_measured:
             lines.append(
                 f"| {row.workload} | {row.label} | not measured: {row.not_measured} | | | |"
@@ -180,7 +189,7 @@ def write_chart(results: Results, path: Path) -> bool:
         print("matplotlib is not installed: no chart (pip install -e '.[bench]')")
         return False
     groups: dict[tuple[str, str], list[Any]] = {}
-    for row in results.rows.values():
+    for row in ordered(results):
         if row.value is None or row.ratio is None:
             continue
         groups.setdefault((row.workload, row.baseline or ""), []).append(row)

@@ -196,7 +196,8 @@ def run_latency(cfg: Config, results: Results) -> None:
         "Fast-path latency p50 < 15 ms with Celery on Redis",
         f"p50 {p50:.1f} ms",
         p50 is not None and p50 < 15,
-        "Two Celery hops (relay task, then handler task) each wait for a worker to fetch them.",
+        "Two Celery hops (relay task, then handler task), and relay_events() itself takes "
+        "~15 ms per commit here (claim, acknowledgement, publish).",
     )
 
 

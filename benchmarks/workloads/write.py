@@ -177,7 +177,9 @@ def run_write(cfg: Config, results: Results) -> None:
         "(c) @unit_of_work ≥ 0.9 × hand-written outbox (b)",
         f"{c / b:.2f}×",
         c / b >= 0.9,
-        "Staging the events costs Python work per commit on top of the same two INSERTs.",
+        "Same two INSERTs, but the outbox row is wider (envelope columns, JSON headers) and "
+        "keeps six indexes where the hand-written table has two, plus the Python that stages "
+        "the event.",
     )
     results.target(
         "write.d.inserts",
@@ -191,7 +193,8 @@ def run_write(cfg: Config, results: Results) -> None:
         "(d) ≥ 2 × events/s of (b) with one INSERT per event",
         f"{d / b10:.2f}×",
         d / b10 >= 2,
-        "The per-event Python cost of staging outweighs the saved round trips.",
+        "Encoding and staging each event (UUID, JSON payload and headers, six indexes per "
+        "row) costs more than the nine round trips the single INSERT saves.",
     )
 
 
@@ -255,5 +258,6 @@ def run_versioned(cfg: Config, results: Results) -> None:
         "Versioned save ≥ 0.9 × plain save throughput",
         f"{ratio:.2f}×",
         ratio >= 0.9,
-        "The version check adds Python work per save on top of the same UPDATE.",
+        "Same single UPDATE (plus the version condition); the gap is the Python of the "
+        "versioned update path, and it moved between 0.68× and 0.88× across runs here.",
     )
