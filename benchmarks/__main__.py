@@ -98,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         from .targets import CROSS
 
         results = load_results(latest)
-        for key in [k for k, r in results.rows.items() if r.workload in cfg.only]:
+        rerun = [
+            k
+            for k, r in results.rows.items()
+            if (r.workload in cfg.only and not k.startswith("peer."))
+            or (k.startswith("peer.") and "peers" in cfg.only)
+        ]
+        for key in rerun:
             del results.rows[key]
         results.targets = [
             t for t in results.targets if t.key.split(".")[0] not in cfg.only and t.key not in CROSS
