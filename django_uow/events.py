@@ -162,20 +162,24 @@ _encoder = DjangoJSONEncoder()
 def encode_payload(event: DomainEvent) -> dict[str, Any]:
     """Encode the dataclass fields of ``event`` into JSON primitives.
 
-    Each field is checked on its own so the error can name it.
+    The fields are encoded together; only when that fails is each one tried on its own,
+    so the error can name it.
     """
     if not dataclasses.is_dataclass(event):
         raise TypeError(
             f"{type(event).__name__} must be a dataclass: decorate it with @dataclass(frozen=True)."
         )
-    payload: dict[str, Any] = {}
-    for f in dataclasses.fields(event):
-        value = getattr(event, f.name)
+    values = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    try:
+        return json.loads(json.dumps(values, default=_encoder.default))  # type: ignore[no-any-return]
+    except (TypeError, ValueError):
+        pass
+    for name, value in values.items():
         try:
-            payload[f.name] = json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+            json.dumps(value, default=_encoder.default)
         except (TypeError, ValueError) as exc:
-            raise EventSerializationError(event_type_of(event), f.name, value, str(exc)) from exc
-    return payload
+            raise EventSerializationError(event_type_of(event), name, value, str(exc)) from exc
+    raise AssertionError("unreachable: the payload failed to encode as a whole only")
 
 
 def _convert(tp: Any, value: Any) -> Any:

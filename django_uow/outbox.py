@@ -9,6 +9,7 @@ fall back to ``bulk_create`` for very large commits.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -61,34 +62,52 @@ PARAMETER_LIMITS: dict[str, int | None] = {"postgresql": 65_535, "mysql": None}
 
 def _insert_values(events: Sequence[OutboxEvent], using: str) -> None:
     connection = connections[using]
+    columns = _column_values(events, using)
+    params = [value for values in zip(*columns, strict=True) for value in values]
+    with connection.cursor() as cursor:
+        cursor.execute(_values_sql(connection.vendor, using, len(events)), params)
+
+
+@functools.lru_cache(maxsize=256)
+def _values_sql(vendor: str, using: str, rows: int) -> str:
+    """The ``INSERT ... VALUES`` text for ``rows`` events (cached: built once per size)."""
+    connection = connections[using]
     fields = _fields()
     table = connection.ops.quote_name(OutboxEvent._meta.db_table)
     names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    json_placeholder = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+    json_placeholder = "%s::jsonb" if vendor == "postgresql" else "%s"
     row = "(" + ", ".join(json_placeholder if f.name in JSON_FIELDS else "%s" for f in fields) + ")"
-    columns = _column_values(events, using)
-    params = [value for values in zip(*columns, strict=True) for value in values]
-    sql = f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * len(events))}"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    return f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * rows)}"
 
 
+@functools.cache
 def _fields() -> list[Any]:
     return [OutboxEvent._meta.get_field(name) for name in INSERT_FIELDS]
 
 
+#: Fields whose Python values need the backend's conversion (UUIDs, datetimes); the
+#: others are plain strings and integers that every driver takes as they are. psycopg
+#: takes ``UUID`` and aware ``datetime`` objects directly.
+PREPARED_FIELDS = frozenset({"event_id", "occurred_at", "available_at", "created_at"})
+NATIVE_TYPES_VENDORS = frozenset({"postgresql"})
+
+_json_default = DjangoJSONEncoder().default
+
+
 def _column_values(events: Sequence[OutboxEvent], using: str) -> list[list[Any]]:
     connection = connections[using]
+    prepared = frozenset() if connection.vendor in NATIVE_TYPES_VENDORS else PREPARED_FIELDS
     columns: list[list[Any]] = []
     for field in _fields():
+        attname = field.attname
         if field.name in JSON_FIELDS:
+            columns.append([json.dumps(getattr(e, attname), default=_json_default) for e in events])
+        elif field.name in prepared:
             columns.append(
-                [json.dumps(getattr(e, field.attname), cls=DjangoJSONEncoder) for e in events]
+                [field.get_db_prep_save(getattr(e, attname), connection) for e in events]
             )
         else:
-            columns.append(
-                [field.get_db_prep_save(getattr(e, field.attname), connection) for e in events]
-            )
+            columns.append([getattr(e, attname) for e in events])
     return columns
 
 

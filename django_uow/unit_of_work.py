@@ -260,11 +260,12 @@ class UnitOfWork:
         from .fastpath import relay_after_commit
 
         using = self.using
-        transaction.on_commit(lambda: relay_after_commit(ids, using), using=using)
-        transaction.on_commit(
-            lambda: signals.uow_committed.send(sender=UnitOfWork, uow=self, events=rows),
-            using=using,
-        )
+
+        def after_commit() -> None:
+            relay_after_commit(ids, using)  # never raises: the sweep covers its failures
+            signals.uow_committed.send(sender=UnitOfWork, uow=self, events=rows)
+
+        transaction.on_commit(after_commit, using=using)
 
     def _outbox_rows(self) -> list[OutboxEvent]:
         from .locking import touch

@@ -6,19 +6,22 @@ row in place without touching the indexes, which makes the claim about twice che
 Other databases are left alone.
 """
 
+from typing import Any
+
 from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 FILLFACTOR = 50
 
 
-def set_fillfactor(apps, schema_editor):
+def set_fillfactor(apps: Any, schema_editor: BaseDatabaseSchemaEditor) -> None:
     if schema_editor.connection.vendor != "postgresql":
         return
     table = schema_editor.quote_name(apps.get_model("django_uow", "OutboxEvent")._meta.db_table)
     schema_editor.execute(f"ALTER TABLE {table} SET (fillfactor = {FILLFACTOR})")
 
 
-def reset_fillfactor(apps, schema_editor):
+def reset_fillfactor(apps: Any, schema_editor: BaseDatabaseSchemaEditor) -> None:
     if schema_editor.connection.vendor != "postgresql":
         return
     table = schema_editor.quote_name(apps.get_model("django_uow", "OutboxEvent")._meta.db_table)
