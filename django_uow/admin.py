@@ -278,7 +278,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             '<span class="uow-status uow-status-{}">{}</span>', obj.status, obj.get_status_display()
         )
 
-    @admin.display(description=_("age"), ordering="created_at")
+    @admin.display(description=_("age"), ordering="id")
     def age(self, obj: OutboxEvent) -> str:
         return timesince(obj.created_at)
 

@@ -35,7 +35,7 @@ class OutboxEvent(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     event_id = models.UUIDField(unique=True, editable=False)
-    event_type = models.CharField(max_length=255, db_index=True)
+    event_type = models.CharField(max_length=255)
     aggregate_type = models.CharField(max_length=255, blank=True, default="")
     aggregate_id = models.CharField(max_length=255, blank=True, default="")
     aggregate_version = models.PositiveBigIntegerField(null=True, blank=True)
@@ -48,7 +48,7 @@ class OutboxEvent(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     available_at = models.DateTimeField(default=timezone.now)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     # The lease of the relay that claimed the row; an expired lease can be claimed again.
     claimed_by = models.CharField(max_length=64, blank=True, default="")
