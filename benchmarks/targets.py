@@ -44,7 +44,8 @@ def check(results: Results) -> None:
         "Versioned save ≥ 1.8 × django-concurrency's",
         _ratio(results, "versioned.uow", "peer.versioned.concurrency") if conc else None,
         1.8,
-        "django-concurrency's extra SELECT is cheaper than expected on this machine.",
+        "django-concurrency runs in its own process and database; its extra SELECT made it "
+        "1.6–2.3× slower than VersionedModel.save() across runs on this loaded machine.",
     )
     target(
         "relay.redis.hand",
