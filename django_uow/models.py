@@ -229,12 +229,12 @@ class AggregateRoot(VersionedModel):
         Raises ``EventSerializationError`` now, naming the field, if the event cannot
         be stored as JSON.
         """
-        from .unit_of_work import uow_for_alias
+        from .unit_of_work import current_uow
 
         staged = StagedEvent.from_event(event)
         self._uow_staged.append(staged)
         self.__dict__["_uow_unsaved_events"] = True
-        uow = uow_for_alias(self._uow_alias())
+        uow = current_uow(self._uow_alias())
         if uow is not None:
             uow._track_event(self, staged)
 

@@ -10,15 +10,13 @@ all inside the transaction. After the real COMMIT, the relay fast path runs.
 from __future__ import annotations
 
 import contextvars
-import logging
 import uuid
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from enum import Enum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from django.db import connections, models, transaction
+from django.db import models, transaction
 
 from . import signals
 from .events import DomainEvent, StagedEvent, ensure_correlation, reset_event_context
@@ -28,7 +26,6 @@ from .tracking import Journal, Mark, identity_key
 if TYPE_CHECKING:
     from .models import OutboxEvent
 
-logger = logging.getLogger("django_uow.unit_of_work")
 
 M = TypeVar("M", bound=models.Model)
 
@@ -50,10 +47,6 @@ def current_uow(using: str | None = None) -> UnitOfWork | None:
         if using is None or uow.using == using:
             return uow
     return None
-
-
-def uow_for_alias(using: str) -> UnitOfWork | None:
-    return current_uow(using)
 
 
 def uow_guarding_write(obj: Any, using: str, operation: str) -> UnitOfWork | None:
@@ -441,23 +434,9 @@ class Repository(Generic[M]):
     def remove(self, obj: M) -> None:
         self.uow.remove(obj)
 
-    def __iter__(self) -> Iterable[M]:  # pragma: no cover - explicit API preferred
-        raise TypeError("Use repository.filter(...) to load several objects.")
-
-
-def group_by_model(objs: Iterable[models.Model]) -> dict[type[models.Model], list[models.Model]]:
-    groups: dict[type[models.Model], list[models.Model]] = defaultdict(list)
-    for obj in objs:
-        groups[type(obj)].append(obj)
-    return groups
-
 
 def refresh_snapshot_after_save(sender: Any, instance: models.Model, **kwargs: Any) -> None:
     """``post_save`` receiver: an explicit save inside a UoW makes the object clean again."""
     for uow in _stack.get():
         if identity_key(instance) in uow._journal.identity:
             uow._journal.refresh_snapshot(instance)
-
-
-def connection_in_atomic_block(using: str) -> bool:
-    return bool(connections[using].in_atomic_block)

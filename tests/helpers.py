@@ -10,9 +10,6 @@ from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
 TRANSACTION_CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE SAVEPOINT)", re.I)
-STATEMENT = re.compile(
-    r'^\s*(INSERT INTO|UPDATE|DELETE FROM|SELECT)\s+.*?"?(\w+)"?[\s(]', re.I | re.S
-)
 
 
 def statement_kind(sql: str) -> str:
