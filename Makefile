@@ -19,6 +19,7 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## The whole suite: lint, then SQLite, then PostgreSQL, then the oldest supported Django.
 test: install browser-deps lint test-sqlite test-postgres test-django42

@@ -20,10 +20,10 @@ from .exceptions import (
     UnitOfWorkError,
     UnknownEventType,
 )
+from .handlers import event_handler
 from .unit_of_work import Repository, UnitOfWork, current_uow
 
 if TYPE_CHECKING:
-    from .handlers import event_handler
     from .models import AggregateRoot, OutboxEvent, ProcessedEvent, VersionedModel
 
 __version__ = "0.1.0.dev0"
@@ -56,7 +56,6 @@ _LAZY = {
     "OutboxEvent": "django_uow.models",
     "ProcessedEvent": "django_uow.models",
     "VersionedModel": "django_uow.models",
-    "event_handler": "django_uow.handlers",
 }
 
 

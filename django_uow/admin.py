@@ -44,6 +44,7 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
+from .events import registry
 from .models import AggregateRoot, OutboxEvent, ProcessedEvent
 from .status import outbox_status
 
@@ -113,7 +114,6 @@ class EventTypeFilter(admin.SimpleListFilter):
     parameter_name = "event_type"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        from .events import registry
 
         return [(name, name) for name in registry.names()]
 
@@ -350,7 +350,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             path("<path:object_id>/timeline/", wrap(self.timeline_view), name=f"{name}_timeline"),
             path("<path:object_id>/retry/", wrap(self.retry_view), name=f"{name}_retry"),
         ]
-        return custom + super().get_urls()  # type: ignore[operator]
+        return custom + super().get_urls()
 
     def _url(self, view: str, object_id: Any) -> str:
         opts = self.opts

@@ -26,6 +26,7 @@ from django.utils.translation import ngettext
 
 from .exceptions import ConcurrencyError
 from .locking import VERSION_FIELD
+from .models import VersionedModel
 
 if TYPE_CHECKING:
     _AdminBase = admin.ModelAdmin[Any]
@@ -92,7 +93,6 @@ class VersionedAdminMixin(_AdminBase):
     """
 
     def __init__(self, model: type[models.Model], admin_site: Any) -> None:
-        from .models import VersionedModel
 
         if not issubclass(model, VersionedModel):
             raise ImproperlyConfigured(

@@ -1,8 +1,16 @@
+"""The app config: wiring done once Django is ready (checks, receivers, discovery)."""
+
 from __future__ import annotations
 
 from django.apps import AppConfig
 from django.db.models.signals import post_save
 from django.utils.translation import gettext_lazy as _
+
+from . import checks  # noqa: F401 - registers the system checks
+from .events import registry as event_types
+from .handlers import registry as handlers
+from .signals import uow_committed
+from .unit_of_work import refresh_snapshot_after_save
 
 
 class DjangoUowConfig(AppConfig):
@@ -12,9 +20,15 @@ class DjangoUowConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the system checks
-        from .events import registry
-        from .unit_of_work import refresh_snapshot_after_save
+        # Imported here: both import models, which wait for the app registry (this
+        # module is loaded while it is being populated).
+        from . import tasks  # noqa: F401 - registers the Celery tasks when Celery is installed
+        from .relay.fastpath import relay_after_commit
 
-        registry.resolve_deferred()
+        event_types.resolve_deferred()
         post_save.connect(refresh_snapshot_after_save, dispatch_uid="django_uow_snapshot")
+        uow_committed.connect(relay_after_commit, dispatch_uid="django_uow_fast_path")
+        # Every process (relay_outbox, a Celery worker, beat, a bare django.setup()
+        # script) knows every handler, and the event classes their modules import,
+        # before any relay decodes a row.
+        handlers.autodiscover()

@@ -5,47 +5,21 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import random
 import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
-from django.db import DatabaseError, OperationalError, connections
+from django.db import connections
 
-from .exceptions import ConcurrencyError, UnitOfWorkError
+from .exceptions import UnitOfWorkError
+from .retry import backoff_delay, is_retryable
 from .unit_of_work import UnitOfWork, current_uow
 
 logger = logging.getLogger("django_uow.retry")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: SQLSTATEs of PostgreSQL serialization failures and deadlocks.
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-#: MySQL/MariaDB deadlock and lock wait timeout.
-RETRYABLE_MYSQL_CODES = frozenset({1213, 1205})
-
-
-def is_retryable(error: BaseException) -> bool:
-    """True for version conflicts, serialization failures and deadlocks."""
-    if isinstance(error, ConcurrencyError):
-        return True
-    if not isinstance(error, DatabaseError):
-        return False
-    cause = error.__cause__
-    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-    if sqlstate in RETRYABLE_SQLSTATES:
-        return True
-    args = getattr(cause, "args", ())
-    if args and args[0] in RETRYABLE_MYSQL_CODES:
-        return True
-    return isinstance(error, OperationalError) and "database is locked" in str(error)
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0, min(cap, base * (2**attempt)))
 
 
 class UnitOfWorkDecorator:
@@ -89,7 +63,8 @@ class UnitOfWorkDecorator:
                     if attempt >= self.retries or not is_retryable(error):
                         raise
                     attempt += 1
-                    delay = backoff_delay(attempt, *self.backoff)
+                    # The n-th retry waits up to base * 2**n (capped).
+                    delay = backoff_delay(attempt + 1, *self.backoff)
                     logger.info(
                         "Retrying %s (attempt %d of %d) in %.3fs after %s: %s",
                         func.__qualname__,

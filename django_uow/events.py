@@ -26,6 +26,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import dateparse, timezone
 
 from .exceptions import EventSerializationError, UnknownEventType
+from .tracing import inject_trace_context
 
 E = TypeVar("E", bound="DomainEvent")
 
@@ -171,7 +172,7 @@ def encode_payload(event: DomainEvent) -> dict[str, Any]:
         )
     values = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
     try:
-        return json.loads(json.dumps(values, default=_encoder.default))  # type: ignore[no-any-return]
+        return json.loads(json.dumps(values, default=_encoder.default))
     except (TypeError, ValueError):
         pass
     for name, value in values.items():
@@ -369,7 +370,6 @@ class StagedEvent:
             headers["correlation_id"] = correlation_id
         if causation_id:
             headers["causation_id"] = causation_id
-        from .tracing import inject_trace_context
 
         inject_trace_context(headers)
         return cls(

@@ -90,6 +90,20 @@ class RelayError(UnitOfWorkError):
     """Raised when the relay cannot reach the database or a broker; raised ``from`` the cause."""
 
 
+class BlockedByEarlierFailure(Exception):
+    """Reported for an event not published because an earlier event of its aggregate failed.
+
+    Publishers return it for the later events of a failed aggregate in one batch; the
+    relay hands such events back untouched: their attempt is not spent.
+    """
+
+    def __init__(self, envelope: Any) -> None:
+        super().__init__(
+            f"not published: an earlier event of {envelope.aggregate_type} "
+            f"{envelope.aggregate_id!r} failed in the same batch"
+        )
+
+
 class PermanentFailure(UnitOfWorkError):
     """Raise from a handler or publisher to dead-letter an event now, without more retries."""
 

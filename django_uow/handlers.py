@@ -1,29 +1,25 @@
-"""Event handlers: the ``@event_handler`` registry and idempotent execution.
+"""Event handlers: the ``@event_handler`` registry.
 
 A handler is a function taking the typed event (and the ``Envelope`` when it has a
-parameter named ``envelope``). An idempotent handler (the default) runs in its own
-transaction that first inserts ``(event_id, handler)`` into ``ProcessedEvent``; a
-redelivered event finds the row and is skipped, so its effect happens once. Handler
-modules named ``handlers`` in installed apps are imported on first use.
+parameter named ``envelope``). This module only registers handlers, so it is safe to
+import from any app's ``handlers.py``; running one (with its inbox row) is
+``django_uow.inbox``. Handler modules named ``handlers`` in installed apps are imported
+when Django is ready (``AppConfig.ready()``), so every process knows every handler and
+the event classes those modules import.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import IntegrityError, connections, router, transaction
-from django.utils import timezone
+from django.utils.module_loading import autodiscover_modules
 
-from .events import DomainEvent, Envelope, event_context, event_type_of
-from .tracing import span
-
-logger = logging.getLogger("django_uow.handlers")
+from .events import DomainEvent, event_type_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,8 +66,6 @@ class HandlerRegistry:
         if self._discovered:
             return
         self._discovered = True
-        from django.utils.module_loading import autodiscover_modules
-
         autodiscover_modules("handlers")
 
     def for_type(self, event_type: str) -> list[Handler]:
@@ -141,81 +135,3 @@ def event_handler(
 def handlers_for(event_type: str) -> list[Handler]:
     """The handlers registered for a stored event type name."""
     return registry.for_type(event_type)
-
-
-def _claim_processed(handler: Handler, envelope: Envelope, using: str) -> bool:
-    """Insert the inbox row; False when this (event, handler) already had its effect."""
-    from .models import ProcessedEvent
-
-    connection = connections[using]
-    # INSERT ... ON CONFLICT DO NOTHING RETURNING: PostgreSQL, SQLite 3.35+.
-    if connection.vendor == "postgresql" or (
-        connection.vendor == "sqlite" and connection.features.can_return_rows_from_bulk_insert
-    ):
-        table = connection.ops.quote_name(ProcessedEvent._meta.db_table)
-        field = ProcessedEvent._meta.get_field("event_id")
-        processed_at = connection.ops.adapt_datetimefield_value(timezone.now())
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} (event_id, handler, processed_at) VALUES (%s, %s, %s) "
-                "ON CONFLICT (event_id, handler) DO NOTHING RETURNING id",
-                [
-                    field.get_db_prep_value(envelope.event_id, connection),
-                    handler.name,
-                    processed_at,
-                ],
-            )
-            return cursor.fetchone() is not None
-    try:
-        with transaction.atomic(using=using):
-            ProcessedEvent.objects.using(using).create(
-                event_id=envelope.event_id, handler=handler.name
-            )
-    except IntegrityError:
-        return False
-    return True
-
-
-def run_handler(handler: Handler, envelope: Envelope, *, using: str | None = None) -> bool:
-    """Call ``handler`` for ``envelope``; return False when skipped as already processed.
-
-    Runs inside ``event_context`` so events the handler records point back to this one.
-    An idempotent handler runs inside a ``UnitOfWork`` that also holds its inbox row:
-    if it raises, neither its effect nor the row is kept and a redelivery runs it again.
-    """
-    from .models import ProcessedEvent
-    from .unit_of_work import UnitOfWork
-
-    event = envelope.to_event()
-    kwargs = {"envelope": envelope} if handler.wants_envelope else {}
-    context = event_context(
-        correlation_id=envelope.correlation_id or str(envelope.event_id),
-        causation_id=str(envelope.event_id),
-    )
-    trace = span(
-        f"handle {envelope.event_type}",
-        envelope.headers,
-        kind="consumer",
-        handler=handler.name,
-        event_id=str(envelope.event_id),
-        aggregate_type=envelope.aggregate_type or None,
-        aggregate_id=envelope.aggregate_id or None,
-    )
-    with context, trace:
-        if not handler.idempotent:
-            handler.func(event, **kwargs)
-            return True
-        db = using or router.db_for_write(ProcessedEvent)
-        with UnitOfWork(using=db):
-            if not _claim_processed(handler, envelope, db):
-                logger.info(
-                    "Skipped event %s (%s) of %s %s for handler %s: already processed",
-                    envelope.event_id,
-                    envelope.event_type,
-                    envelope.aggregate_type,
-                    envelope.aggregate_id,
-                    handler.name,
-                )
-                return False
-            handler.func(event, **kwargs)
-    return True

@@ -7,14 +7,11 @@ say precisely what happened.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import models, transaction
 
 from .exceptions import ConcurrencyError
-
-if TYPE_CHECKING:
-    from .models import VersionedModel
 
 VERSION_FIELD = "version"
 
@@ -24,7 +21,7 @@ def model_label(instance_or_model: Any) -> str:
 
 
 def conflict_error(
-    instance: VersionedModel, using: str, expected: int | None, operation: str
+    instance: Any, using: str, expected: int | None, operation: str
 ) -> ConcurrencyError:
     """Build the error for a zero-row versioned write, reading the row's current version."""
     model = type(instance)
@@ -45,7 +42,7 @@ def conflict_error(
 
 
 def versioned_update(
-    instance: VersionedModel,
+    instance: Any,
     base_qs: models.QuerySet[Any],
     pk_val: Any,
     values: list[tuple[models.Field[Any, Any], Any, Any]],
@@ -65,7 +62,7 @@ def versioned_update(
     return updated
 
 
-def versioned_delete_guard(instance: VersionedModel, using: str) -> None:
+def versioned_delete_guard(instance: Any, using: str) -> None:
     """Lock and bump the row if it still has the expected version, else raise.
 
     Called inside the delete's transaction, before Django's collector deletes, so the
@@ -82,7 +79,7 @@ def versioned_delete_guard(instance: VersionedModel, using: str) -> None:
         raise conflict_error(instance, using, expected, "delete")
 
 
-def touch(instance: VersionedModel, using: str) -> None:
+def touch(instance: Any, using: str) -> None:
     """Bump the version of a row whose aggregate recorded events without saving.
 
     The events of one aggregate are ordered by its version; this also makes two

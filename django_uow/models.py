@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, router, transaction
@@ -10,11 +10,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .events import DomainEvent, StagedEvent
+from .context import ActiveUnit, current_uow, uow_guarding_write
+from .events import DomainEvent, Envelope, StagedEvent
 from .locking import VERSION_FIELD, conflict_error, versioned_delete_guard, versioned_update
-
-if TYPE_CHECKING:
-    from .unit_of_work import UnitOfWork
 
 
 class OutboxStatus(models.TextChoices):
@@ -83,9 +81,7 @@ class OutboxEvent(models.Model):
     def __str__(self) -> str:
         return f"{self.event_type} {self.event_id} ({self.status})"
 
-    def to_envelope(self) -> Any:
-        from .events import Envelope
-
+    def to_envelope(self) -> Envelope:
         return Envelope(
             event_id=self.event_id,
             event_type=self.event_type,
@@ -180,7 +176,7 @@ class VersionedModel(models.Model):
             or getattr(self, "_uow_skip_version", False)
             or version_field not in base_qs.model._meta.local_concrete_fields
         ):
-            return super()._do_update(  # type: ignore[misc,no-any-return,return-value]
+            return super()._do_update(  # type: ignore[return-value]
                 base_qs, using, pk_val, values, update_fields, forced_update, *args, **kwargs
             )
         if versioned_update(self, base_qs, pk_val, values):
@@ -229,21 +225,17 @@ class AggregateRoot(VersionedModel):
         Raises ``EventSerializationError`` now, naming the field, if the event cannot
         be stored as JSON.
         """
-        from .unit_of_work import current_uow
-
         staged = StagedEvent.from_event(event)
         self._uow_staged.append(staged)
         self.__dict__["_uow_unsaved_events"] = True
-        uow = current_uow(self._uow_alias())
+        uow: ActiveUnit | None = current_uow(self._uow_alias())
         if uow is not None:
             uow._track_event(self, staged)
 
     def _uow_alias(self) -> str:
         return self._state.db or router.db_for_write(type(self), instance=self)
 
-    def _uow_before_write(self, using: str | None, operation: str) -> UnitOfWork | None:
-        from .unit_of_work import uow_guarding_write
-
+    def _uow_before_write(self, using: str | None, operation: str) -> ActiveUnit | None:
         return uow_guarding_write(self, using or self._uow_alias(), operation)
 
     def save(self, *args: Any, **kwargs: Any) -> None:  # noqa: DJ012 - beside its helpers

@@ -23,8 +23,10 @@ from django.utils.module_loading import import_string
 
 from .conf import uow_settings
 from .events import Envelope
-from .exceptions import UnknownEventType
-from .relay import BlockedByEarlierFailure, is_connection_error
+from .exceptions import BlockedByEarlierFailure, UnknownEventType
+from .handlers import handlers_for
+from .inbox import run_handler
+from .retry import is_connection_error
 
 logger = logging.getLogger("django_uow.publishers")
 
@@ -87,8 +89,6 @@ class InlinePublisher:
     """
 
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
-        from .handlers import handlers_for, run_handler
-
         outcome = _OrderedFailures()
         for envelope in envelopes:
             if outcome.blocked(envelope):
@@ -122,11 +122,7 @@ class CeleryPublisher:
         return current_app
 
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
-        from . import tasks  # noqa: F401 - registers the handler task with the app
-        from .handlers import handlers_for
-
         app = self.app
-        task = app.tasks[HANDLE_TASK]
         default_queue = uow_settings.CELERY_QUEUE
         outcome = _OrderedFailures()
         with app.producer_or_acquire() as producer:
@@ -145,7 +141,9 @@ class CeleryPublisher:
                         queue = handler.queue or default_queue
                         if queue:
                             options["queue"] = queue
-                        task.apply_async(
+                        # By name: the worker runs django_uow.tasks.handle_event.
+                        app.send_task(
+                            HANDLE_TASK,
                             args=(message, handler.name),
                             task_id=handler_task_id(envelope.event_id, handler.name),
                             producer=producer,

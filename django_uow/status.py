@@ -14,6 +14,8 @@ from typing import Any
 from django.db.models import Count, Min
 from django.utils import timezone
 
+from .models import OutboxEvent
+
 #: Dispatched rows are counted up to this many; ``dispatched_capped`` says when the cap hit.
 DISPATCHED_COUNT_CAP = 10_000
 #: The oldest pending event is looked for among this many earliest-due pending events.
@@ -32,8 +34,6 @@ def outbox_status(
     from its ``created_at``; ``0.0`` when nothing is pending. With more than
     ``PENDING_SCAN_CAP`` pending events the oldest is sought among the earliest due.
     """
-    from .models import OutboxEvent
-
     Status = OutboxEvent.Status
     events = OutboxEvent.objects.using(using)
     counts = {status: 0 for status in Status.values}

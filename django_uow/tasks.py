@@ -1,7 +1,7 @@
 """Celery tasks (celery is an optional extra: this module imports without it).
 
 - ``django_uow.tasks.relay_outbox``: the sweep for Celery beat; with ``event_ids`` it is
-  also the on-commit fast path (``enqueue_relay``).
+  also the on-commit fast path (``relay.fastpath.enqueue_relay`` sends it by name).
 - ``django_uow.tasks.prune_outbox``: retention, for beat.
 - ``django_uow.tasks.handle_event``: runs one handler for one event (sent by
   ``CeleryPublisher``); ``acks_late`` so a worker dying mid-handler gets it redelivered.
@@ -21,8 +21,16 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+from . import signals
 from .conf import uow_settings
+from .events import Envelope
 from .exceptions import PermanentFailure, RelayError, RetryAfter
+from .handlers import registry
+from .inbox import run_handler
+from .models import OutboxEvent
+from .relay import prune_outbox as prune_dispatched
+from .relay import relay_events, relay_pending
+from .retry import backoff_delay
 
 logger = logging.getLogger("django_uow.tasks")
 
@@ -32,14 +40,6 @@ except ImportError:  # pragma: no cover - celery is an optional extra
     shared_task = None  # type: ignore[assignment]
 
 
-def _require_celery() -> None:
-    if shared_task is None:  # pragma: no cover
-        raise RelayError(
-            "RELAY_ON_COMMIT='celery' and CeleryPublisher need Celery: pip install "
-            "'django-uow[celery]', or set DJANGO_UOW['RELAY_ON_COMMIT'] to 'inline' or False."
-        )
-
-
 def run_relay(
     event_ids: Sequence[str] | None = None,
     using: str = "default",
@@ -47,8 +47,6 @@ def run_relay(
     batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Body of the relay task: relay ``event_ids``, or sweep what is due. Returns counts."""
-    from .relay import relay_events, relay_pending
-
     try:
         if event_ids:
             batch = relay_events([UUID(str(e)) for e in event_ids], using=using)
@@ -73,19 +71,11 @@ def run_relay(
 
 
 def run_prune(using: str = "default") -> int:
-    from .relay import prune_outbox
-
-    return prune_outbox(using=using)
+    return prune_dispatched(using=using)
 
 
 def run_handler_task(task: Any, message: dict[str, Any], handler_name: str) -> bool:
     """Body of the handler task: rebuild the envelope, run the handler, retry on failure."""
-    from . import signals
-    from .events import Envelope
-    from .handlers import registry, run_handler
-    from .models import OutboxEvent
-    from .relay import backoff_delay
-
     envelope = Envelope.from_message(message)
     handler = registry.get(handler_name)
     retries = int(getattr(task.request, "retries", 0) or 0)
@@ -118,13 +108,16 @@ def run_handler_task(task: Any, message: dict[str, Any], handler_name: str) -> b
                 exc,
             )
             raise
-        countdown = exc.seconds if isinstance(exc, RetryAfter) else backoff_delay(retries + 1)
+        if isinstance(exc, RetryAfter):
+            countdown = exc.seconds
+        else:
+            countdown = backoff_delay(retries + 1, *uow_settings.BACKOFF)
         raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
 
 
 if shared_task is not None:
 
-    @shared_task(name="django_uow.tasks.relay_outbox", ignore_result=True)  # type: ignore[untyped-decorator]
+    @shared_task(name="django_uow.tasks.relay_outbox", ignore_result=True)
     def relay_outbox(
         event_ids: Sequence[str] | None = None,
         using: str = "default",
@@ -134,12 +127,12 @@ if shared_task is not None:
         """Relay due outbox events (beat), or exactly ``event_ids`` (fast path)."""
         return run_relay(event_ids, using=using, limit=limit, batch_size=batch_size)
 
-    @shared_task(name="django_uow.tasks.prune_outbox", ignore_result=True)  # type: ignore[untyped-decorator]
+    @shared_task(name="django_uow.tasks.prune_outbox", ignore_result=True)
     def prune_outbox(using: str = "default") -> int:
         """Delete dispatched events older than ``RETENTION``."""
         return run_prune(using)
 
-    @shared_task(  # type: ignore[untyped-decorator]
+    @shared_task(
         name="django_uow.tasks.handle_event",
         bind=True,
         acks_late=True,
@@ -149,18 +142,3 @@ if shared_task is not None:
     def handle_event(self: Any, message: dict[str, Any], handler_name: str) -> bool:
         """Run one handler for one event (idempotent handlers skip redeliveries)."""
         return run_handler_task(self, message, handler_name)
-
-
-def enqueue_relay(event_ids: Sequence[UUID], using: str = "default") -> None:
-    """Send the relay task for just-committed events (the ``"celery"`` fast path)."""
-    _require_celery()
-    from celery import current_app
-
-    options: dict[str, Any] = {"retry": False}
-    if uow_settings.CELERY_QUEUE:
-        options["queue"] = uow_settings.CELERY_QUEUE
-    current_app.send_task(
-        uow_settings.CELERY_RELAY_TASK,
-        kwargs={"event_ids": [str(e) for e in event_ids], "using": using},
-        **options,
-    )

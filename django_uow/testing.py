@@ -5,7 +5,7 @@ Enable the fixtures with ``pytest_plugins = ["django_uow.testing"]`` in a confte
 - ``capture_events()``: a context manager collecting the events written to the outbox
   inside it (``events_staged``), as typed events plus the outbox rows.
 - ``drain_outbox(using=...)``: relay everything due now, in this process, with the
-  ``InlinePublisher`` (handlers run synchronously); returns the ``RelaySummary``.
+  ``InlinePublisher`` (handlers run synchronously); returns the ``RelayResult``.
 - ``simulate_conflict(instance)``: bump the stored version of a versioned row behind the
   instance's back, so its next save raises ``ConcurrencyError``.
 """
@@ -20,6 +20,7 @@ from typing import Any
 from django.db import models
 
 from .events import DomainEvent
+from .locking import VERSION_FIELD
 from .signals import events_staged
 
 
@@ -62,7 +63,8 @@ def capture_events(using: str | None = None) -> Iterator[CapturedEvents]:
 
 
 def drain_outbox(using: str = "default", *, limit: int | None = None) -> Any:
-    """Relay every due event now with the ``InlinePublisher``; return the ``RelaySummary``."""
+    """Relay every due event now with the ``InlinePublisher``; return the ``RelayResult``."""
+    # Imported here: pytest loads this plugin before django.setup(), so no models yet.
     from .publishers import InlinePublisher
     from .relay import relay_pending
 
@@ -71,8 +73,6 @@ def drain_outbox(using: str = "default", *, limit: int | None = None) -> Any:
 
 def simulate_conflict(instance: models.Model, *, by: int = 1) -> None:
     """Make ``instance`` stale: bump its row's version in the database, not in memory."""
-    from .locking import VERSION_FIELD
-
     model = type(instance)
     using = instance._state.db or "default"
     updated = (

@@ -19,19 +19,27 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from django.db import models, transaction
 
 from . import signals
+from .context import current_uow as _current_unit
+from .context import open_units, pop_unit, push_unit
 from .events import DomainEvent, StagedEvent, ensure_correlation, reset_event_context
 from .exceptions import NoActiveUnitOfWork, UnitOfWorkError
+from .flush import flush_changes
+from .locking import touch
 from .tracking import Journal, Mark, identity_key
 
 if TYPE_CHECKING:
     from .models import OutboxEvent
 
+__all__ = ["Repository", "UnitOfWork", "current_uow"]
+
 
 M = TypeVar("M", bound=models.Model)
 
-_stack: contextvars.ContextVar[tuple[UnitOfWork, ...]] = contextvars.ContextVar(
-    "django_uow_stack", default=()
-)
+
+def current_uow(using: str | None = None) -> UnitOfWork | None:
+    """Return the innermost active unit of work of this thread/context (on ``using``), or None."""
+    unit: UnitOfWork | None = _current_unit(using)
+    return unit
 
 
 class _State(Enum):
@@ -39,39 +47,6 @@ class _State(Enum):
     ACTIVE = "active"
     COMMITTED = "committed"
     ROLLED_BACK = "rolled back"
-
-
-def current_uow(using: str | None = None) -> UnitOfWork | None:
-    """Return the innermost active unit of work of this thread/context (on ``using``), or None."""
-    for uow in reversed(_stack.get()):
-        if using is None or uow.using == using:
-            return uow
-    return None
-
-
-def uow_guarding_write(obj: Any, using: str, operation: str) -> UnitOfWork | None:
-    """Return the unit of work an aggregate write belongs to, or raise if events would be lost."""
-    uow = current_uow(using)
-    if uow is not None:
-        return uow
-    pending = obj.__dict__.get("_uow_staged_events") or []
-    label = f"{obj._meta.label} pk={obj.pk!r}"
-    stack = _stack.get()
-    if stack and (pending or any(u._journal.is_tracked(obj) for u in stack)):
-        active = stack[-1].using
-        raise UnitOfWorkError(
-            f"{label} is being {operation}d on database {using!r} inside a UnitOfWork on "
-            f"{active!r}. Its events must commit in the same transaction as its data: "
-            f"{operation} it with using={active!r}, or open UnitOfWork(using={using!r})."
-        )
-    if pending:
-        types = ", ".join(sorted({s.event_type for s in pending}))
-        raise NoActiveUnitOfWork(
-            f"{label} has {len(pending)} pending event(s) ({types}) but is being {operation}d "
-            "outside a unit of work, so they would never be published. Wrap the operation in "
-            "`with UnitOfWork():` or decorate it with @unit_of_work."
-        )
-    return None
 
 
 class UnitOfWork:
@@ -92,10 +67,9 @@ class UnitOfWork:
         self._journal = Journal()
         self._mark: Mark | None = None
         self._atomic: transaction.Atomic | None = None
-        self._token: contextvars.Token[tuple[UnitOfWork, ...]] | None = None
+        self._token: contextvars.Token[tuple[Any, ...]] | None = None
         self._context_token: Any = None
         self._on_rollback: list[Callable[[], Any]] = []
-        self.written: list[OutboxEvent] = []
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -113,7 +87,7 @@ class UnitOfWork:
             self._mark = self._journal.mark()
         self._atomic = transaction.atomic(using=self.using, savepoint=self.savepoint_enabled)
         self._atomic.__enter__()
-        self._token = _stack.set((*_stack.get(), self))
+        self._token = push_unit(self)
         if self._parent is None:
             self._context_token = ensure_correlation(str(self.id))
         self._state = _State.ACTIVE
@@ -147,7 +121,7 @@ class UnitOfWork:
     def _require_innermost(self, action: str) -> None:
         if self._state is not _State.ACTIVE:
             raise UnitOfWorkError(f"Cannot {action}: this UnitOfWork is {self._state.value}.")
-        stack = _stack.get()
+        stack = open_units()
         if not stack or stack[-1] is not self:
             raise UnitOfWorkError(
                 f"Cannot {action} this UnitOfWork while a nested one is still open; finish "
@@ -201,12 +175,8 @@ class UnitOfWork:
     def _pop(self) -> None:
         reset_event_context(self._context_token)
         self._context_token = None
-        if self._token is not None:
-            try:
-                _stack.reset(self._token)
-            except ValueError:  # exited from another context: drop ourselves by identity
-                _stack.set(tuple(u for u in _stack.get() if u is not self))
-            self._token = None
+        pop_unit(self, self._token)
+        self._token = None
 
     def _after_rollback(self) -> None:
         self._state = _State.ROLLED_BACK
@@ -232,7 +202,7 @@ class UnitOfWork:
     # -- staging --------------------------------------------------------------------
 
     def _flush_and_stage(self) -> None:
-        from .flush import flush_changes
+        # Imported here: `import django_uow` (which imports this module) must not load models.
         from .outbox import write_events
 
         journal = self._journal
@@ -244,24 +214,19 @@ class UnitOfWork:
         for hook in list(journal.before_commit):
             hook()
         rows = self._outbox_rows()
-        if not rows:
-            return
-        write_events(rows, self.using)
-        self.written = rows
-        signals.events_staged.send(sender=UnitOfWork, uow=self, events=rows, using=self.using)
-        ids = [row.event_id for row in rows]
-        from .fastpath import relay_after_commit
-
+        if rows:
+            write_events(rows, self.using)
+            signals.events_staged.send(sender=UnitOfWork, uow=self, events=rows, using=self.using)
         using = self.using
 
         def after_commit() -> None:
-            relay_after_commit(ids, using)  # never raises: the sweep covers its failures
-            signals.uow_committed.send(sender=UnitOfWork, uow=self, events=rows)
+            # The relay fast path is one receiver (connected in AppConfig.ready()).
+            signals.uow_committed.send(sender=UnitOfWork, uow=self, events=rows, using=using)
 
         transaction.on_commit(after_commit, using=using)
 
     def _outbox_rows(self) -> list[OutboxEvent]:
-        from .locking import touch
+        # Imported here: `import django_uow` (which imports this module) must not load models.
         from .models import OutboxEvent, VersionedModel
 
         rows: list[OutboxEvent] = []
@@ -272,7 +237,7 @@ class UnitOfWork:
             if owner is not None:
                 if owner.__dict__.get("_uow_unsaved_events") and id(owner) not in touched:
                     touched.add(id(owner))
-                    self._persist_event_only_change(owner, touch)
+                    self._persist_event_only_change(owner)
                 aggregate_type = owner._meta.label_lower
                 pk = owner.pk if owner.pk is not None else owner.__dict__.get("_uow_deleted_pk")
                 aggregate_id = "" if pk is None else str(pk)
@@ -293,7 +258,7 @@ class UnitOfWork:
             )
         return rows
 
-    def _persist_event_only_change(self, owner: Any, touch: Callable[[Any, str], None]) -> None:
+    def _persist_event_only_change(self, owner: Any) -> None:
         if owner._state.adding or owner.pk is None:
             types = ", ".join(sorted({s.event_type for s in owner._uow_staged}))
             raise UnitOfWorkError(
@@ -343,7 +308,7 @@ class UnitOfWork:
         """Run ``fn`` after the real COMMIT (``transaction.on_commit``)."""
         self._require_active("register an on_commit hook")
         if robust:
-            transaction.on_commit(fn, using=self.using, robust=True)  # type: ignore[call-arg]
+            transaction.on_commit(fn, using=self.using, robust=True)
         else:
             transaction.on_commit(fn, using=self.using)
         return fn
@@ -387,6 +352,9 @@ class UnitOfWork:
     def _track_event(self, owner: models.Model, staged: StagedEvent) -> None:
         self._journal.log_event(owner, staged)
 
+    def _is_tracked(self, obj: models.Model) -> bool:
+        return self._journal.is_tracked(obj)
+
     def _track_written(self, obj: models.Model) -> None:
         self._journal.track(obj)
         self._journal.refresh_snapshot(obj)
@@ -407,7 +375,7 @@ class Repository(Generic[M]):
         return self.model._default_manager.using(self.uow.using)
 
     def _cached(self, pk: Any) -> M | None:
-        key = (self.model._meta.label, self.model._meta.pk.to_python(pk))  # type: ignore[union-attr]
+        key = (self.model._meta.label, self.model._meta.pk.to_python(pk))
         return self.uow._journal.identity.get(key)  # type: ignore[return-value]
 
     def get(self, pk: Any) -> M:
@@ -437,6 +405,6 @@ class Repository(Generic[M]):
 
 def refresh_snapshot_after_save(sender: Any, instance: models.Model, **kwargs: Any) -> None:
     """``post_save`` receiver: an explicit save inside a UoW makes the object clean again."""
-    for uow in _stack.get():
+    for uow in open_units():
         if identity_key(instance) in uow._journal.identity:
             uow._journal.refresh_snapshot(instance)

@@ -8,9 +8,9 @@ from typing import Any
 from uuid import UUID
 
 from django_uow.events import Envelope
+from django_uow.exceptions import BlockedByEarlierFailure
 from django_uow.models import OutboxEvent
 from django_uow.outbox import write_events
-from django_uow.relay import BlockedByEarlierFailure
 
 CANCELLED = "orders.cancelled"
 

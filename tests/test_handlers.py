@@ -14,7 +14,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from django_uow import DomainEvent, Envelope, UnitOfWork
-from django_uow.handlers import event_handler, handlers_for, registry, run_handler
+from django_uow.handlers import event_handler, handlers_for, registry
+from django_uow.inbox import run_handler
 from django_uow.models import OutboxEvent, ProcessedEvent
 from tests.testapp.events import CustomerRenamed, OrderPlaced, Pinged
 from tests.testapp.models import Effect

@@ -448,10 +448,10 @@ def test_the_package_imports_without_celery() -> None:
     code = (
         "import sys; sys.modules['celery'] = None\n"
         "import django; django.setup()\n"
-        "import django_uow.tasks, django_uow.publishers, django_uow.relay, django_uow.delivery\n"
+        "import django_uow.tasks, django_uow.publishers, django_uow.relay, django_uow.relay.fastpath\n"
         "from django_uow.exceptions import RelayError\n"
         "try:\n"
-        "    django_uow.tasks.enqueue_relay([], using='default')\n"
+        "    django_uow.relay.fastpath.enqueue_relay([], using='default')\n"
         "except RelayError as exc:\n"
         "    print(exc)\n"
     )

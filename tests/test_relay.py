@@ -14,15 +14,16 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_uow import PermanentFailure, RelayError, RetryAfter, UnitOfWork
-from django_uow import claim as claims
+from django_uow.conf import uow_settings
 from django_uow.models import OutboxEvent, ProcessedEvent
 from django_uow.relay import (
-    backoff_delay,
     prune_outbox,
     relay_batch,
     relay_events,
     relay_pending,
 )
+from django_uow.relay import statements as claims
+from django_uow.retry import backoff_delay
 from django_uow.signals import event_dispatched, event_failed
 from tests.relay_support import RaisingPublisher, RecordingPublisher, interleaved, make_rows
 from tests.testapp import handlers
@@ -211,7 +212,7 @@ def test_failing_handler_is_retried_with_backoff_then_dead_lettered(settings: An
 def test_backoff_grows_and_is_capped(settings: Any) -> None:
     settings.DJANGO_UOW = {**settings.DJANGO_UOW, "BACKOFF": (1.0, 8.0)}
     for attempts, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (30, 8.0)]:
-        delays = [backoff_delay(attempts) for _ in range(50)]
+        delays = [backoff_delay(attempts, *uow_settings.BACKOFF) for _ in range(50)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling / 4  # jitter spans the range, not a constant
 
@@ -351,7 +352,7 @@ def test_log_lines_name_event_type_and_aggregate(caplog: pytest.LogCaptureFixtur
 
 def test_claimed_events_are_invisible_to_other_relays_until_the_lease_expires() -> None:
     make_rows([("1", "a"), ("2", "b")])
-    mine = claims.claim(using="default", relay_id="r1", limit=10, lease=60, ordered=True)
+    mine = claims.claim_batch(using="default", relay_id="r1", limit=10, lease=60, ordered=True)
     assert [r.payload["reason"] for r in mine] == ["a", "b"]
     assert relay_batch(relay_id="r2", publishers=[RecordingPublisher()]).claimed == 0
     # r1 stalls past its lease; r2 takes over and publishes.
@@ -364,9 +365,9 @@ def test_claimed_events_are_invisible_to_other_relays_until_the_lease_expires() 
 
 def test_a_relay_that_lost_its_lease_cannot_acknowledge() -> None:
     make_rows([("1", "a")])
-    (row,) = claims.claim(using="default", relay_id="r1", limit=10, lease=60, ordered=True)
+    (row,) = claims.claim_batch(using="default", relay_id="r1", limit=10, lease=60, ordered=True)
     OutboxEvent.objects.update(claimed_until=timezone.now() - datetime.timedelta(seconds=1))
-    (again,) = claims.claim(using="default", relay_id="r2", limit=10, lease=60, ordered=True)
+    (again,) = claims.claim_batch(using="default", relay_id="r2", limit=10, lease=60, ordered=True)
     assert claims.acknowledge(using="default", relay_id="r1", ids=[row.id]) == 0
     assert claims.give_back(using="default", relay_id="r1", ids=[row.id]) == 0
     assert OutboxEvent.objects.get().claimed_by == "r2"
@@ -377,7 +378,7 @@ def test_an_event_whose_relays_keep_dying_is_dead_lettered(settings: Any) -> Non
     settings.DJANGO_UOW = {**settings.DJANGO_UOW, "MAX_ATTEMPTS": 2}
     make_rows([("1", "a")])
     for relay in ("r1", "r2"):
-        claims.claim(using="default", relay_id=relay, limit=1, lease=60, ordered=True)
+        claims.claim_batch(using="default", relay_id=relay, limit=1, lease=60, ordered=True)
         OutboxEvent.objects.update(claimed_until=timezone.now() - datetime.timedelta(seconds=1))
     publisher = RecordingPublisher()
     result = relay_batch(publishers=[publisher])
@@ -388,7 +389,7 @@ def test_an_event_whose_relays_keep_dying_is_dead_lettered(settings: Any) -> Non
 
 def test_later_event_waits_while_an_earlier_one_is_leased_elsewhere() -> None:
     make_rows([("1", "a1")])
-    claims.claim(using="default", relay_id="r1", limit=1, lease=60, ordered=True)
+    claims.claim_batch(using="default", relay_id="r1", limit=1, lease=60, ordered=True)
     make_rows([("1", "a2"), ("2", "b1")])
     publisher = RecordingPublisher()
     relay_batch(relay_id="r2", publishers=[publisher])

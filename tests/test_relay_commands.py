@@ -212,7 +212,7 @@ def test_listen_notify_wakes_the_loop_long_before_its_interval(settings: Any) ->
 
 @pytest.mark.django_db
 def test_loop_survives_a_broker_outage_and_carries_on() -> None:
-    from django_uow.delivery import RelayLoop
+    from django_uow.relay import RelayLoop
     from tests.relay_support import RecordingPublisher
 
     class FlakyBroker(RecordingPublisher):
@@ -257,7 +257,7 @@ def test_the_relay_docs_name_real_tasks_and_options() -> None:
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_drain_keeps_its_connection_across_batches() -> None:
-    from django_uow.delivery import RelayLoop
+    from django_uow.relay import RelayLoop
 
     make_rows([("1", "a"), ("2", "b"), ("3", "c")])
     connection.close()

@@ -24,7 +24,7 @@ from django.db import connection, connections
 from django_uow import Envelope, RelayError
 from django_uow.models import OutboxEvent, ProcessedEvent
 from django_uow.publishers import RedisStreamPublisher
-from django_uow.relay import relay_pending
+from django_uow.relay import RelayLoop, relay_pending
 from tests.conftest import CI
 from tests.relay_support import interleaved, make_rows
 from tests.testapp.models import Effect
@@ -136,7 +136,9 @@ def test_redis_stopped_mid_drain_loses_nothing_and_marks_nothing_unpublished(
             own_redis.stop()
 
     with pytest.raises(RelayError, match="Could not reach the broker"):
-        relay_pending(batch_size=10, publishers=[publisher], on_batch=stop_redis_after_first_batch)
+        RelayLoop(
+            batch_size=10, publishers=[publisher], on_batch=stop_redis_after_first_batch
+        ).drain(count_left=False)
     assert len(before) == 10
     marked = set(OutboxEvent.objects.filter(status="dispatched").values_list("event_id", flat=True))
     assert {str(e) for e in marked} == set(before)  # nothing marked that was not published
@@ -258,7 +260,7 @@ def test_three_concurrent_relays_publish_each_event_once_in_aggregate_order(
 ) -> None:
     import redis
 
-    from django_uow import claim as claims
+    from django_uow.relay import statements as claims
 
     if claim_mode == "portable":  # the MySQL/MariaDB path, exercised here on PostgreSQL
         monkeypatch.setattr(claims, "ONE_STATEMENT_VENDORS", frozenset())

@@ -486,7 +486,8 @@ def effects_count() -> int:
 
 def redeliver_some(count: int = 5) -> int:
     """Hand a few dispatched events to their handlers again, as a broker redelivery would."""
-    from django_uow.handlers import handlers_for, run_handler
+    from django_uow.handlers import handlers_for
+    from django_uow.inbox import run_handler
 
     rows = list(
         OutboxEvent.objects.filter(status=OutboxEvent.Status.DISPATCHED).order_by("id")[:count]

@@ -7,9 +7,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from django_uow.delivery import RelayLoop
 from django_uow.exceptions import RelayError
-from django_uow.relay import BatchResult, RelaySummary, connection_alias_ok
+from django_uow.relay import RelayLoop, RelayResult, connection_alias_ok
 
 
 class Command(BaseCommand):
@@ -44,7 +43,7 @@ class Command(BaseCommand):
             raise CommandError("--interval must be a positive number of seconds.")
         tty = self.stdout.isatty()
 
-        def progress(batch: BatchResult, summary: RelaySummary) -> None:
+        def progress(batch: RelayResult, summary: RelayResult) -> None:
             if tty:
                 self.stdout.write(
                     f"\rrelayed {summary.relayed}, failed {summary.failed}, "

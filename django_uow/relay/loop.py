@@ -1,6 +1,6 @@
-"""The long-running relay loop behind ``manage.py relay_outbox``.
+"""The relay loop behind ``manage.py relay_outbox``, and the drain every sweep uses.
 
-Each round calls ``close_old_connections()`` and drains what is due (``relay_pending``;
+Each round calls ``close_old_connections()`` and drains what is due (batch after batch;
 the check runs before each batch too when ``CONN_MAX_AGE`` keeps connections), then waits
 ``interval`` seconds — or less on PostgreSQL, where a dedicated connection LISTENs on
 ``django_uow_outbox`` and a commit's ``NOTIFY`` wakes the loop at once.
@@ -23,16 +23,12 @@ from typing import Any
 
 from django.db import DatabaseError, close_old_connections, connections
 
-from .exceptions import RelayError
+from ..conf import uow_settings
+from ..exceptions import RelayError
+from ..publishers import Publisher
+from .batch import RelayResult, count_pending, default_relay_id, relay_batch
 from .fastpath import NOTIFY_CHANNEL
-from .relay import (
-    BatchResult,
-    RelaySummary,
-    count_pending,
-    default_relay_id,
-    prune_outbox,
-    relay_pending,
-)
+from .retention import prune_outbox
 
 logger = logging.getLogger("django_uow.relay")
 
@@ -80,10 +76,10 @@ class RelayLoop:
     once: bool = False
     prune: bool = False
     listen: bool = True
-    on_batch: Callable[[BatchResult, RelaySummary], None] | None = None
-    publishers: Sequence[Any] | None = None
+    on_batch: Callable[[RelayResult, RelayResult], None] | None = None
+    publishers: Sequence[Publisher] | None = None
     relay_id: str = field(default_factory=default_relay_id)
-    total: RelaySummary = field(default_factory=RelaySummary)
+    total: RelayResult = field(default_factory=RelayResult)
     stopping: threading.Event = field(default_factory=threading.Event)
     _last_prune: float = float("-inf")
     _listener_conn: Listener | None = None
@@ -138,32 +134,54 @@ class RelayLoop:
             return None
         return max(0, self.limit - self.total.relayed - self.total.failed)
 
-    def round(self) -> RelaySummary:
+    def drain(self, *, count_left: bool) -> RelayResult:
+        """Relay what is due, batch after batch, until nothing is due, ``limit`` or a stop.
+
+        ``on_batch(batch, drain_so_far)`` runs after each batch. Raises ``RelayError``
+        when the database or the broker is unreachable.
+        """
+        size = self.batch_size or uow_settings.BATCH_SIZE
+        drained = RelayResult()
+        while True:
+            remaining = self._remaining()
+            if remaining is not None:
+                remaining -= drained.relayed + drained.failed
+                if remaining <= 0:
+                    break
+            if self.stopping.is_set():
+                break
+            self._before_batch()
+            room = size if remaining is None else min(size, remaining)
+            batch = relay_batch(
+                using=self.using,
+                batch_size=room,
+                publishers=self.publishers,
+                relay_id=self.relay_id,
+            )
+            if batch.claimed == 0:
+                break
+            drained.add(batch)
+            if self.on_batch is not None:
+                self.on_batch(batch, drained)
+            if not batch.progressed:
+                break  # everything claimed was handed back: wait for the blocker
+        if count_left:  # a looping relay counts once, when it stops, not every round
+            drained.left = count_pending(self.using)
+        return drained
+
+    def round(self) -> RelayResult:
         """One drain; raises ``RelayError`` when the database or broker is unreachable."""
         self._close_old_connections()
-        summary = relay_pending(
-            using=self.using,
-            limit=self._remaining(),
-            batch_size=self.batch_size,
-            relay_id=self.relay_id,
-            publishers=self.publishers,
-            should_stop=self.stopping.is_set,
-            on_batch=self.on_batch,
-            count_left=self.once,
-            before_batch=self._before_batch,
-        )
-        self.total.relayed += summary.relayed
-        self.total.failed += summary.failed
-        self.total.retried += summary.retried
-        self.total.batches += summary.batches
+        drained = self.drain(count_left=self.once)
+        self.total.add(drained)
         if self.once:
-            self.total.left = summary.left
+            self.total.left = drained.left
         if self.prune and time.monotonic() - self._last_prune >= (0 if self.once else PRUNE_EVERY):
             self.pruned += prune_outbox(using=self.using)
             self._last_prune = time.monotonic()
-        return summary
+        return drained
 
-    def run(self) -> RelaySummary:
+    def run(self) -> RelayResult:
         if self.once:
             self.round()
             return self.total
@@ -223,3 +241,27 @@ class RelayLoop:
                         listener.close()
             else:
                 self.stopping.wait(step)
+
+
+def relay_pending(
+    *,
+    using: str = "default",
+    limit: int | None = None,
+    batch_size: int | None = None,
+    publishers: Sequence[Publisher] | None = None,
+    relay_id: str | None = None,
+) -> RelayResult:
+    """Relay what is due, batch after batch, until nothing is due or ``limit`` is reached.
+
+    Raises ``RelayError`` when the database or the broker is unreachable.
+    """
+    loop = RelayLoop(
+        using=using,
+        limit=limit,
+        batch_size=batch_size,
+        publishers=publishers,
+        relay_id=relay_id or default_relay_id(),
+        once=True,
+        listen=False,
+    )
+    return loop.drain(count_left=True)

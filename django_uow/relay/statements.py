@@ -42,7 +42,7 @@ from django.db.models import (
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from .models import OutboxEvent, OutboxStatus
+from ..models import OutboxEvent, OutboxStatus
 
 PENDING = OutboxStatus.PENDING.value
 DISPATCHED = OutboxStatus.DISPATCHED.value
@@ -99,7 +99,7 @@ def one_statement(using: str) -> bool:
     )
 
 
-def claim(
+def claim_batch(
     *,
     using: str,
     relay_id: str,

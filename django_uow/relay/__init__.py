@@ -1,0 +1,35 @@
+"""The relay: deliver committed outbox events to the publishers, at least once, in order.
+
+- ``statements``: the claim, acknowledgement and failure statements (leases, ordering);
+- ``batch``: one batch (triage, publish, settle, report) and the one result type;
+- ``loop``: the drain every sweep uses, and the looping relay with LISTEN;
+- ``fastpath``: the on-commit receiver;
+- ``retention``: pruning dispatched events.
+"""
+
+from __future__ import annotations
+
+from ..exceptions import BlockedByEarlierFailure
+from .batch import (
+    RelayResult,
+    connection_alias_ok,
+    count_pending,
+    default_relay_id,
+    relay_batch,
+    relay_events,
+)
+from .loop import RelayLoop, relay_pending
+from .retention import prune_outbox
+
+__all__ = [
+    "BlockedByEarlierFailure",
+    "RelayLoop",
+    "RelayResult",
+    "connection_alias_ok",
+    "count_pending",
+    "default_relay_id",
+    "prune_outbox",
+    "relay_batch",
+    "relay_events",
+    "relay_pending",
+]

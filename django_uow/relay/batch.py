@@ -1,0 +1,404 @@
+"""One relay batch: claim, triage, publish, settle, report.
+
+A batch is one claim statement that leases due events (``statements.claim_batch``), one
+publish per configured publisher (a pipeline / one producer for the whole batch), and
+one acknowledgement UPDATE fenced by the lease. Publishing happens outside any
+transaction, so no row lock is held while talking to a broker. The fast path, the
+Celery tasks and ``manage.py relay_outbox`` all call this module.
+
+Delivery is at least once: a relay that dies after publishing and before the
+acknowledgement leaves leased rows behind; when the lease (``LEASE``) expires another
+relay claims and publishes them again. Consumers make the effect happen once
+(``@event_handler(idempotent=True)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from django.db import connections
+from django.utils import timezone
+
+from .. import signals
+from ..conf import uow_settings
+from ..events import Envelope
+from ..exceptions import (
+    BlockedByEarlierFailure,
+    PermanentFailure,
+    RelayError,
+    RetryAfter,
+    UnknownEventType,
+)
+from ..models import OutboxEvent, OutboxStatus
+from ..publishers import Publisher, get_publishers
+from ..retry import backoff_delay, describe, is_connection_error
+from ..tracing import span
+from . import statements
+
+logger = logging.getLogger("django_uow.relay")
+
+
+@dataclass
+class RelayResult:
+    """What a batch, a drain or a loop did. ``claimed == 0`` means nothing was due.
+
+    ``left`` counts the events still pending afterwards (drains only).
+    """
+
+    claimed: int = 0
+    dispatched: int = 0
+    retried: int = 0
+    failed: int = 0
+    handed_back: int = 0
+    batches: int = 0
+    left: int = 0
+
+    @property
+    def relayed(self) -> int:
+        return self.dispatched
+
+    @property
+    def progressed(self) -> bool:
+        return self.dispatched + self.retried + self.failed > 0
+
+    def add(self, other: RelayResult) -> None:
+        self.claimed += other.claimed
+        self.dispatched += other.dispatched
+        self.retried += other.retried
+        self.failed += other.failed
+        self.handed_back += other.handed_back
+        self.batches += other.batches
+
+    def __str__(self) -> str:
+        return f"relayed {self.relayed}, failed {self.failed}, left {self.left}"
+
+
+def default_relay_id() -> str:
+    """A relay identity unique per process and thread: host, pid, thread, random suffix."""
+    host = socket.gethostname()[:24]
+    return f"{host}:{os.getpid()}:{threading.get_ident() % 100000}:{uuid.uuid4().hex[:8]}"
+
+
+# ----------------------------------------------------------------------- publish
+
+
+def publish_all(
+    publishers: Sequence[Publisher], envelopes: Sequence[Envelope]
+) -> dict[UUID, BaseException]:
+    """Run every publisher over the batch; return the per-event failures.
+
+    A publisher that raises fails the whole batch, except a broker outage, which
+    propagates so the caller can give the claim back.
+    """
+    failures: dict[UUID, BaseException] = {}
+    for publisher in publishers:
+        todo = [e for e in envelopes if e.event_id not in failures]
+        if not todo:
+            break
+        try:
+            result = publisher.publish(todo)
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            logger.warning(
+                "Publisher %s failed a batch of %d event(s): %s",
+                type(publisher).__name__,
+                len(todo),
+                describe(exc),
+            )
+            for env in todo:
+                failures.setdefault(env.event_id, exc)
+            continue
+        for event_id, error in (result or {}).items():
+            failures.setdefault(event_id, error)
+    return failures
+
+
+def failure_for(row: OutboxEvent, exc: BaseException, max_attempts: int) -> statements.Failure:
+    """The failure to record: dead letter, or a retry after backoff (or ``RetryAfter``)."""
+    now = timezone.now()
+    dead = isinstance(exc, PermanentFailure | UnknownEventType) or row.attempts >= max_attempts
+    if dead:
+        return statements.Failure(error=describe(exc), dead=True)
+    if isinstance(exc, RetryAfter):
+        delay = exc.seconds
+    else:
+        delay = backoff_delay(row.attempts, *uow_settings.BACKOFF)
+    return statements.Failure(
+        error=describe(exc), dead=False, retry_at=now + timedelta(seconds=delay)
+    )
+
+
+def _log_extra(row: OutboxEvent) -> dict[str, Any]:
+    return {
+        "event_id": str(row.event_id),
+        "event_type": row.event_type,
+        "aggregate_type": row.aggregate_type,
+        "aggregate_id": row.aggregate_id,
+    }
+
+
+@dataclass
+class _Batch:
+    """The working state of one claimed batch, from triage to report."""
+
+    rows: list[OutboxEvent]
+    using: str
+    relay_id: str
+    max_attempts: int
+    envelopes: dict[int, Envelope] = field(default_factory=dict)
+    to_publish: list[OutboxEvent] = field(default_factory=list)
+    dispatched: list[OutboxEvent] = field(default_factory=list)
+    handed_back: list[int] = field(default_factory=list)
+    failures: dict[int, statements.Failure] = field(default_factory=dict)
+    errors: dict[int, BaseException] = field(default_factory=dict)
+    outage: BaseException | None = None
+
+    def fail(self, row: OutboxEvent, exc: BaseException, failure: statements.Failure) -> None:
+        self.errors[row.id] = exc
+        self.failures[row.id] = failure
+
+    def triage(self) -> None:
+        """Build envelopes; dead-letter rows whose relays kept dying while holding them."""
+        for row in self.rows:
+            self.envelopes[row.id] = row.to_envelope()
+            if row.attempts > self.max_attempts:
+                exc = RelayError(
+                    f"Event {row.event_id} was claimed {row.attempts} times without being "
+                    "acknowledged (the relay holding it stopped); dead-lettered."
+                )
+                self.fail(row, exc, statements.Failure(error=describe(exc), dead=True))
+            else:
+                self.to_publish.append(row)
+
+    def sort_outcomes(self, by_event: dict[UUID, BaseException]) -> None:
+        """Split what was published into dispatched, handed back and failed, in order."""
+        ordered = uow_settings.ORDERING == "aggregate"
+        blocked: set[tuple[str, str]] = set()
+        for row in self.to_publish:
+            key = (row.aggregate_type, row.aggregate_id)
+            exc = by_event.get(row.event_id)
+            if ordered and row.aggregate_id and key in blocked:
+                # An earlier event of this aggregate failed: even if this one went out, it
+                # must not be marked, so it is relayed again after the earlier one.
+                self.handed_back.append(row.id)
+                continue
+            if exc is None:
+                self.dispatched.append(row)
+                continue
+            if row.aggregate_id:
+                blocked.add(key)
+            if isinstance(exc, BlockedByEarlierFailure):
+                self.handed_back.append(row.id)
+            elif is_connection_error(exc):
+                self.outage = self.outage or exc
+                self.handed_back.append(row.id)
+            else:
+                self.fail(row, exc, failure_for(row, exc, self.max_attempts))
+
+    def settle(self, result: RelayResult) -> None:
+        """Write the outcome: one acknowledgement, one failure UPDATE, one give-back."""
+        ids = [r.id for r in self.dispatched]
+        marked = statements.acknowledge(using=self.using, relay_id=self.relay_id, ids=ids)
+        if marked != len(ids):
+            logger.warning(
+                "Relay %s lost the lease on %d of %d published event(s); another relay will "
+                "publish them again (at-least-once delivery).",
+                self.relay_id,
+                len(ids) - marked,
+                len(ids),
+            )
+        statements.record_failures(using=self.using, relay_id=self.relay_id, failures=self.failures)
+        result.handed_back += statements.give_back(
+            using=self.using, relay_id=self.relay_id, ids=self.handed_back
+        )
+
+    def report(self, result: RelayResult) -> None:
+        """Count, log and signal each outcome."""
+        for row in self.dispatched:
+            result.dispatched += 1
+            logger.debug(
+                "Dispatched event %s (%s) of %s %s",
+                row.event_id,
+                row.event_type,
+                row.aggregate_type,
+                row.aggregate_id,
+                extra=_log_extra(row),
+            )
+            signals.event_dispatched.send(sender=OutboxEvent, envelope=self.envelopes[row.id])
+        by_id = {r.id: r for r in self.rows}
+        for row_id, failure in self.failures.items():
+            row = by_id[row_id]
+            if failure.dead:
+                result.failed += 1
+                logger.error(
+                    "Event %s (%s) of %s %s failed for good after %d attempt(s): %s",
+                    row.event_id,
+                    row.event_type,
+                    row.aggregate_type,
+                    row.aggregate_id,
+                    row.attempts,
+                    failure.error,
+                    extra=_log_extra(row),
+                )
+            else:
+                result.retried += 1
+                logger.warning(
+                    "Event %s (%s) of %s %s failed (attempt %d of %d), retrying at %s: %s",
+                    row.event_id,
+                    row.event_type,
+                    row.aggregate_type,
+                    row.aggregate_id,
+                    row.attempts,
+                    self.max_attempts,
+                    failure.retry_at.isoformat() if failure.retry_at else "now",
+                    failure.error,
+                    extra=_log_extra(row),
+                )
+            signals.event_failed.send(
+                sender=OutboxEvent,
+                envelope=self.envelopes[row_id],
+                error=self.errors[row_id],
+                dead=failure.dead,
+            )
+
+    def run(self, publishers: Sequence[Publisher], result: RelayResult) -> None:
+        self.triage()
+        try:
+            by_event = publish_all(publishers, [self.envelopes[r.id] for r in self.to_publish])
+        except Exception as exc:
+            # Broker unreachable: nothing is marked, no attempt is spent.
+            statements.record_failures(
+                using=self.using, relay_id=self.relay_id, failures=self.failures
+            )
+            result.failed += len(self.failures)
+            result.handed_back += statements.give_back(
+                using=self.using, relay_id=self.relay_id, ids=[r.id for r in self.to_publish]
+            )
+            raise RelayError(
+                f"Could not reach the broker ({describe(exc)}); {len(self.to_publish)} claimed "
+                "event(s) were handed back without spending an attempt. Check the broker and "
+                "retry."
+            ) from exc
+        self.sort_outcomes(by_event)
+        self.settle(result)
+        self.report(result)
+        if self.outage is not None:
+            raise RelayError(
+                f"The broker refused part of a batch ({describe(self.outage)}); the affected "
+                "events were handed back without spending an attempt."
+            ) from self.outage
+
+
+# ----------------------------------------------------------------------- entry points
+
+
+def _run_batch(
+    *,
+    using: str,
+    batch_size: int | None,
+    publishers: Sequence[Publisher] | None,
+    relay_id: str | None,
+    event_ids: Sequence[UUID] | None,
+) -> RelayResult:
+    relay_id = relay_id or default_relay_id()
+    size = batch_size or uow_settings.BATCH_SIZE
+    pubs = list(publishers) if publishers is not None else get_publishers()
+    result = RelayResult()
+    try:
+        rows = statements.claim_batch(
+            using=using,
+            relay_id=relay_id,
+            limit=size,
+            lease=uow_settings.LEASE,
+            ordered=uow_settings.ORDERING == "aggregate",
+            event_ids=event_ids,
+        )
+    except Exception as exc:
+        raise RelayError(
+            f"Could not claim outbox events on database {using!r}: {describe(exc)}. "
+            "Check that the database is reachable and migrated (manage.py migrate django_uow)."
+        ) from exc
+    result.claimed = len(rows)
+    result.batches = 1
+    if not rows:
+        return result  # an idle poll opens no span
+    # One span per batch (never one for a whole loop), around publish and acknowledge.
+    with span(
+        "django_uow.relay.batch", database=using, relay_id=relay_id, claimed=len(rows)
+    ) as current:
+        batch = _Batch(rows, using, relay_id, uow_settings.MAX_ATTEMPTS)
+        batch.run(pubs, result)
+        if current is not None:
+            current.set_attribute("dispatched", result.dispatched)
+            current.set_attribute("failed", result.failed)
+            current.set_attribute("retried", result.retried)
+    return result
+
+
+def relay_batch(
+    *,
+    using: str = "default",
+    batch_size: int | None = None,
+    publishers: Sequence[Publisher] | None = None,
+    relay_id: str | None = None,
+) -> RelayResult:
+    """Claim one due batch, publish it, acknowledge it. Raises ``RelayError`` on an outage."""
+    return _run_batch(
+        using=using,
+        batch_size=batch_size,
+        publishers=publishers,
+        relay_id=relay_id,
+        event_ids=None,
+    )
+
+
+def relay_events(
+    event_ids: Iterable[UUID],
+    using: str = "default",
+    *,
+    publishers: Sequence[Publisher] | None = None,
+    relay_id: str | None = None,
+) -> RelayResult:
+    """Relay exactly these (just committed) events, through the same claim as the sweep.
+
+    Events already claimed by another relay, not yet due, or waiting behind an earlier
+    owed event of their aggregate are left to the sweep.
+    """
+    ids = list(event_ids)
+    total = RelayResult()
+    size = uow_settings.BATCH_SIZE
+    for start in range(0, len(ids), size):
+        chunk = ids[start : start + size]
+        total.add(
+            _run_batch(
+                using=using,
+                batch_size=len(chunk),
+                publishers=publishers,
+                relay_id=relay_id,
+                event_ids=chunk,
+            )
+        )
+    return total
+
+
+def count_pending(using: str = "default") -> int:
+    """Pending events, due or not (the ``left`` of a summary); uses the partial pending index."""
+    return int(OutboxEvent.objects.using(using).filter(status=OutboxStatus.PENDING).count())
+
+
+def connection_alias_ok(using: str) -> None:
+    """Raise ``RelayError`` when database ``using`` cannot be reached."""
+    try:
+        connections[using].ensure_connection()
+    except Exception as exc:
+        raise RelayError(f"Cannot connect to database {using!r}: {describe(exc)}") from exc
