@@ -1,0 +1,118 @@
+"""The Reference pages of the docs say what the code has: no more, no less."""
+
+from __future__ import annotations
+
+import ast
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib import admin
+from django.core.management import get_commands, load_command_class
+from django.core.management.base import BaseCommand
+from django.dispatch import Signal
+
+import django_uow
+from django_uow import signals
+from django_uow.conf import DEFAULTS
+
+PACKAGE = Path(django_uow.__file__).resolve().parent
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference"
+
+
+def page(name: str) -> str:
+    return (REFERENCE / name).read_text()
+
+
+def first_column(text: str) -> list[str]:
+    """The backticked names in the first column of every Markdown table row."""
+    return re.findall(r"^\| `([^`]+)` \|", text, flags=re.MULTILINE)
+
+
+def test_every_setting_is_listed_with_its_default() -> None:
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| `([^`]*)` \|", page("settings.md"), re.M))
+    assert set(rows) == set(DEFAULTS), "docs/reference/settings.md and conf.DEFAULTS differ"
+    for key, written in rows.items():
+        shown = eval(written, {"timedelta": timedelta, "None": None})  # our own docs
+        default = DEFAULTS[key]
+        if isinstance(default, tuple | list):
+            shown, default = list(shown), list(default)
+        assert shown == default, f"{key}: the page says {written}, the code says {default!r}"
+
+
+def _check_ids_in_code() -> set[str]:
+    tree = ast.parse((PACKAGE / "checks.py").read_text())
+    ids: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+        for keyword in node.keywords:
+            value = keyword.value
+            if keyword.arg == "id" and isinstance(value, ast.Constant):
+                ids.add(str(value.value))
+        numbers = [
+            a.value for a in node.args if isinstance(a, ast.Constant) and type(a.value) is int
+        ]
+        if name in {"_error", "_positive_int"} and numbers:
+            ids.add(f"django_uow.E{numbers[-1]:03d}")
+    return ids
+
+
+def test_every_check_id_is_listed() -> None:
+    code = _check_ids_in_code()
+    assert len(code) >= 20  # the parser still finds them
+    assert set(first_column(page("checks.md"))) == code
+
+
+def test_every_signal_is_listed() -> None:
+    code = {name for name, value in vars(signals).items() if isinstance(value, Signal)}
+    assert set(first_column(page("signals.md"))) == code
+
+
+def _own_options(name: str) -> set[str]:
+    baseline = {a.dest for a in BaseCommand().create_parser("manage.py", name)._actions}
+    command = load_command_class("django_uow", name)
+    parser = command.create_parser("manage.py", name)
+    return {
+        max(action.option_strings, key=len)
+        for action in parser._actions
+        if action.dest not in baseline and action.option_strings
+    }
+
+
+def test_every_command_and_option_is_listed() -> None:
+    text = page("commands.md")
+    commands = sorted(n for n, app in get_commands().items() if app == "django_uow")
+    assert commands == sorted(re.findall(r"^## `([a-z_]+)`", text, flags=re.MULTILINE))
+    sections = re.split(r"^## ", text, flags=re.MULTILINE)
+    for name in commands:
+        (section,) = [s for s in sections if s.startswith(f"`{name}`")]
+        assert set(first_column(section)) == _own_options(name), name
+
+
+def test_every_logger_is_listed() -> None:
+    names: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        names |= set(re.findall(r'getLogger\("([^"]+)"\)', path.read_text()))
+    assert names, "no logger found: the pattern is out of date"
+    assert set(first_column(page("loggers.md"))) == names
+
+
+STANDARD_URLS = ("_changelist", "_add", "_history", "_delete", "_change", "_autocomplete")
+
+
+@pytest.mark.django_db
+def test_every_admin_url_is_listed() -> None:
+    names: set[Any] = set()
+    for model, model_admin in admin.site._registry.items():
+        if model._meta.app_label != "django_uow":
+            continue
+        for pattern in model_admin.get_urls():
+            name = getattr(pattern, "name", None)
+            if name and not name.endswith(STANDARD_URLS):
+                names.add(f"admin:{name}")
+    assert names
+    assert set(first_column(page("admin-urls.md"))) == names
