@@ -29,7 +29,6 @@ from .conf import DEFAULTS
 CELERY_PUBLISHER = "django_uow.publishers.CeleryPublisher"
 STREAM_KEY_FIELDS = frozenset({"aggregate_type", "event_type"})
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-DOCS_HINT = "See the configuration page of the django-uow documentation."
 
 Message = checks.CheckMessage
 

@@ -124,9 +124,6 @@ class EventRegistry:
         except KeyError:
             raise UnknownEventType(name) from None
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._by_name
-
     def names(self) -> list[str]:
         return sorted(self._by_name)
 

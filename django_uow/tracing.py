@@ -21,8 +21,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 #: Instrumentation scope name of every span this package opens.
 TRACER_NAME = "django_uow"
-#: Header keys the W3C trace-context propagator reads and writes.
-TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 def enabled() -> bool:
