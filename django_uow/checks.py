@@ -293,12 +293,20 @@ def _uses_celery(user: dict[str, Any]) -> list[str]:
     return reasons
 
 
-def _beat_runs_relay(settings: Any, user: dict[str, Any]) -> bool:
+def _beat_relay_entries(settings: Any, user: dict[str, Any]) -> list[str]:
+    """Names of the ``CELERY_BEAT_SCHEDULE`` entries that run the relay task.
+
+    None when Celery is not installed: no beat can run them, so they are irrelevant.
+    """
     task = _effective(user, "CELERY_RELAY_TASK")
     schedule = getattr(settings, "CELERY_BEAT_SCHEDULE", None) or {}
-    if not isinstance(schedule, dict):
-        return False
-    return any(isinstance(e, dict) and e.get("task") == task for e in schedule.values())
+    if not isinstance(schedule, dict) or not _celery_installed():
+        return []
+    return [
+        str(name)
+        for name, entry in schedule.items()
+        if isinstance(entry, dict) and entry.get("task") == task
+    ]
 
 
 @checks.register()
@@ -358,18 +366,23 @@ def _check_sqlite_relays(settings: Any, user: dict[str, Any]) -> list[Message]:
     if not engine.endswith("sqlite3"):
         return []
     reasons = []
+    remedies = []
     if _relays_in_celery(_effective(user, "RELAY_ON_COMMIT")):
         reasons.append("RELAY_ON_COMMIT is 'celery'")
-    if _beat_runs_relay(settings, user):
-        reasons.append("CELERY_BEAT_SCHEDULE runs the relay task")
+        remedies.append("set RELAY_ON_COMMIT to 'inline' or False and run one relay_outbox")
+    entries = _beat_relay_entries(settings, user)
+    if entries:
+        names = ", ".join(f"CELERY_BEAT_SCHEDULE[{name!r}]" for name in entries)
+        reasons.append(f"{names} runs the relay task")
+        remedies.append(f"remove {names} (one relay_outbox process sweeps instead)")
     if not reasons:
         return []
     return [
         checks.Warning(
             f"The default database is SQLite and {' and '.join(reasons)}: relays running "
             "side by side serialise on SQLite's write lock (it has no SKIP LOCKED).",
-            hint="Use PostgreSQL (or MySQL 8 / MariaDB 10.6+) in production, or set "
-            "RELAY_ON_COMMIT to 'inline' or False and run one relay_outbox process. "
+            hint="Use PostgreSQL (or MySQL 8 / MariaDB 10.6+) in production, or "
+            f"{'; and '.join(remedies)}. "
             "Silence with SILENCED_SYSTEM_CHECKS = ['django_uow.W001'] for a demo.",
             id="django_uow.W001",
         )

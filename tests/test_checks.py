@@ -193,7 +193,26 @@ def test_w001_sqlite_with_beat_relay() -> None:
     with override_settings(DATABASES=SQLITE, CELERY_BEAT_SCHEDULE=beat):
         messages = run()
     assert ids(messages) == ["django_uow.W001"]
-    assert "CELERY_BEAT_SCHEDULE" in messages[0].msg
+    assert "CELERY_BEAT_SCHEDULE['relay'] runs the relay task" in messages[0].msg
+    assert "remove CELERY_BEAT_SCHEDULE['relay']" in (messages[0].hint or "")
+
+
+def test_w001_names_only_the_beat_entries_that_run_the_relay() -> None:
+    beat = {
+        "relay": {"task": "django_uow.tasks.relay_outbox", "schedule": 5.0},
+        "prune": {"task": "django_uow.tasks.prune_outbox", "schedule": 3600.0},
+        "reports": {"task": "shop.tasks.send_reports", "schedule": 60.0},
+    }
+    with override_settings(DATABASES=SQLITE, CELERY_BEAT_SCHEDULE=beat):
+        (message,) = run(RELAY_ON_COMMIT="inline")
+    assert "'relay'" in message.msg and "'prune'" not in message.msg
+    assert "'reports'" not in message.msg
+
+
+def test_w001_quiet_in_inline_mode_with_a_beat_schedule_that_does_not_relay() -> None:
+    beat = {"prune": {"task": "django_uow.tasks.prune_outbox", "schedule": 3600.0}}
+    with override_settings(DATABASES=SQLITE, CELERY_BEAT_SCHEDULE=beat):
+        assert "django_uow.W001" not in ids(run(RELAY_ON_COMMIT="inline"))
 
 
 def test_w001_not_on_postgres_or_inline() -> None:
