@@ -61,6 +61,25 @@ def _check_ids_in_code() -> set[str]:
     return ids
 
 
+def test_each_check_id_belongs_to_one_validator() -> None:
+    tree = ast.parse((PACKAGE / "checks.py").read_text())
+    owners: dict[int, set[str]] = {}
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_error":
+                numbers = [
+                    a.value
+                    for a in node.args
+                    if isinstance(a, ast.Constant) and type(a.value) is int
+                ]
+                if numbers:
+                    owners.setdefault(numbers[-1], set()).add(function.name)
+    shared = {n: names for n, names in owners.items() if len(names) > 1}
+    assert not shared, f"check ids used by more than one validator: {shared}"
+
+
 def test_every_check_id_is_listed() -> None:
     code = _check_ids_in_code()
     assert len(code) >= 20  # the parser still finds them
