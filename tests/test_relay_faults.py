@@ -30,7 +30,16 @@ from tests.relay_support import interleaved, make_rows
 from tests.testapp.models import Effect
 
 ROOT = Path(__file__).resolve().parent.parent
-OWN_REDIS_PORT = 6390
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (parallel test runs must not share one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+OWN_REDIS_PORT = free_port()
 
 
 def wait_until(predicate: Any, timeout: float = 20.0, step: float = 0.05) -> bool:
