@@ -1,15 +1,7 @@
 """System checks for the ``DJANGO_UOW`` setting.
 
-Ids are stable and never reused:
-
-- ``E001`` ``DJANGO_UOW`` is not a dict; ``E002`` unknown key;
-- ``E003`` ``RELAY_ON_COMMIT``; ``E004`` ``PUBLISHERS`` shape; ``E005`` a publisher that
-  does not import; ``E006`` ``BATCH_SIZE``; ``E007`` ``MAX_ATTEMPTS``; ``E008`` ``BACKOFF``;
-  ``E009`` ``ORDERING``; ``E010`` ``RETENTION``; ``E011`` ``PRUNE_BATCH_SIZE``;
-  ``E012`` ``LEASE``; ``E013`` ``REDIS_URL``; ``E014`` ``STREAM_KEY``;
-  ``E015`` ``STREAM_MAXLEN``; ``E016`` ``CELERY_QUEUE``; ``E017`` ``CELERY_RELAY_TASK``;
-  ``E018`` Celery is needed but not installed; ``E019`` ``NOTIFY``;
-- ``W001`` SQLite as the default database with relays that run side by side.
+Ids are stable and never reused; docs/reference/checks.md lists each one (a test keeps
+the page and this module in step).
 """
 
 from __future__ import annotations
@@ -29,6 +21,7 @@ from .conf import DEFAULTS
 CELERY_PUBLISHER = "django_uow.publishers.CeleryPublisher"
 STREAM_KEY_FIELDS = frozenset({"aggregate_type", "event_type"})
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+AMQP_SCHEMES = ("amqp://", "pyamqp://")
 
 Message = checks.CheckMessage
 
@@ -252,6 +245,31 @@ def _check_notify(value: Any) -> list[Message]:
     ]
 
 
+def _check_rabbitmq_url(value: Any) -> list[Message]:
+    if isinstance(value, str) and value.startswith(AMQP_SCHEMES):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['RABBITMQ_URL'] must be an amqp:// URL, not {value!r}.",
+            "For example 'amqp://guest:guest@127.0.0.1:5672//' ('//' is the default vhost).",
+            30,
+        )
+    ]
+
+
+def _check_rabbitmq_exchange(value: Any) -> list[Message]:
+    if isinstance(value, str) and value and not value.startswith("amq."):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['RABBITMQ_EXCHANGE'] must be an exchange name, not {value!r}.",
+            "A non-empty name not starting with 'amq.' (reserved by RabbitMQ); the default "
+            f"is {DEFAULTS['RABBITMQ_EXCHANGE']!r}.",
+            31,
+        )
+    ]
+
+
 VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "RELAY_ON_COMMIT": _check_relay_on_commit,
     "PUBLISHERS": _check_publishers,
@@ -268,6 +286,8 @@ VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "CELERY_QUEUE": _check_celery_queue,
     "CELERY_RELAY_TASK": _check_celery_relay_task,
     "NOTIFY": _check_notify,
+    "RABBITMQ_URL": _check_rabbitmq_url,
+    "RABBITMQ_EXCHANGE": _check_rabbitmq_exchange,
 }
 
 

@@ -27,6 +27,8 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "STREAM_KEY": "django_uow:{aggregate_type}",
     "STREAM_MAXLEN": 100_000,
+    "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672//",
+    "RABBITMQ_EXCHANGE": "django_uow",
     "CELERY_QUEUE": None,
     "CELERY_RELAY_TASK": "django_uow.tasks.relay_outbox",
     # PostgreSQL: send NOTIFY after each commit that wrote events, waking LISTENing relays.
@@ -102,6 +104,14 @@ class UowSettings:
     def STREAM_MAXLEN(self) -> int | None:
         value = self._get("STREAM_MAXLEN")
         return None if value is None else int(value)
+
+    @property
+    def RABBITMQ_URL(self) -> str:
+        return str(self._get("RABBITMQ_URL"))
+
+    @property
+    def RABBITMQ_EXCHANGE(self) -> str:
+        return str(self._get("RABBITMQ_EXCHANGE"))
 
     @property
     def CELERY_QUEUE(self) -> str | None:

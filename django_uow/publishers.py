@@ -26,6 +26,7 @@ from .events import Envelope
 from .exceptions import BlockedByEarlierFailure, UnknownEventType
 from .handlers import handlers_for
 from .inbox import run_handler
+from .rabbitmq import RabbitMQPublisher
 from .retry import is_connection_error
 
 logger = logging.getLogger("django_uow.publishers")
@@ -39,6 +40,7 @@ __all__ = [
     "CeleryPublisher",
     "InlinePublisher",
     "Publisher",
+    "RabbitMQPublisher",
     "RedisStreamPublisher",
     "get_publishers",
     "handler_task_id",
