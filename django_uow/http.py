@@ -3,10 +3,13 @@
 - ``etag_for(obj)`` is a strong entity tag naming the model, pk and version:
   ``"testapp.counter:7:3"``.
 - ``@versioned_view(Model)`` (function views) and ``VersionedViewMixin`` (class-based
-  views with ``get_object()``) send that ``ETag``, answer ``If-None-Match`` with 304,
-  and refuse an unsafe request (POST, PUT, PATCH, DELETE) whose ``If-Match`` names
-  another version with **412 Precondition Failed**. ``require_if_match=True`` answers
-  unsafe requests without ``If-Match`` with **428 Precondition Required**.
+  views with ``get_object()``) send that ``ETag`` and evaluate the preconditions as RFC
+  9110 section 13.2.2 orders them: an ``If-Match`` that names another version is **412
+  Precondition Failed** (whatever the method); a matching ``If-None-Match`` (``*``
+  included) is **304 Not Modified** on GET and HEAD and **412** on other methods (so
+  ``If-None-Match: *`` on a PUT means "create only"). ``require_if_match=True`` answers
+  unsafe requests without ``If-Match`` with **428 Precondition Required**. Header text is
+  never echoed back, and a header longer than ``MAX_CONDITION_HEADER`` matches nothing.
 - A ``ConcurrencyError`` escaping the view (a writer got in between the check and the
   save) becomes **409 Conflict** with a JSON body; ``@conflict_as_409`` and
   ``ConcurrencyErrorMiddleware`` do that for any view.
@@ -37,6 +40,8 @@ __all__ = [
 ]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+#: Longer ``If-Match`` / ``If-None-Match`` headers are not parsed: they match nothing.
+MAX_CONDITION_HEADER = 8192
 
 V = TypeVar("V", bound=Callable[..., HttpResponseBase])
 
@@ -69,28 +74,56 @@ class _Refused(Exception):
         self.response = response
 
 
+def _tags(request: HttpRequest, name: str) -> list[str] | None:
+    """The entity tags of header ``name``; ``None`` when absent; ``[]`` when unusable."""
+    header = request.headers.get(name)
+    if header is None:
+        return None
+    if len(header) > MAX_CONDITION_HEADER:
+        return []
+    return parse_etags(header)
+
+
 def precondition_response(
     request: HttpRequest, obj: models.Model, *, require_if_match: bool = False
 ) -> HttpResponse | None:
     """The 304/412/428 response ``request``'s conditional headers call for, or ``None``.
 
-    ``If-Match`` is compared strongly (a weak tag never matches, RFC 9110 13.1.1);
-    ``If-None-Match`` weakly, for GET and HEAD.
+    RFC 9110 section 13.2.2: ``If-Match`` first, compared strongly (a weak tag never
+    matches); then ``If-None-Match``, compared weakly. OPTIONS and TRACE are never
+    conditional.
     """
+    if request.method in ("OPTIONS", "TRACE"):
+        return None
     current = etag_for(obj)
-    if request.method in ("GET", "HEAD"):
-        wanted = parse_etags(request.headers.get("If-None-Match", ""))
-        if "*" in wanted or current in [tag.removeprefix("W/") for tag in wanted]:
+    if_match = _tags(request, "If-Match")
+    if if_match is not None and "*" not in if_match and current not in if_match:
+        return _json(
+            412,
+            obj,
+            error="precondition_failed",
+            expected_version=_version_in(if_match, obj),
+            detail=f"{obj._meta.label} pk={obj.pk!r} is at version {getattr(obj, VERSION_FIELD)}, "
+            "not the version If-Match names. Fetch it again (ETag "
+            f"{current}) and reapply your change.",
+        )
+    if_none_match = _tags(request, "If-None-Match")
+    if if_none_match is not None and (
+        "*" in if_none_match or current in [tag.removeprefix("W/") for tag in if_none_match]
+    ):
+        if request.method in ("GET", "HEAD"):
             response = HttpResponse(status=304)
             response["ETag"] = current
             return response
-        return None
-    if request.method in SAFE_METHODS:
-        return None
-    header = request.headers.get("If-Match")
-    if header is None:
-        if not require_if_match:
-            return None
+        return _json(
+            412,
+            obj,
+            error="precondition_failed",
+            expected_version=None,
+            detail=f"{obj._meta.label} pk={obj.pk!r} exists (ETag {current}) and If-None-Match "
+            "asked for a version other than it; nothing was changed.",
+        )
+    if if_match is None and require_if_match and request.method not in SAFE_METHODS:
         return _json(
             428,
             obj,
@@ -98,18 +131,7 @@ def precondition_response(
             detail=f"Send the request again with the header If-Match: {current}, the ETag "
             "of the version you read, so that it cannot overwrite a newer change.",
         )
-    tags = parse_etags(header)
-    if "*" in tags or current in tags:
-        return None
-    return _json(
-        412,
-        obj,
-        error="precondition_failed",
-        expected_version=_version_in(tags, obj),
-        detail=f"{obj._meta.label} pk={obj.pk!r} is at version {getattr(obj, VERSION_FIELD)}, "
-        f"not the one in If-Match ({header}). Fetch it again (ETag {current}) and reapply "
-        "your change.",
-    )
+    return None
 
 
 def _json(status: int, obj: models.Model, **body: Any) -> JsonResponse:

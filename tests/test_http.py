@@ -176,3 +176,42 @@ def test_versioned_view_names_a_missing_url_kwarg() -> None:
     request = RequestFactory().get("/")
     with pytest.raises(TypeError, match=r"passes no 'pk' argument"):
         views.counter_resource(request, id=1)
+
+
+@pytest.mark.parametrize("base", ["/counters/", "/cbv/counters/"])
+def test_if_none_match_star_on_a_put_is_create_only(
+    client: Client, counter: Counter, base: str
+) -> None:
+    response = put(client, f"{base}{counter.pk}/", 9, if_none_match="*")
+    assert response.status_code == 412
+    assert response.json()["error"] == "precondition_failed"
+    current = put(client, f"{base}{counter.pk}/", 9, if_none_match=etag_for(counter))
+    assert current.status_code == 412  # "only if it is not this version"
+    assert stored(counter) == (1, 1)
+    other = put(client, f"{base}{counter.pk}/", 9, if_none_match='"testapp.counter:0:0"')
+    assert other.status_code == 200
+    assert stored(counter) == (9, 2)
+
+
+@pytest.mark.parametrize("base", ["/counters/", "/cbv/counters/"])
+def test_a_stale_if_match_on_a_get_is_412(client: Client, counter: Counter, base: str) -> None:
+    stale = etag_for(counter)
+    counter.save()
+    response = client.get(f"{base}{counter.pk}/", headers={"if-match": stale})
+    assert response.status_code == 412
+    assert response["ETag"] == etag_for(counter)
+    fresh = client.get(f"{base}{counter.pk}/", headers={"if-match": etag_for(counter)})
+    assert fresh.status_code == 200
+
+
+def test_a_huge_if_match_is_refused_without_being_echoed(client: Client, counter: Counter) -> None:
+    huge = '"' + "x" * 1_000_000 + '"'
+    response = put(client, f"/counters/{counter.pk}/", 5, if_match=huge)
+    assert response.status_code == 412
+    assert len(response.content) < 2000
+    assert b"xxxxxxxx" not in response.content
+    assert stored(counter) == (1, 1)
+    listed = put(client, f"/counters/{counter.pk}/", 5, if_match=f"{huge}, {etag_for(counter)}")
+    assert listed.status_code == 412  # too long to parse: it matches nothing
+    ignored = client.get(f"/counters/{counter.pk}/", headers={"if-none-match": huge})
+    assert ignored.status_code == 200

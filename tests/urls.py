@@ -12,3 +12,14 @@ urlpatterns = [
     path("cbv/counters/<int:pk>/", views.CounterView.as_view(), name="cbv-counter"),
     path("cbv/strict/counters/<int:pk>/", views.StrictCounterView.as_view(), name="cbv-strict"),
 ]
+
+try:
+    from tests.testapp import drf_views
+except ImportError:  # djangorestframework is optional
+    pass
+else:
+    urlpatterns += [
+        path("drf/counters/<int:pk>/", drf_views.CounterDetail.as_view()),
+        path("drf/strict/counters/<int:pk>/", drf_views.StrictCounterDetail.as_view()),
+        path("drf/stale/counters/<int:pk>/", drf_views.StaleCounterDetail.as_view()),
+    ]
