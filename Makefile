@@ -77,8 +77,10 @@ bench: install bench-env
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks
 
+# A hard timeout: SIGTERM unwinds the run (its subprocesses are stopped), SIGKILL 30 s later.
+BENCH_QUICK_TIMEOUT ?= 900
 bench-quick: install
-	$(BIN)/python -m benchmarks --quick
+	timeout --kill-after=30 $(BENCH_QUICK_TIMEOUT) $(BIN)/python -m benchmarks --quick
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

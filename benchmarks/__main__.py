@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import traceback
@@ -17,7 +18,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ["write", "versioned", "relay", "concurrency", "latency", "scale", "peers"]
+WORKLOADS = [
+    "write",
+    "versioned",
+    "relay",
+    "concurrency",
+    "latency",
+    "hotagg",
+    "soak",
+    "scale",
+    "peers",
+]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -41,6 +52,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="scale: relay the whole 1M backlog (default: its first 100,000 events)",
     )
     parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=None,
+        help="soak: seconds of steady writes (default 180, 20 with --quick)",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="re-run the --only workloads and replace their rows in the latest results",
@@ -54,8 +71,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a CI timeout) unwinds like an error: every workload stops its subprocesses."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
     sys.path.insert(0, str(ROOT))
     if args.render:
@@ -88,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         only=set(args.only or WORKLOADS),
         peers_python=None if args.quick else peers_python,
         full_drain=args.full_drain,
+        soak_seconds=args.soak_seconds,
     )
     results = Results()
     latest = (

@@ -55,6 +55,7 @@ class Config:
     only: set[str]
     peers_python: str | None
     full_drain: bool = False
+    soak_seconds: float | None = None
 
     def scale(self, full: int, quick: int) -> int:
         return quick if self.quick else full

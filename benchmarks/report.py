@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .harness import Config, Results
+from .report_delivery import hotagg_section, soak_section, write_soak_chart
 
 BEGIN = "<!-- BEGIN GENERATED RESULTS (python -m benchmarks) -->"
 END = "<!-- END GENERATED RESULTS -->"
@@ -89,6 +90,9 @@ def write_outputs(results: Results, cfg: Config, root: Path) -> None:
     chart = root / "docs" / "img" / "benchmarks.png"
     if write_chart(results, chart):
         print(f"wrote {chart}")
+    soak_chart = root / "docs" / "img" / "soak.png"
+    if write_soak_chart(results, soak_chart):
+        print(f"wrote {soak_chart}")
     page = root / "docs" / "benchmarks.md"
     write_page(page, render_markdown(results))
     print(f"wrote {page}")
@@ -108,7 +112,7 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:,.0f}"
 
 
-ORDER = ["write", "versioned", "relay", "concurrency", "latency", "scale"]
+ORDER = ["write", "versioned", "relay", "concurrency", "latency", "hotagg", "soak", "scale"]
 
 
 def ordered(results: Results) -> list[Any]:
@@ -158,6 +162,7 @@ def render_markdown(results: Results) -> str:
         lines.append(
             f"| **{target.verdict}** | {target.description} | {target.measured} | {target.why} |"
         )
+    lines += hotagg_section(results) + soak_section(results)
     lines += ["", "### Versions", "", "| component | version |", "|---|---|"]
     for name, version in sorted(meta.get("versions", {}).items()):
         lines.append(f"| {name} | {version} |")

@@ -48,6 +48,9 @@ DJANGO_UOW = {
     else None,
     "NOTIFY": os.environ.get("UOW_BENCH_NOTIFY") == "1",
 }
+# Set by the soak only when the installed django-uow knows the setting.
+if os.environ.get("UOW_BENCH_HANDLER_DEADLINE"):
+    DJANGO_UOW["HANDLER_DEADLINE"] = float(os.environ["UOW_BENCH_HANDLER_DEADLINE"])
 if os.environ.get("UOW_BENCH_PUBLISHERS"):
     DJANGO_UOW["PUBLISHERS"] = os.environ["UOW_BENCH_PUBLISHERS"].split(",")
 

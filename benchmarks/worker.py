@@ -2,6 +2,7 @@
 
 ``python -m benchmarks.worker relay --publisher redis|celery|null [--go KEY]``
 ``python -m benchmarks.worker write --go KEY --stop KEY``
+``python -m benchmarks.worker soakwrite --seconds S --rate R --wallets 1,2,3 --seed N``
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import sys
 import time
@@ -78,6 +80,56 @@ def write(args: argparse.Namespace) -> dict[str, Any]:
     return {"count": count, "elapsed": time.perf_counter() - start}
 
 
+def soak_write(args: argparse.Namespace) -> dict[str, Any]:
+    """Deposit into random wallets at a steady rate for ``--seconds``, then stop by itself."""
+    from django.db import DatabaseError
+
+    from benchmarks.benchapp.models import Wallet
+    from django_uow import ConcurrencyError, unit_of_work
+
+    rng = random.Random(args.seed)
+    wallets = [int(w) for w in args.wallets.split(",")]
+    attempts = [0]
+
+    @unit_of_work(retries=10)
+    def deposit(wallet_id: int, amount: int) -> None:
+        attempts[0] += 1
+        wallet = Wallet.objects.get(pk=wallet_id)
+        wallet.deposit(amount)
+        wallet.save()
+
+    committed = gave_up = errors = amount_total = 0
+    most = int(args.rate * args.seconds) + 1  # a bound in count as well as in time
+    start = time.monotonic()
+    end = start + args.seconds
+    for i in range(most):
+        now = time.monotonic()
+        if now >= end:
+            break
+        due = start + i / args.rate
+        if due > now:
+            time.sleep(min(due - now, end - now))
+        amount = rng.randint(1, 100)
+        try:
+            deposit(rng.choice(wallets), amount)
+        except ConcurrencyError:
+            gave_up += 1
+            continue
+        except DatabaseError:
+            errors += 1
+            continue
+        committed += 1
+        amount_total += amount
+    return {
+        "committed": committed,
+        "attempts": attempts[0],
+        "gave_up": gave_up,
+        "errors": errors,
+        "amount": amount_total,
+        "elapsed": time.monotonic() - start,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -89,12 +141,18 @@ def main() -> int:
     w = sub.add_parser("write")
     w.add_argument("--go", required=True)
     w.add_argument("--stop", required=True)
+    s = sub.add_parser("soakwrite")
+    s.add_argument("--seconds", type=float, required=True)
+    s.add_argument("--rate", type=float, required=True, help="commits per second")
+    s.add_argument("--wallets", required=True, help="comma-separated wallet ids")
+    s.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
     import django
 
     django.setup()
-    out = relay(args) if args.cmd == "relay" else write(args)
+    commands = {"relay": relay, "write": write, "soakwrite": soak_write}
+    out = commands[args.cmd](args)
     sys.stdout.write(json.dumps(out) + "\n")
     return 0
 

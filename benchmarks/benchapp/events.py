@@ -23,3 +23,19 @@ class LatencyProbe(DomainEvent):
 
     account_id: int
     committed_at: float
+
+
+@dataclass(frozen=True)
+class WalletTouched(DomainEvent):
+    """Hot-aggregate probe: ``token`` names the commit, so the handler's time can be matched."""
+
+    wallet_id: int
+    token: str
+
+
+@dataclass(frozen=True)
+class WalletDeposited(DomainEvent):
+    """Soak event: its idempotent handler applies ``amount`` to the wallet's ledger."""
+
+    wallet_id: int
+    amount: int

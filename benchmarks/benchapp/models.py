@@ -8,7 +8,7 @@ from django.db import models
 
 from django_uow import AggregateRoot, VersionedModel
 
-from .events import AccountCredited
+from .events import AccountCredited, WalletDeposited, WalletTouched
 
 
 class PlainRow(models.Model):
@@ -48,3 +48,37 @@ class PlainCounter(models.Model):
 class VersionedCounter(VersionedModel):
     name = models.CharField(max_length=50)
     value = models.IntegerField(default=0)
+
+
+class Wallet(AggregateRoot):
+    """The hot aggregate and the soak's accounts: ``balance`` is the sum of its deposits."""
+
+    name = models.CharField(max_length=50)
+    balance = models.BigIntegerField(default=0)
+    touches = models.BigIntegerField(default=0)
+
+    def touch(self, token: str) -> None:
+        self.touches += 1
+        self.record_event(WalletTouched(wallet_id=self.pk, token=token))
+
+    def deposit(self, amount: int) -> None:
+        self.balance += amount
+        self.record_event(WalletDeposited(wallet_id=self.pk, amount=amount))
+
+
+class DepositApplied(models.Model):
+    """The soak handler's effect, one row per event: ``runs`` counts the handler's runs."""
+
+    event_id = models.UUIDField(unique=True)
+    wallet_id = models.BigIntegerField()
+    amount = models.BigIntegerField()
+    runs = models.IntegerField(default=1)
+    applied_at = models.DateTimeField()
+
+
+class WalletLedger(models.Model):
+    """The balance as the soak handler sees it; must equal ``Wallet.balance`` after a drain."""
+
+    wallet_id = models.BigIntegerField(unique=True)
+    balance = models.BigIntegerField(default=0)
+    deposits = models.BigIntegerField(default=0)

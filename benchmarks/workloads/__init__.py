@@ -25,4 +25,6 @@ registry: dict[str, Callable[[Any, Any], None]] = {
     "concurrency": _lazy("relay", "run_concurrency"),
     "latency": _lazy("latency", "run_latency"),
     "scale": _lazy("scale", "run_scale"),
+    "hotagg": _lazy("hotagg", "run_hotagg"),
+    "soak": _lazy("soak", "run_soak"),
 }
