@@ -12,6 +12,7 @@ from .decorator import unit_of_work
 from .events import DomainEvent, Envelope, event_context
 from .exceptions import (
     ConcurrencyError,
+    EventDecodeError,
     EventSerializationError,
     NoActiveUnitOfWork,
     PermanentFailure,
@@ -33,6 +34,7 @@ __all__ = [
     "ConcurrencyError",
     "DomainEvent",
     "Envelope",
+    "EventDecodeError",
     "EventSerializationError",
     "NoActiveUnitOfWork",
     "OutboxEvent",

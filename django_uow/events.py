@@ -10,22 +10,19 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import datetime
-import decimal
 import json
-import types
-import typing
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, TypeVar
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
-from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import dateparse, timezone
 
-from .exceptions import EventSerializationError, UnknownEventType
+from . import decoding, encoding
+from .exceptions import EventDecodeError, EventSerializationError, UnknownEventType
 from .tracing import inject_trace_context
 
 E = TypeVar("E", bound="DomainEvent")
@@ -33,7 +30,25 @@ E = TypeVar("E", bound="DomainEvent")
 SCHEMA_VERSION_HEADER = "schema_version"
 
 
-class DomainEvent:
+class _EventMeta(type):
+    """Refuses a non-frozen ``@dataclass`` on an event class while the class is defined.
+
+    ``@dataclass`` runs after ``__init_subclass__``, and the first thing it sets on the
+    class is ``__dataclass_params__``: that is where a mutable event is caught.
+    """
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        if name == "__dataclass_params__" and not getattr(value, "frozen", True):
+            registry.discard(cls)  # type: ignore[arg-type]
+            raise TypeError(
+                f"{cls.__module__}.{cls.__qualname__} is a DomainEvent declared with a "
+                "non-frozen dataclass. Events are facts that must not change after they "
+                "are recorded: declare it with @dataclass(frozen=True)."
+            )
+        super().__setattr__(name, value)
+
+
+class DomainEvent(metaclass=_EventMeta):
     """Base class of domain events; subclasses are ``@dataclass(frozen=True)``.
 
     Class attributes a subclass may set:
@@ -73,11 +88,22 @@ class DomainEvent:
 
     @classmethod
     def from_payload(cls: type[E], payload: Mapping[str, Any], version: int | None = None) -> E:
-        """Rebuild a typed event from its stored payload, upcasting older versions."""
+        """Rebuild a typed event from its stored payload, upcasting older versions.
+
+        Each field is decoded from its annotation; keys that are not fields are ignored.
+        Raises ``EventDecodeError`` (a permanent failure) when the payload does not fit.
+        """
+        if not isinstance(payload, Mapping):
+            raise EventDecodeError(
+                event_type_of(cls), f"payload is not a JSON object: {payload!r:.200}"
+            )
         data = dict(payload)
         if version is not None and version != cls.event_version:
             data = cls.upcast(data, version)
-        return cls(**coerce_fields(cls, data))
+        try:
+            return decoding.build_dataclass(cls, data)  # type: ignore[no-any-return]
+        except decoding.Misfit as exc:
+            raise EventDecodeError(event_type_of(cls), exc.detail) from None
 
 
 # --------------------------------------------------------------------------- registry
@@ -115,6 +141,11 @@ class EventRegistry:
                 "`event_type = '...'` class attribute."
             )
         self._by_name[name] = cls
+
+    def discard(self, cls: type[DomainEvent]) -> None:
+        """Forget ``cls`` (a class refused while it was being defined)."""
+        self._deferred = [c for c in self._deferred if c is not cls]
+        self._by_name = {n: c for n, c in self._by_name.items() if c is not cls}
 
     def get(self, name: str) -> type[DomainEvent]:
         if self._deferred:
@@ -154,14 +185,12 @@ def event_type_of(event_or_class: DomainEvent | type[DomainEvent]) -> str:
 
 # --------------------------------------------------------------------------- payloads
 
-_encoder = DjangoJSONEncoder()
-
 
 def encode_payload(event: DomainEvent) -> dict[str, Any]:
     """Encode the dataclass fields of ``event`` into JSON primitives.
 
-    The fields are encoded together; only when that fails is each one tried on its own,
-    so the error can name it.
+    One ``json.dumps`` of all fields plus one scan of its text on the happy path; only
+    when that fails are the values walked, so the error can name the field.
     """
     if not dataclasses.is_dataclass(event):
         raise TypeError(
@@ -169,61 +198,34 @@ def encode_payload(event: DomainEvent) -> dict[str, Any]:
         )
     values = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
     try:
-        return json.loads(json.dumps(values, default=_encoder.default))
-    except (TypeError, ValueError):
-        pass
+        text = encoding.dumps(values)
+    except (TypeError, ValueError) as exc:
+        error = _serialization_error(event, values)
+        raise error or EventSerializationError(event_type_of(event), "", values, str(exc)) from exc
+    if encoding.may_hold_unstorable_text(text):
+        error = _serialization_error(event, values)
+        if error is not None:  # else "\\u0000" was six ordinary characters
+            raise error
+    return json.loads(text)
+
+
+def _serialization_error(
+    event: DomainEvent, values: dict[str, Any]
+) -> EventSerializationError | None:
+    """The error naming the first field that cannot be stored, if any."""
     for name, value in values.items():
-        try:
-            json.dumps(value, default=_encoder.default)
-        except (TypeError, ValueError) as exc:
-            raise EventSerializationError(event_type_of(event), name, value, str(exc)) from exc
-    raise AssertionError("unreachable: the payload failed to encode as a whole only")
-
-
-def _convert(tp: Any, value: Any) -> Any:
-    """Turn a JSON value back into the annotated type, for the types DjangoJSONEncoder writes."""
-    if value is None:
-        return None
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value)
-            except (TypeError, ValueError, decimal.InvalidOperation):
-                continue
-        return value
-    if tp is decimal.Decimal and not isinstance(value, decimal.Decimal):
-        return decimal.Decimal(str(value))
-    if tp is uuid.UUID and isinstance(value, str):
-        return uuid.UUID(value)
-    if tp is datetime.datetime and isinstance(value, str):
-        return dateparse.parse_datetime(value)
-    if tp is datetime.date and isinstance(value, str):
-        return dateparse.parse_date(value)
-    if tp is datetime.time and isinstance(value, str):
-        return dateparse.parse_time(value)
-    if tp is datetime.timedelta and isinstance(value, str):
-        return dateparse.parse_duration(value)
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
-    return value
-
-
-_hints_cache: dict[type, dict[str, Any]] = {}
-
-
-def coerce_fields(cls: type[DomainEvent], data: dict[str, Any]) -> dict[str, Any]:
-    hints = _hints_cache.get(cls)
-    if hints is None:
-        try:
-            hints = typing.get_type_hints(cls)
-        except Exception:  # unresolvable forward references: keep raw JSON values
-            hints = {}
-        _hints_cache[cls] = hints
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return {k: _convert(hints.get(k, Any), v) for k, v in data.items() if k in names}
+        problem = encoding.find_problem(value, name)
+        if problem is not None:
+            return EventSerializationError(
+                event_type_of(event),
+                name,
+                problem.value,
+                problem.reason,
+                path=problem.path,
+                problem=problem.problem,
+                advice=problem.advice,
+            )
+    return None
 
 
 # --------------------------------------------------------------------------- context

@@ -60,17 +60,39 @@ class NoActiveUnitOfWork(UnitOfWorkError, TransactionManagementError):
 
 
 class EventSerializationError(UnitOfWorkError, TypeError):
-    """Raised by ``record_event`` when an event field cannot be stored as JSON."""
+    """Raised by ``record_event`` when an event field cannot be stored as JSON.
 
-    def __init__(self, event_type: str, field: str, value: Any, reason: str = "") -> None:
+    Also for values one database stores and another refuses or alters: NaN and
+    infinities (float or Decimal), NUL characters and lone surrogates in strings or keys.
+    ``field`` is the event's field; ``path`` leads to the value inside it, e.g.
+    ``lines[2].sku``.
+    """
+
+    def __init__(
+        self,
+        event_type: str,
+        field: str,
+        value: Any,
+        reason: str = "",
+        *,
+        path: str = "",
+        problem: str = "",
+        advice: str = "",
+    ) -> None:
         self.event_type = event_type
         self.field = field
-        detail = f" ({reason})" if reason else ""
+        self.path = path or field
+        self.value = value
+        if not problem:
+            detail = f" ({reason})" if reason else ""
+            problem = f"holds a {type(value).__name__} that cannot be serialized to JSON{detail}"
+        advice = advice or (
+            "Store a JSON-friendly value instead (str, int, float, bool, None, Decimal, UUID, "
+            "date/datetime, or a list/dict of those), e.g. the pk instead of a model instance."
+        )
+        where = f"field {field!r}" if self.path == field else f"field {field!r}, at {self.path!r},"
         super().__init__(
-            f"Event {event_type!r}: field {field!r} holds a {type(value).__name__} that cannot be "
-            f"serialized to JSON{detail}. Store a JSON-friendly value instead (str, int, float, "
-            "bool, None, Decimal, UUID, date/datetime, or a list/dict of those), e.g. the pk "
-            "instead of a model instance. The event was not recorded."
+            f"Event {event_type!r}: {where} {problem}. {advice} The event was not recorded."
         )
 
 
@@ -117,3 +139,21 @@ class RetryAfter(UnitOfWorkError):
     def __init__(self, seconds: float, reason: str = "") -> None:
         self.seconds = float(seconds)
         super().__init__(reason or f"retry requested in {self.seconds:g}s")
+
+
+class EventDecodeError(PermanentFailure, ValueError):
+    """Raised when a stored payload does not fit its event class's field annotations.
+
+    A permanent failure: the relay dead-letters the event at once instead of retrying a
+    payload that can never decode. ``detail`` names the field, e.g. "payload field
+    'amount' is not a valid Decimal: 'abc'".
+    """
+
+    def __init__(self, event_type: str, detail: str) -> None:
+        self.event_type = event_type
+        self.detail = detail
+        super().__init__(
+            f"Event {event_type!r}: {detail}. The stored payload does not fit the event "
+            "class, so it is not retried. Fix what wrote it, or make the class accept it "
+            "(convert older payloads in upcast()), then retry the event from the admin."
+        )
