@@ -270,6 +270,22 @@ def _check_rabbitmq_exchange(value: Any) -> list[Message]:
     ]
 
 
+def _check_health(value: Any) -> list[Message]:
+    keys = set(DEFAULTS["HEALTH"])
+    if isinstance(value, dict) and set(value) <= keys:
+        numbers = [value.get(k) for k in keys]
+        if all(v is None or (_is_number(v) and v >= 0) for v in numbers):
+            return []
+    return [
+        _error(
+            f"DJANGO_UOW['HEALTH'] must be a dict with MAX_LAG (seconds) and/or MAX_FAILED "
+            f"(a count), each a number >= 0 or None, not {value!r}.",
+            "For example {'MAX_LAG': 300, 'MAX_FAILED': 0}; None never answers 503 for it.",
+            32,
+        )
+    ]
+
+
 VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "RELAY_ON_COMMIT": _check_relay_on_commit,
     "PUBLISHERS": _check_publishers,
@@ -286,6 +302,7 @@ VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "CELERY_QUEUE": _check_celery_queue,
     "CELERY_RELAY_TASK": _check_celery_relay_task,
     "NOTIFY": _check_notify,
+    "HEALTH": _check_health,
     "RABBITMQ_URL": _check_rabbitmq_url,
     "RABBITMQ_EXCHANGE": _check_rabbitmq_exchange,
 }

@@ -27,6 +27,8 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "STREAM_KEY": "django_uow:{aggregate_type}",
     "STREAM_MAXLEN": 100_000,
+    # Thresholds of django_uow.views.health: past them it answers 503 (None: never).
+    "HEALTH": {"MAX_LAG": None, "MAX_FAILED": None},
     "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672//",
     "RABBITMQ_EXCHANGE": "django_uow",
     "CELERY_QUEUE": None,
@@ -104,6 +106,10 @@ class UowSettings:
     def STREAM_MAXLEN(self) -> int | None:
         value = self._get("STREAM_MAXLEN")
         return None if value is None else int(value)
+
+    @property
+    def HEALTH(self) -> dict[str, Any]:
+        return {**DEFAULTS["HEALTH"], **self._get("HEALTH")}
 
     @property
     def RABBITMQ_URL(self) -> str:

@@ -12,3 +12,5 @@ event_failed = Signal()
 uow_committed = Signal()
 #: A unit of work or savepoint rolled back. kwargs: uow.
 uow_rolled_back = Signal()
+#: A relay batch finished (published and settled). kwargs: using, relay_id, result, duration.
+relay_batch_finished = Signal()

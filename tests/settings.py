@@ -38,6 +38,15 @@ else:
             "TEST": {"NAME": os.environ.get("UOW_SQLITE_TEST_NAME") or None},
         },
     }
+# A database that is down (a closed loopback port): health and status tests read it.
+DATABASES["down"] = {
+    "ENGINE": "django.db.backends.postgresql",
+    "NAME": "down",
+    "USER": "postgres",
+    "HOST": "127.0.0.1",
+    "PORT": 1,
+    "OPTIONS": {"connect_timeout": 2},
+}
 DATABASES["other"] = {
     "ENGINE": "django.db.backends.sqlite3",
     "NAME": ":memory:",

@@ -230,3 +230,28 @@ def test_manage_py_check_names_the_wrong_key_and_value() -> None:
         call_command("check")
     assert "django_uow.E009" in str(excinfo.value)
     assert "'random'" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"MAX_LAG": -1}, {"MAX_FAILED": "3"}, {"MAX_LAGG": 5}, [300, 0], {"MAX_LAG": True}],
+)
+def test_e032_health_thresholds(value: object) -> None:
+    assert "django_uow.E032" in ids(run(HEALTH=value))
+
+
+def test_e032_accepts_numbers_and_none() -> None:
+    assert "django_uow.E032" not in ids(run(HEALTH={"MAX_LAG": 300, "MAX_FAILED": None}))
+    assert "django_uow.E032" not in ids(run(HEALTH={}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "check"),
+    [
+        ("RABBITMQ_URL", "redis://127.0.0.1:6379/0", "django_uow.E030"),
+        ("RABBITMQ_EXCHANGE", "", "django_uow.E031"),
+        ("RABBITMQ_EXCHANGE", "amq.topic", "django_uow.E031"),
+    ],
+)
+def test_rabbitmq_settings(key: str, value: object, check: str) -> None:
+    assert check in ids(run(**{key: value}))

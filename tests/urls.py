@@ -1,10 +1,14 @@
 from django.contrib import admin
 from django.urls import path
 
+from django_uow.metrics import metrics_view
+from django_uow.views import health
 from tests.testapp import views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("health/outbox/", health),
+    path("metrics", metrics_view),
     path("counters/<int:pk>/", views.counter_resource, name="counter"),
     path("strict/counters/<int:pk>/", views.strict_counter_resource, name="strict-counter"),
     path("counters/by-name/<str:name>/", views.counter_by_name, name="counter-by-name"),

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -333,6 +334,7 @@ def _run_batch(
     if not rows:
         return result  # an idle poll opens no span
     # One span per batch (never one for a whole loop), around publish and acknowledge.
+    started = time.monotonic()
     with span(
         "django_uow.relay.batch", database=using, relay_id=relay_id, claimed=len(rows)
     ) as current:
@@ -342,6 +344,13 @@ def _run_batch(
             current.set_attribute("dispatched", result.dispatched)
             current.set_attribute("failed", result.failed)
             current.set_attribute("retried", result.retried)
+    signals.relay_batch_finished.send(
+        sender=OutboxEvent,
+        using=using,
+        relay_id=relay_id,
+        result=result,
+        duration=time.monotonic() - started,
+    )
     return result
 
 
