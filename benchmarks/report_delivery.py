@@ -62,6 +62,12 @@ SERIES = [
 ]
 
 
+def _counts(counts: dict[str, int] | int) -> str:
+    if isinstance(counts, int):
+        return str(counts)
+    return ", ".join(f"{name} {n:,}" for name, n in sorted(counts.items())) or "none"
+
+
 def _cell(value: Any) -> str:
     return "—" if value is None else f"{value:g}"
 
@@ -111,9 +117,10 @@ def soak_section(results: Results) -> list[str]:
             if check["writers_committed"] is not None
             else ""
         )
-        + f"; outbox by status {check['by_status']}; "
+        + f"; outbox rows by status: {_counts(check['by_status'])}; "
         f"{check['missing_effects']} never handled; {check['handled_twice']} handled more "
-        f"than once; {check['inbox_rows']} inbox rows for the handler; "
+        f"than once; the handler's inbox rows by status: "
+        f"{_counts(check.get('inbox_by_status', check['inbox_rows']))}; "
         f"{check['unbalanced_count']} of {check['wallets']} wallets whose ledger (built by "
         f"the handler) differs from the balance the writers committed (total "
         f"{check['total_ledger']:,} vs {check['total_balance']:,}).",
@@ -158,7 +165,7 @@ def write_soak_chart(results: Results, path: Path) -> bool:
         return False
     samples = soak["samples"]
     t = [s["t"] for s in samples]
-    fig, axes = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(12.5, 7.5), sharex=True)
     panels = [
         (axes[0], [("relay_lag_s", "relay lag (s)"), ("consumer_age_s", "oldest unhandled (s)")]),
         (axes[1], [("consumer_lag", "deliveries not handled"), ("pending", "pending events")]),
@@ -169,7 +176,7 @@ def write_soak_chart(results: Results, path: Path) -> bool:
             ax.plot(t, [s.get(key) for s in samples], label=label, linewidth=1.2)
         for mark in soak["marks"]:
             ax.axvline(mark["t"], color="grey", linewidth=0.7, linestyle="--")
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0))
         ax.tick_params(labelsize=8)
     for mark in soak["marks"]:
         axes[0].text(mark["t"], axes[0].get_ylim()[1], f" {mark['what']}", fontsize=7,

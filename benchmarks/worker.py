@@ -98,6 +98,10 @@ def soak_write(args: argparse.Namespace) -> dict[str, Any]:
         wallet.deposit(amount)
         wallet.save()
 
+    if args.go:  # started beside the worker: wait until it is up (bounded)
+        from benchmarks.db import redis_client
+
+        redis_client().blpop([args.go], timeout=120)
     committed = gave_up = errors = amount_total = 0
     most = int(args.rate * args.seconds) + 1  # a bound in count as well as in time
     start = time.monotonic()
@@ -146,6 +150,7 @@ def main() -> int:
     s.add_argument("--rate", type=float, required=True, help="commits per second")
     s.add_argument("--wallets", required=True, help="comma-separated wallet ids")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--go", default=None, help="Redis list to BLPOP before writing")
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
     import django

@@ -225,7 +225,9 @@ def report(
     if missing:
         why.append(
             f"{missing} of {n} events had no handler run {bound:.0f} s after the last "
-            f"commit, with no sweep running; their outbox rows: {left or 'all dispatched'}"
+            f"commit; outbox rows not dispatched: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(left.items())) or "none")
+            + " (a pending row waits for a sweep, and none runs here)"
         )
     if delays and p95 >= TARGET_P95_MS:
         why.append(

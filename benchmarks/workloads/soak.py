@@ -20,7 +20,6 @@ from typing import Any
 
 from django.db import connection
 
-from ..benchapp.handlers import HOT_HANDLED_KEY
 from ..benchapp.models import Wallet
 from ..db import OUTBOX, redis_client, truncate
 from ..harness import Config, Results, Row, bench_env
@@ -31,6 +30,7 @@ from .relay import relay_available
 
 WALLETS = 8
 WRITERS = 2
+GO = "uow_bench:soak:go"
 
 
 def handler_deadline_supported() -> bool:
@@ -81,7 +81,7 @@ def writer_cmd(plan: Plan, wallets: list[int], seed: int) -> list[str]:
     return [
         sys.executable, "-m", "benchmarks.worker", "soakwrite",
         "--seconds", str(plan.seconds), "--rate", str(plan.rate / WRITERS),
-        "--wallets", ",".join(map(str, wallets)), "--seed", str(seed),
+        "--wallets", ",".join(map(str, wallets)), "--seed", str(seed), "--go", GO,
     ]  # fmt: skip
 
 
@@ -91,7 +91,7 @@ def reset() -> list[int]:
     truncate(OUTBOX, ProcessedEvent._meta.db_table, "benchapp_wallet")
     truncate(soak_probe.EFFECT, soak_probe.LEDGER)
     # The broker's queue and the messages a killed worker of an earlier run left unacked.
-    redis_client().delete("celery", "unacked", "unacked_index", "unacked_mutex", HOT_HANDLED_KEY)
+    redis_client().delete("celery", "unacked", "unacked_index", "unacked_mutex", GO)
     return [Wallet.objects.create(name=f"soak-{i}").pk for i in range(WALLETS)]
 
 
@@ -142,9 +142,10 @@ def run_soak(cfg: Config, results: Results) -> None:
     with services(worker, relay, *writers):
         worker.start()
         relay.start()
-        warm_up(wallets[0], worker, relay)
-        for writer in writers:
+        for writer in writers:  # they import Django meanwhile, then wait for GO
             writer.start()
+        warm_up(wallets[0], worker, relay)
+        redis_client().rpush(GO, *["go"] * WRITERS)
         samples, marks, drained_at = timeline(plan, worker, relay, writers, consumer_sql)
         outcomes = [writer_result(w) for w in writers]
         writers_committed = (
@@ -337,7 +338,8 @@ def why_missed(check: dict[str, Any], plan: Plan, drained_at: float | None) -> s
     if check["missing_effects"]:
         parts.append(
             f"{check['missing_effects']} events were never handled within {plan.drain_bound:.0f} "
-            f"s after the writes (outbox: {check['by_status']})"
+            f"s after the writes (outbox rows not dispatched: "
+            f"{check['committed_events'] - check['by_status'].get('dispatched', 0)})"
         )
         if check["pending_leased"]:
             parts.append(

@@ -85,6 +85,10 @@ def handled_count() -> int:
     return int(_one(f"SELECT count(*) FROM {EFFECT}")[0])
 
 
+def quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _one(sql: str, params: list[Any] | None = None) -> Any:
     with connection.cursor() as cursor:
         cursor.execute(sql, params or [])
@@ -119,7 +123,14 @@ def consistency(writers_committed: int | None) -> dict[str, Any]:
         "WHERE event_type = %s AND status = 'pending' AND claimed_until > now()",
         [EVENT_TYPE],
     )
-    inbox_rows = int(_one(f"SELECT count(*) FROM {inbox_table()} WHERE handler = %s", [HANDLER])[0])
+    status = inbox_status_columns()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {status[0] if status else quote('succeeded')}, count(*) "
+            f"FROM {inbox_table()} WHERE handler = %s GROUP BY 1",
+            [HANDLER],
+        )
+        inbox = {str(s): int(n) for s, n in cursor.fetchall()}
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT w.id, w.balance, coalesce(l.balance, 0), coalesce(s.total, 0) "
@@ -148,7 +159,8 @@ def consistency(writers_committed: int | None) -> dict[str, Any]:
         "handled_twice": int(twice or 0),
         "max_runs": int(most_runs or 0),
         "orphan_effects": orphans,
-        "inbox_rows": inbox_rows,
+        "inbox_rows": inbox.get("succeeded", 0),
+        "inbox_by_status": inbox,
         "wallets": len(wallets),
         "total_balance": sum(int(b) for _, b, _, _ in wallets),
         "total_ledger": sum(int(led) for _, _, led, _ in wallets),
