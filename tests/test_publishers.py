@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.test import override_settings
+from django.utils import timezone
 
 from django_uow import UnitOfWork
 from django_uow.models import OutboxEvent, ProcessedEvent
@@ -374,6 +375,46 @@ def test_handler_task_gives_up_on_permanent_failure(
     finally:
         event_failed.disconnect(dispatch_uid="tf")
     assert calls == [1]
+
+
+@pytest.mark.celery
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_handler_task_gives_up_at_once_on_a_payload_that_does_not_decode(
+    celery_worker: Any,
+) -> None:
+    from django_uow import Envelope, EventDecodeError
+    from django_uow.signals import event_failed
+    from tests.testapp.events import OrderPlaced
+
+    failures: list[tuple[BaseException, bool]] = []
+
+    def on_failed(sender: Any, **kwargs: Any) -> None:
+        failures.append((kwargs["error"], kwargs["dead"]))
+
+    envelope = Envelope(
+        event_id=uuid.uuid4(),
+        event_type=OrderPlaced.event_type,
+        aggregate_type="testapp.order",
+        aggregate_id="1",
+        aggregate_version=1,
+        occurred_at=timezone.now(),
+        payload={"order_id": 1, "total": "abc"},
+        headers={"schema_version": 1},
+    )
+    event_failed.connect(on_failed, weak=False, dispatch_uid="tf-decode")
+    try:
+        # Zero backoff: a retry, if one were wrongly scheduled, would run at once.
+        with override_settings(DJANGO_UOW={**UOW, "BACKOFF": (0.0, 0.0)}):
+            CeleryPublisher(celery_worker).publish([envelope])
+            assert wait_for(lambda: len(failures) == 1)
+            time.sleep(0.3)
+    finally:
+        event_failed.disconnect(dispatch_uid="tf-decode")
+    [(error, dead)] = failures  # one handler (testapp.record_placed), no retries
+    assert dead and isinstance(error, EventDecodeError)
+    assert "payload field 'total' is not a valid Decimal: 'abc'" in str(error)
+    assert Effect.objects.count() == 0
 
 
 @pytest.mark.django_db
