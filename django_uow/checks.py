@@ -286,6 +286,40 @@ def _check_health(value: Any) -> list[Message]:
     ]
 
 
+def _is_duration(value: Any) -> bool:
+    if isinstance(value, timedelta):
+        return value > timedelta(0)
+    return _is_number(value) and value > 0
+
+
+def _duration_text(key: str, value: Any) -> str:
+    return f"DJANGO_UOW[{key!r}] must be a positive timedelta or number of seconds, not {value!r}."
+
+
+def _check_handler_deadline_value(value: Any) -> list[Message]:
+    if _is_duration(value):
+        return []
+    return [
+        _error(
+            _duration_text("HANDLER_DEADLINE", value),
+            "For example DJANGO_UOW = {'HANDLER_DEADLINE': timedelta(minutes=15)}.",
+            40,
+        )
+    ]
+
+
+def _check_inbox_retention_value(value: Any) -> list[Message]:
+    if _is_duration(value):
+        return []
+    return [
+        _error(
+            _duration_text("INBOX_RETENTION", value),
+            "For example DJANGO_UOW = {'INBOX_RETENTION': timedelta(days=30)}.",
+            41,
+        )
+    ]
+
+
 VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "RELAY_ON_COMMIT": _check_relay_on_commit,
     "PUBLISHERS": _check_publishers,
@@ -305,6 +339,8 @@ VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "HEALTH": _check_health,
     "RABBITMQ_URL": _check_rabbitmq_url,
     "RABBITMQ_EXCHANGE": _check_rabbitmq_exchange,
+    "HANDLER_DEADLINE": _check_handler_deadline_value,
+    "INBOX_RETENTION": _check_inbox_retention_value,
 }
 
 
@@ -386,7 +422,93 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Message]:
             )
         )
     errors.extend(_check_sqlite_relays(settings, user))
+    if _valid(user, "INBOX_RETENTION", "LEASE", "MAX_ATTEMPTS", "BACKOFF"):
+        errors.extend(_check_inbox_retention(user))
+    if uses_celery and _valid(user, "HANDLER_DEADLINE"):
+        errors.extend(_check_handler_deadline(settings, user))
     return errors
+
+
+def _valid(user: dict[str, Any], *keys: str) -> bool:
+    """True when each of ``keys`` is unset or passes its validator (relations need values)."""
+    return not any(key in user and VALIDATORS[key](user[key]) for key in keys)
+
+
+def _seconds(value: Any) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def redelivery_window(user: dict[str, Any]) -> float:
+    """The longest time (s) an event may come back: LEASE + MAX_ATTEMPTS x BACKOFF max."""
+    _, cap = _effective(user, "BACKOFF")
+    return float(_effective(user, "LEASE")) + int(_effective(user, "MAX_ATTEMPTS")) * float(cap)
+
+
+def _check_inbox_retention(user: dict[str, Any]) -> list[Message]:
+    """An inbox row pruned while its event can still come back lets the effect happen twice."""
+    retention = _seconds(_effective(user, "INBOX_RETENTION"))
+    window = redelivery_window(user)
+    if retention >= window:
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['INBOX_RETENTION'] ({retention:g} s) is shorter than the longest "
+            f"redelivery window, LEASE + MAX_ATTEMPTS x BACKOFF max ({window:g} s): an event "
+            "redelivered after its inbox row was pruned would run its handlers again.",
+            "Keep INBOX_RETENTION longer than that window (the default is 30 days), or lower "
+            "MAX_ATTEMPTS or the BACKOFF maximum.",
+            42,
+        )
+    ]
+
+
+#: Celery's Redis/SQS visibility timeout when the project sets none (seconds).
+DEFAULT_VISIBILITY_TIMEOUT = 3600.0
+#: A deadline below this republishes tasks that are only waiting behind a burst.
+MIN_HANDLER_DEADLINE = 60.0
+
+
+def _check_handler_deadline(settings: Any, user: dict[str, Any]) -> list[Message]:
+    """Relate ``HANDLER_DEADLINE`` to the broker's own redelivery (``visibility_timeout``).
+
+    Redis and SQS hand an unacknowledged task (a worker killed with prefetched tasks)
+    to another worker after ``visibility_timeout``; a message lost by the broker (a
+    restart without persistence) never comes back. The sweep republishes both after
+    ``HANDLER_DEADLINE``. A deadline that is not shorter than the visibility timeout
+    never beats the broker, so a lost message waits at least that long (an hour by
+    default): W040. A deadline under a minute republishes tasks that are only queued or
+    running, adding work to a queue that is already late: W041.
+    """
+    deadline = _seconds(_effective(user, "HANDLER_DEADLINE"))
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None) or {}
+    visibility = DEFAULT_VISIBILITY_TIMEOUT
+    if isinstance(options, dict) and _is_number(options.get("visibility_timeout")):
+        visibility = float(options["visibility_timeout"])
+    messages: list[Message] = []
+    if deadline >= visibility:
+        messages.append(
+            checks.Warning(
+                f"DJANGO_UOW['HANDLER_DEADLINE'] ({deadline:g} s) is not shorter than the "
+                f"broker's visibility_timeout ({visibility:g} s): a handler task lost by the "
+                "broker is republished only after the broker would have redelivered a killed "
+                "worker's tasks itself.",
+                hint="Use a deadline well below CELERY_BROKER_TRANSPORT_OPTIONS"
+                "['visibility_timeout'] (defaults: 15 minutes and 1 hour).",
+                id="django_uow.W040",
+            )
+        )
+    if deadline < MIN_HANDLER_DEADLINE:
+        messages.append(
+            checks.Warning(
+                f"DJANGO_UOW['HANDLER_DEADLINE'] ({deadline:g} s) is under "
+                f"{MIN_HANDLER_DEADLINE:g} s: handler tasks still waiting in the queue or "
+                "running are published again, and the copies lengthen the queue.",
+                hint="Use more than the longest time a handler task waits in the queue and "
+                "runs (the default is 15 minutes).",
+                id="django_uow.W041",
+            )
+        )
+    return messages
 
 
 def _check_sqlite_relays(settings: Any, user: dict[str, Any]) -> list[Message]:

@@ -35,6 +35,11 @@ DEFAULTS: dict[str, Any] = {
     "CELERY_RELAY_TASK": "django_uow.tasks.relay_outbox",
     # PostgreSQL: send NOTIFY after each commit that wrote events, waking LISTENing relays.
     "NOTIFY": False,
+    # A handler delivery published this long ago and neither succeeded nor failed is
+    # published again by the sweep (a lost broker message costs this, not the event).
+    "HANDLER_DEADLINE": timedelta(minutes=15),
+    # Succeeded handler deliveries (the inbox) are pruned after this.
+    "INBOX_RETENTION": timedelta(days=30),
 }
 
 RelayOnCommit = Literal["celery", "inline", False]
@@ -130,6 +135,21 @@ class UowSettings:
     @property
     def NOTIFY(self) -> bool:
         return bool(self._get("NOTIFY"))
+
+    @property
+    def HANDLER_DEADLINE(self) -> timedelta:
+        return as_timedelta(self._get("HANDLER_DEADLINE"))
+
+    @property
+    def INBOX_RETENTION(self) -> timedelta:
+        return as_timedelta(self._get("INBOX_RETENTION"))
+
+
+def as_timedelta(value: Any) -> timedelta:
+    """A duration setting: a ``timedelta``, or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    return timedelta(seconds=float(value))
 
 
 uow_settings = UowSettings()

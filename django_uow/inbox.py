@@ -1,18 +1,24 @@
 """Running a handler for a delivered event, with its inbox row.
 
-An idempotent handler (the default) runs inside a unit of work that first inserts
-``(event_id, handler)`` into ``ProcessedEvent``; a redelivered event finds the row and
-is skipped, so its effect happens once.
+Every run leaves its outcome in the handler's delivery row (``ProcessedEvent``, see
+``django_uow.deliveries``). An idempotent handler (the default) runs inside a unit of
+work that first marks ``(event_id, handler)`` succeeded; a redelivered event finds the
+row already succeeded and is skipped, so its effect happens once. If the handler raises,
+that transaction rolls back and the failure (attempts, error, traceback) is written
+after it, outside it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from django.db import IntegrityError, connections, router, transaction
-from django.utils import timezone
+from django.db import router
 
+from .conf import uow_settings
+from .deliveries import Outcome, record_failure, record_success
 from .events import Envelope, event_context
+from .exceptions import PermanentFailure, UnknownEventType
 from .handlers import Handler
 from .models import ProcessedEvent
 from .tracing import span
@@ -21,44 +27,34 @@ from .unit_of_work import UnitOfWork
 logger = logging.getLogger("django_uow.handlers")
 
 
-def _claim_processed(handler: Handler, envelope: Envelope, using: str) -> bool:
-    """Insert the inbox row; False when this (event, handler) already had its effect."""
-    connection = connections[using]
-    # INSERT ... ON CONFLICT DO NOTHING RETURNING: PostgreSQL, SQLite 3.35+.
-    if connection.vendor == "postgresql" or (
-        connection.vendor == "sqlite" and connection.features.can_return_rows_from_bulk_insert
-    ):
-        table = connection.ops.quote_name(ProcessedEvent._meta.db_table)
-        field = ProcessedEvent._meta.get_field("event_id")
-        processed_at = connection.ops.adapt_datetimefield_value(timezone.now())
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} (event_id, handler, processed_at) VALUES (%s, %s, %s) "
-                "ON CONFLICT (event_id, handler) DO NOTHING RETURNING id",
-                [
-                    field.get_db_prep_value(envelope.event_id, connection),
-                    handler.name,
-                    processed_at,
-                ],
-            )
-            return cursor.fetchone() is not None
-    try:
-        with transaction.atomic(using=using):
-            ProcessedEvent.objects.using(using).create(
-                event_id=envelope.event_id, handler=handler.name
-            )
-    except IntegrityError:
-        return False
-    return True
-
-
-def run_handler(handler: Handler, envelope: Envelope, *, using: str | None = None) -> bool:
+def run_handler(
+    handler: Handler,
+    envelope: Envelope,
+    *,
+    using: str | None = None,
+    retry_delay: Callable[[BaseException], float | None] | None = None,
+    report: Callable[[Outcome], None] | None = None,
+) -> bool:
     """Call ``handler`` for ``envelope``; return False when skipped as already processed.
 
     Runs inside ``event_context`` so events the handler records point back to this one.
-    An idempotent handler runs inside a ``UnitOfWork`` that also holds its inbox row:
-    if it raises, neither its effect nor the row is kept and a redelivery runs it again.
+    An idempotent handler runs inside a ``UnitOfWork`` that also marks its delivery
+    succeeded: if it raises, neither its effect nor the mark is kept and a redelivery
+    runs it again. A handler that raises has the failure recorded (due again after
+    ``retry_delay(exc)`` seconds; ``report`` gets the row's new status and attempts),
+    then the exception propagates unchanged.
     """
+    db = using or router.db_for_write(ProcessedEvent)
+    try:
+        return _run(handler, envelope, db)
+    except Exception as exc:
+        outcome = _record_failure(handler, envelope, exc, db, retry_delay)
+        if outcome is not None and report is not None:
+            report(outcome)
+        raise
+
+
+def _run(handler: Handler, envelope: Envelope, db: str) -> bool:
     event = envelope.to_event()
     kwargs = {"envelope": envelope} if handler.wants_envelope else {}
     context = event_context(
@@ -77,10 +73,10 @@ def run_handler(handler: Handler, envelope: Envelope, *, using: str | None = Non
     with context, trace:
         if not handler.idempotent:
             handler.func(event, **kwargs)
+            record_success(handler.name, envelope, using=db, only_once=False)
             return True
-        db = using or router.db_for_write(ProcessedEvent)
         with UnitOfWork(using=db):
-            if not _claim_processed(handler, envelope, db):
+            if not record_success(handler.name, envelope, using=db):
                 logger.info(
                     "Skipped event %s (%s) of %s %s for handler %s: already processed",
                     envelope.event_id,
@@ -92,3 +88,32 @@ def run_handler(handler: Handler, envelope: Envelope, *, using: str | None = Non
                 return False
             handler.func(event, **kwargs)
     return True
+
+
+def _record_failure(
+    handler: Handler,
+    envelope: Envelope,
+    exc: BaseException,
+    db: str,
+    retry_delay: Callable[[BaseException], float | None] | None,
+) -> Outcome | None:
+    """Write the failed run; never let a failure to write it hide the handler's error."""
+    try:
+        return record_failure(
+            handler.name,
+            envelope,
+            exc,
+            using=db,
+            max_attempts=uow_settings.MAX_ATTEMPTS,
+            dead=isinstance(exc, PermanentFailure | UnknownEventType),
+            attempts_floor=envelope.attempts,
+            retry_in=retry_delay(exc) if retry_delay is not None else None,
+        )
+    except Exception:
+        logger.exception(
+            "Could not record the failure of handler %s for event %s (%s)",
+            handler.name,
+            envelope.event_id,
+            envelope.event_type,
+        )
+        return None

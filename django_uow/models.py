@@ -95,22 +95,94 @@ class OutboxEvent(models.Model):
         )
 
 
+class DeliveryStatus(models.TextChoices):
+    """Where one (event, handler) delivery stands.
+
+    - ``published``: handed to the broker (Celery), not handled yet; published again
+      when still not handled ``HANDLER_DEADLINE`` after ``due_at``.
+    - ``retrying``: the handler raised; it runs again (the relay's or Celery's retry).
+    - ``succeeded``: the handler had its effect (``processed_at`` says when); a
+      redelivery of an idempotent handler is skipped.
+    - ``failed``: the handler failed for good (``MAX_ATTEMPTS``, or ``PermanentFailure``):
+      a dead letter, kept until it is redelivered.
+    """
+
+    PUBLISHED = "published", _("published")
+    RETRYING = "retrying", _("retrying")
+    SUCCEEDED = "succeeded", _("succeeded")
+    FAILED = "failed", _("failed")
+
+
+#: Deliveries still owed by a consumer: the deadline sweep republishes them.
+OWED_DELIVERY_STATUSES = (DeliveryStatus.PUBLISHED, DeliveryStatus.RETRYING)
+
+
 class ProcessedEvent(models.Model):
-    """The inbox: one row per (event, handler) that has had its effect."""
+    """The inbox: one row per (event, handler) delivery, whatever its outcome.
+
+    Every handler has a row once it was published (Celery) or ran (inline): its status,
+    attempts, last error and traceback, and times. Idempotency rests on the unique
+    ``(event_id, handler)``: an idempotent handler turns its row into ``succeeded`` in
+    its own transaction, so a redelivery finds it and is skipped. ``processed_at`` is
+    the time of success (``None`` until then), as it has always been.
+    """
+
+    Status = DeliveryStatus
 
     event_id = models.UUIDField()
     handler = models.CharField(max_length=255)
-    processed_at = models.DateTimeField(default=timezone.now, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.SUCCEEDED
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    # Copied from the envelope, for filters and for the admin's lists.
+    event_type = models.CharField(max_length=255, blank=True, default="")
+    aggregate_type = models.CharField(max_length=255, blank=True, default="")
+    aggregate_id = models.CharField(max_length=255, blank=True, default="")
+    published_at = models.DateTimeField(null=True, blank=True)
+    # When the next run is due: the publish time, or the time of a scheduled retry. The
+    # deadline sweep republishes owed rows whose due_at is older than HANDLER_DEADLINE.
+    due_at = models.DateTimeField(null=True, blank=True)
+    first_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Succeeded at (the column's meaning since the first release).
+    processed_at = models.DateTimeField(default=timezone.now, null=True, blank=True)
 
     class Meta:
-        verbose_name = _("processed event")
-        verbose_name_plural = _("processed events")
+        verbose_name = _("handler delivery")
+        verbose_name_plural = _("handler deliveries")
         constraints = [
             models.UniqueConstraint(fields=["event_id", "handler"], name="uow_processed_once")
         ]
+        indexes = [
+            # Dead letters, newest first (the admin's list, outbox_status, redeliver --failed).
+            models.Index(
+                fields=["last_attempt_at"],
+                name="uow_inbox_failed_idx",
+                condition=Q(status="failed"),
+            ),
+            # Owed deliveries by due time: the deadline sweep and the consumer lag.
+            models.Index(
+                fields=["due_at"],
+                name="uow_inbox_owed_idx",
+                condition=Q(status__in=["published", "retrying"]),
+            ),
+            # Retention walks succeeded rows by age.
+            models.Index(
+                fields=["processed_at"],
+                name="uow_inbox_prune_idx",
+                condition=Q(status="succeeded"),
+            ),
+        ]
 
     def __str__(self) -> str:
-        return f"{self.handler} <- {self.event_id}"
+        return f"{self.handler} <- {self.event_id} ({self.status})"
+
+    @property
+    def owed(self) -> bool:
+        return self.status in OWED_DELIVERY_STATUSES
 
 
 class VersionedQuerySet(models.QuerySet[Any]):

@@ -255,3 +255,60 @@ def test_e032_accepts_numbers_and_none() -> None:
 )
 def test_rabbitmq_settings(key: str, value: object, check: str) -> None:
     assert check in ids(run(**{key: value}))
+
+
+# -- handler deadline and inbox retention ---------------------------------------------
+
+CELERY = {"PUBLISHERS": ["django_uow.publishers.CeleryPublisher"]}
+
+
+@pytest.mark.parametrize(
+    ("key", "number"), [("HANDLER_DEADLINE", "E040"), ("INBOX_RETENTION", "E041")]
+)
+@pytest.mark.parametrize("value", [0, -5, "15m", None, True, timedelta(0)])
+def test_durations_must_be_positive(key: str, number: str, value: Any) -> None:
+    messages = run(**{key: value})
+    assert ids(messages) == [f"django_uow.{number}"]
+    assert key in messages[0].msg and repr(value) in messages[0].msg
+
+
+@pytest.mark.parametrize("value", [timedelta(days=2), 86400, 3600.5])
+def test_durations_accept_timedelta_and_seconds(value: Any) -> None:
+    assert run(HANDLER_DEADLINE=value, INBOX_RETENTION=value) == []
+
+
+def test_e042_inbox_retention_shorter_than_the_redelivery_window() -> None:
+    # LEASE + MAX_ATTEMPTS x BACKOFF max = 60 + 5 x 100 = 560 s.
+    window = {"LEASE": 60, "MAX_ATTEMPTS": 5, "BACKOFF": (1.0, 100.0)}
+    messages = run(**window, INBOX_RETENTION=559)
+    assert ids(messages) == ["django_uow.E042"]
+    assert "559 s" in messages[0].msg and "560 s" in messages[0].msg
+    assert run(**window, INBOX_RETENTION=560) == []
+    # The defaults: 30 days against 60 + 10 x 300 s.
+    assert run() == []
+
+
+def test_e042_waits_for_valid_values() -> None:
+    # A broken BACKOFF is reported as itself, not as a retention problem.
+    assert ids(run(BACKOFF="slow", INBOX_RETENTION=1)) == ["django_uow.E008"]
+
+
+def test_w040_deadline_not_shorter_than_the_visibility_timeout() -> None:
+    with override_settings(DATABASES=POSTGRES):
+        assert run(**CELERY) == []  # 15 minutes against Redis's default hour
+        messages = run(**CELERY, HANDLER_DEADLINE=timedelta(hours=1))
+        assert ids(messages) == ["django_uow.W040"]
+        assert "3600 s" in messages[0].msg and "visibility_timeout" in messages[0].msg
+        with override_settings(CELERY_BROKER_TRANSPORT_OPTIONS={"visibility_timeout": 600}):
+            assert ids(run(**CELERY)) == ["django_uow.W040"]
+            assert run(**CELERY, HANDLER_DEADLINE=300) == []
+        # Not using Celery: nothing to relate the deadline to.
+        assert run(HANDLER_DEADLINE=timedelta(hours=2)) == []
+
+
+def test_w041_deadline_too_short() -> None:
+    with override_settings(DATABASES=POSTGRES):
+        messages = run(**CELERY, HANDLER_DEADLINE=30)
+        assert ids(messages) == ["django_uow.W041"]
+        assert "still waiting in the queue" in messages[0].msg
+        assert run(**CELERY, HANDLER_DEADLINE=60) == []

@@ -121,7 +121,7 @@ def test_idempotent_handler_has_its_effect_once() -> None:
     ).exists()
 
 
-def test_a_handler_that_raises_keeps_neither_effect_nor_inbox_row(
+def test_a_handler_that_raises_keeps_no_effect_and_its_row_says_retrying(
     temp_handlers: list[str],
 ) -> None:
     calls = []
@@ -137,9 +137,17 @@ def test_a_handler_that_raises_keeps_neither_effect_nor_inbox_row(
     env = envelope_for(Pinged(note="x"), aggregate_type="", aggregate_id="")
     with pytest.raises(RuntimeError):
         run_handler(registry.get("t.flaky"), env)
-    assert not Effect.objects.exists() and not ProcessedEvent.objects.exists()
+    assert not Effect.objects.exists()
+    # The failure is written outside the rolled-back transaction; nothing says succeeded.
+    row = ProcessedEvent.objects.get()
+    assert (row.status, row.attempts, row.processed_at) == ("retrying", 1, None)
+    assert row.last_error == "RuntimeError: first time fails"
+    assert "first time fails" in row.traceback and "flaky" in row.traceback
     assert run_handler(registry.get("t.flaky"), env) is True
     assert Effect.objects.count() == 1
+    row.refresh_from_db()
+    assert (row.status, row.attempts) == ("succeeded", 2)
+    assert row.processed_at is not None and row.first_attempt_at is not None
 
 
 def test_non_idempotent_handler_runs_every_time() -> None:
@@ -150,7 +158,9 @@ def test_non_idempotent_handler_runs_every_time() -> None:
     run_handler(handler, env)
     run_handler(handler, env)
     assert Effect.objects.filter(handler="paid").count() == 2
-    assert not ProcessedEvent.objects.exists()
+    # Not idempotent: no skip, but its outcome is recorded after each run.
+    row = ProcessedEvent.objects.get()
+    assert (row.handler, row.status, row.attempts) == ("testapp.record_paid", "succeeded", 2)
 
 
 def test_events_recorded_by_a_handler_point_back_to_their_cause(

@@ -206,7 +206,13 @@ def test_failing_handler_is_retried_with_backoff_then_dead_lettered(settings: An
     finally:
         event_failed.disconnect(dispatch_uid="t-failed")
     assert [dead for _, dead in failed] == [False, False, True]
-    assert Effect.objects.count() == 0 and ProcessedEvent.objects.count() == 0
+    assert Effect.objects.count() == 0
+    # The inbox holds the handler's dead letter, not a success.
+    delivery = ProcessedEvent.objects.get()
+    assert (delivery.status, delivery.attempts) == ("failed", 3)
+    assert "ValueError: handler refused order" in delivery.last_error
+    assert "Traceback (most recent call last)" in delivery.traceback
+    assert delivery.processed_at is None
 
 
 def test_backoff_grows_and_is_capped(settings: Any) -> None:
