@@ -457,7 +457,7 @@ def drain(config: DemoConfig, deadline: float) -> None:
 
 
 def expected_processed_rows() -> int:
-    """One inbox row per dispatched event and idempotent handler of its type."""
+    """One succeeded delivery row per dispatched event and handler of its type."""
     from django_uow.handlers import handlers_for
 
     per_type = Counter(
@@ -466,7 +466,7 @@ def expected_processed_rows() -> int:
         )
     )
     return sum(
-        count * sum(1 for h in handlers_for(event_type) if h.idempotent)
+        count * len(handlers_for(event_type))
         for event_type, count in per_type.items()
     )
 
@@ -475,13 +475,18 @@ def wait_for_workers(deadline: float) -> None:
     """With Celery, the worker and beat do the relaying: wait until all effects are in."""
     while time.monotonic() < deadline:
         pending = OutboxEvent.objects.filter(status=OutboxEvent.Status.PENDING).exists()
-        if not pending and ProcessedEvent.objects.count() >= expected_processed_rows():
+        if not pending and succeeded_deliveries() >= expected_processed_rows():
             return
         time.sleep(0.2)
 
 
+def succeeded_deliveries() -> int:
+    """Handler deliveries that had their effect (published or failed ones do not count)."""
+    return ProcessedEvent.objects.filter(status=ProcessedEvent.Status.SUCCEEDED).count()
+
+
 def effects_count() -> int:
-    return Notification.objects.count() + ProcessedEvent.objects.count()
+    return Notification.objects.count() + succeeded_deliveries()
 
 
 def redeliver_some(count: int = 5) -> int:
@@ -530,7 +535,7 @@ def measure(report: DemoReport, initial_stock: dict[str, int], restocked: dict[s
     report.placed_orders_with_one_notification = sum(
         1 for order_id in placed_ids if placed_notes.get(order_id) == 1
     )
-    report.processed_rows = ProcessedEvent.objects.count()
+    report.processed_rows = succeeded_deliveries()
     report.expected_processed_rows = expected_processed_rows()
 
     sales = {s.sku: s for s in ProductSales.objects.all()}
