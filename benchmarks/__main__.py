@@ -58,6 +58,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="soak: seconds of steady writes (default 180, 20 with --quick)",
     )
     parser.add_argument(
+        "--soak-rate",
+        type=float,
+        default=None,
+        help="soak: commits per second of all writers together (default 20)",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="re-run the --only workloads and replace their rows in the latest results",
@@ -112,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         peers_python=None if args.quick else peers_python,
         full_drain=args.full_drain,
         soak_seconds=args.soak_seconds,
+        soak_rate=args.soak_rate,
     )
     results = Results()
     latest = (

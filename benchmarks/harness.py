@@ -56,6 +56,7 @@ class Config:
     peers_python: str | None
     full_drain: bool = False
     soak_seconds: float | None = None
+    soak_rate: float | None = None
 
     def scale(self, full: int, quick: int) -> int:
         return quick if self.quick else full
@@ -144,6 +145,11 @@ def percentile(values: list[float], pct: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+def load_average() -> float:
+    """The 1-minute load average: how busy the shared machine was around a measurement."""
+    return round(os.getloadavg()[0], 1)
 
 
 def bench_env() -> dict[str, str]:

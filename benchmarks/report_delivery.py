@@ -41,7 +41,7 @@ def hotagg_section(results: Results) -> list[str]:
         f"commits that gave up), each unit of work with `retries`. "
         f'`RELAY_ON_COMMIT="celery"`, a real Celery worker ({hot["pool"]} ×4) on Redis, no '
         "beat and no `relay_outbox`: only the fast path delivers. Commit time is taken when "
-        "the unit of work returns; the handler records when it ran.",
+        "the unit of work returns; the handler records when it ran." + _load(hot),
         "",
         "| delivered without a sweep | p50 | p95 | p99 | max | handled twice | "
         "target: all delivered, p95 < 1 s |",
@@ -60,6 +60,16 @@ SERIES = [
     ("rss_relay_mib", "`relay_outbox` RSS (MiB)"),
     ("rss_worker_mib", "Celery worker RSS, children included (MiB)"),
 ]
+
+
+def _load(meta: dict[str, Any]) -> str:
+    load = meta.get("load_average")
+    if not load:
+        return ""
+    return (
+        f" The machine's 1-minute load average was {load[0]:g} at the start and {load[1]:g} "
+        "at the end (2 cores, shared with PostgreSQL, Redis and anything else running)."
+    )
 
 
 def _counts(counts: dict[str, int] | int) -> str:
@@ -99,7 +109,7 @@ def soak_section(results: Results) -> list[str]:
         "`NOTIFY` on). A Celery worker (prefork ×2) ran the idempotent deposit handler; "
         "`manage.py relay_outbox` looped with LISTEN. Timeline: "
         f"{kills}. {deadline}. Consumer lag is measured as "
-        f"{soak['consumer_lag_measured_as']}.",
+        f"{soak['consumer_lag_measured_as']}." + _load(soak),
         "",
         "| series, sampled every second | min | median | max |",
         "|---|---:|---:|---:|",

@@ -23,7 +23,7 @@ from django_uow import ConcurrencyError, unit_of_work
 from ..benchapp.handlers import HOT_HANDLED_KEY, HOT_RUNS_KEY
 from ..benchapp.models import Wallet
 from ..db import OUTBOX, redis_client, truncate
-from ..harness import Config, Results, Row, percentile
+from ..harness import Config, Results, Row, load_average, percentile
 from ..procs import Service, services
 from .latency import CELERY, POOL, _env, redis_url, worker_cmd
 from .relay import relay_available
@@ -132,6 +132,7 @@ def run_hotagg(cfg: Config, results: Results) -> None:
     if reason:
         results.add(Row("hotagg", "hotagg.p95", "hot aggregate p95", "ms", not_measured=reason))
         return
+    load_start = load_average()
     truncate(OUTBOX, "benchapp_wallet")
     redis = redis_client()
     redis.delete(HOT_HANDLED_KEY, HOT_RUNS_KEY, "celery")
@@ -153,6 +154,7 @@ def run_hotagg(cfg: Config, results: Results) -> None:
         handled = {k.decode(): float(v) for k, v in redis.hgetall(HOT_HANDLED_KEY).items()}
         runs = {k.decode(): int(v) for k, v in redis.hgetall(HOT_RUNS_KEY).items()}
         left = outbox_left()
+    stats["load_average"] = (load_start, load_average())
     report(results, committed, handled, runs, left, stats, bound, waited)
 
 

@@ -22,7 +22,7 @@ from django.db import connection
 
 from ..benchapp.models import Wallet
 from ..db import OUTBOX, redis_client, truncate
-from ..harness import Config, Results, Row, bench_env
+from ..harness import Config, Results, Row, bench_env, load_average
 from ..procs import Service, services
 from . import soak_probe
 from .latency import CELERY
@@ -44,7 +44,7 @@ class Plan:
 
     def __init__(self, cfg: Config) -> None:
         self.seconds = float(cfg.soak_seconds or cfg.scale(180, 20))
-        self.rate = float(cfg.scale(40, 20))
+        self.rate = float(cfg.soak_rate or 20)
         self.restart_after = float(cfg.scale(5, 2))
         self.deadline = float(cfg.scale(20, 5)) if handler_deadline_supported() else None
         # Room for the deadline, one sweep after it, and the backlog the kills left.
@@ -134,6 +134,7 @@ def run_soak(cfg: Config, results: Results) -> None:
         return
     plan = Plan(cfg)
     consumer_sql, consumer_how = soak_probe.consumer_lag_sql()
+    load_start = load_average()
     wallets = reset()
     env = soak_env(plan)
     worker = Service("worker", worker_cmd(), env)
@@ -155,7 +156,8 @@ def run_soak(cfg: Config, results: Results) -> None:
         )
         check = soak_probe.consistency(writers_committed)
         connection.close()
-    report(results, plan, samples, marks, drained_at, outcomes, check, consumer_how)
+    load = (load_start, load_average())
+    report(results, plan, samples, marks, drained_at, outcomes, check, consumer_how, load)
 
 
 def timeline(
@@ -242,6 +244,7 @@ def report(
     outcomes: list[dict[str, Any] | None],
     check: dict[str, Any],
     consumer_how: str,
+    load: tuple[float, float],
 ) -> None:
     def series(key: str) -> list[float]:
         return [float(s[key]) for s in samples if s.get(key) is not None]
@@ -263,6 +266,7 @@ def report(
         "restart_after_s": plan.restart_after,
         "handler_deadline_s": plan.deadline,
         "drain_bound_s": plan.drain_bound,
+        "load_average": load,
         "drained_after_s": None if drained_at is None else round(drained_at, 1),
         "consumer_lag_measured_as": consumer_how,
         "writer_results": outcomes,
