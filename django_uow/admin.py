@@ -39,6 +39,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 from django.utils.translation import gettext, ngettext
@@ -47,6 +48,7 @@ from django.utils.translation import gettext_lazy as _
 from .events import registry
 from .models import AggregateRoot, OutboxEvent, ProcessedEvent
 from .status import outbox_status
+from .waiting import WaitReason, failing_heads, wait_reasons
 
 logger = logging.getLogger("django_uow.admin")
 
@@ -62,6 +64,10 @@ ACTION_CHUNK = 1000
 COUNT_CAP = 10_000
 #: Columns the list never shows; they can be megabytes per row.
 HEAVY_FIELDS = ("payload", "headers", "last_error")
+#: Blocking heads listed on the blocked-aggregates page.
+BLOCKED_LIMIT = 500
+#: Characters of a stored error shown in a list; the event's page shows the rest.
+ERROR_PREVIEW_CHARS = 300
 
 
 def aggregate_types() -> list[str]:
@@ -101,6 +107,11 @@ def format_duration(seconds: float) -> str:
         if len(parts) == 2:
             break
     return " ".join(parts)
+
+
+def cap_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis: a list row stays one row."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def pretty_json(value: Any) -> str:
@@ -160,10 +171,19 @@ class CappedChangeList(ChangeList):
 
 
 class LightChangeList(CappedChangeList):
-    """The list query leaves out the JSON and error columns."""
+    """The list query leaves out the JSON and error columns; pending rows learn why
+    they wait with two queries for the whole page."""
 
     def get_queryset(self, request: HttpRequest, *args: Any, **kwargs: Any) -> QuerySet[Any]:
         return super().get_queryset(request, *args, **kwargs).defer(*HEAVY_FIELDS)
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        rows = list(self.result_list)
+        reasons = wait_reasons(rows, self.queryset.db)
+        for row in rows:
+            row._uow_wait = reasons.get(row.pk)
+        self.result_list = rows
 
 
 @admin.register(OutboxEvent)
@@ -178,6 +198,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "attempts",
         "age",
         "dispatched_at",
+        "waiting",
     )
     list_filter = ("status", EventTypeFilter, AggregateTypeFilter, "created_at")
     # Only consulted to show the search box: get_search_results() does exact matches.
@@ -208,6 +229,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                     "dispatched_at",
                     "claimed_by",
                     "claimed_until",
+                    "waiting_display",
                 )
             },
         ),
@@ -232,6 +254,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "last_error_display",
         "payload_display",
         "headers_display",
+        "waiting_display",
     )
 
     # -- permissions: no add, no delete, a read-only change page ------------------------
@@ -282,13 +305,46 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def age(self, obj: OutboxEvent) -> str:
         return timesince(obj.created_at)
 
+    def _wait_html(self, reason: WaitReason | None, *, full_id: bool = False) -> SafeString | str:
+        if reason is None:
+            return "-"
+        before, after = reason.parts()
+        if reason.blocker_pk is None:
+            return format_html('<span class="uow-wait uow-wait-{}">{}</span>', reason.kind, before)
+        shown = str(reason.blocker_event_id)
+        return format_html(
+            '<span class="uow-wait uow-wait-{}">{} <a href="{}">{}</a>{}</span>',
+            reason.kind,
+            before,
+            self._url("change", reason.blocker_pk),
+            shown if full_id else shown[:8],
+            after,
+        )
+
+    @admin.display(description=_("why it waits"))
+    def waiting(self, obj: OutboxEvent) -> SafeString | str:
+        return self._wait_html(getattr(obj, "_uow_wait", None))
+
+    @admin.display(description=_("why it waits"))
+    def waiting_display(self, obj: OutboxEvent) -> SafeString | str:
+        if obj.status != Status.PENDING:
+            return "-"
+        reason = wait_reasons([obj], obj._state.db or "default").get(obj.pk)
+        return self._wait_html(reason, full_id=True)
+
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         using = router.db_for_read(OutboxEvent)
         status = outbox_status(using)
         status["lag_display"] = format_duration(status["lag_seconds"])
-        return super().changelist_view(request, {**(extra_context or {}), "outbox_status": status})
+        status["blocked_aggregates"] = failing_heads(using).count()
+        context = {
+            **(extra_context or {}),
+            "outbox_status": status,
+            "blocked_url": self._url("blocked"),
+        }
+        return super().changelist_view(request, context)
 
     # -- change page ----------------------------------------------------------------------
 
@@ -346,17 +402,17 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         wrap = self.admin_site.admin_view
         name = f"{self.opts.app_label}_{self.opts.model_name}"
         custom = [
+            path("blocked/", wrap(self.blocked_view), name=f"{name}_blocked"),
             path("<path:object_id>/raw/", wrap(self.raw_json_view), name=f"{name}_raw"),
             path("<path:object_id>/timeline/", wrap(self.timeline_view), name=f"{name}_timeline"),
             path("<path:object_id>/retry/", wrap(self.retry_view), name=f"{name}_retry"),
         ]
         return custom + super().get_urls()
 
-    def _url(self, view: str, object_id: Any) -> str:
+    def _url(self, view: str, *args: Any) -> str:
         opts = self.opts
         return reverse(
-            f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_{view}",
-            args=[object_id],
+            f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_{view}", args=args
         )
 
     def _viewable(self, request: HttpRequest, object_id: str) -> OutboxEvent:
@@ -403,6 +459,38 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             "change_url_name": f"{self.admin_site.name}:django_uow_outboxevent_change",
         }
         return TemplateResponse(request, "admin/django_uow/outboxevent/timeline.html", context)
+
+    def blocked_view(self, request: HttpRequest) -> HttpResponse:
+        """Each aggregate held back by a failing first event, and how many wait behind it."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        using = router.db_for_read(OutboxEvent)
+        heads = failing_heads(using)
+        total = heads.count()
+        rows = list(heads.defer("payload", "headers")[:BLOCKED_LIMIT]) if total else []
+        changelist = reverse(f"{self.admin_site.name}:django_uow_outboxevent_changelist")
+        entries = [
+            {
+                "head": row,
+                "change_url": self._url("change", row.pk),
+                "timeline_url": self._url("timeline", row.pk),
+                "events_url": changelist
+                + "?"
+                + urlencode({"q": f"{row.aggregate_type}:{row.aggregate_id}"}),
+                "error_preview": cap_text(row.last_error, ERROR_PREVIEW_CHARS),
+            }
+            for row in rows
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": gettext("Blocked aggregates"),
+            "heads": entries,
+            "total": total,
+            "truncated": total > len(rows),
+            "can_run_actions": self.has_change_permission(request),
+        }
+        return TemplateResponse(request, "admin/django_uow/outboxevent/blocked.html", context)
 
     def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST: "retry now" for one event, from its change page."""

@@ -1,4 +1,4 @@
-"""Outbox health at a glance: counts per status and relay lag.
+"""Outbox health at a glance: counts per status, relay lag, and what blocks delivery.
 
 Owed rows (pending, failed) are counted exactly: the partial indexes on owed rows keep
 that cheap however many dispatched rows the table holds. Dispatched rows are counted
@@ -8,13 +8,17 @@ would read the whole table on every admin page view and every monitoring scrape.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+from django.db import connections, transaction
 from django.db.models import Count, Min
 from django.utils import timezone
 
 from .models import OutboxEvent
+from .waiting import blocked_summary, wait_reasons
 
 #: Dispatched rows are counted up to this many; ``dispatched_capped`` says when the cap hit.
 DISPATCHED_COUNT_CAP = 10_000
@@ -74,4 +78,73 @@ def outbox_status(
         "dispatched_capped": capped,
         "oldest_pending_created_at": oldest.isoformat() if oldest is not None else None,
         "lag_seconds": lag,
+    }
+
+
+#: Blocking heads listed by ``outbox_report`` (the full list is the admin's blocked view).
+TOP_BLOCKING_HEADS = 5
+
+
+@contextmanager
+def snapshot(using: str) -> Iterator[None]:
+    """Run the enclosed reads in one transaction, so their numbers agree.
+
+    On PostgreSQL a new transaction is ``REPEATABLE READ READ ONLY``: every statement
+    sees the same snapshot. Inside an already open transaction (a test case, a caller's
+    ``atomic``) the reads join it and see what its isolation level gives them.
+    """
+    connection = connections[using]
+    outermost = not connection.in_atomic_block
+    with transaction.atomic(using=using):
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
+
+
+def outbox_report(
+    using: str = "default",
+    *,
+    dispatched_cap: int | None = DISPATCHED_COUNT_CAP,
+    top: int = TOP_BLOCKING_HEADS,
+) -> dict[str, Any]:
+    """``outbox_status()`` plus what an operator needs to act, read in one snapshot.
+
+    Adds ``oldest_pending`` (the event behind the relay lag and ``waiting_reason``, why
+    it waits), ``blocked_aggregates`` (aggregates whose first owed event is failed or
+    backing off after a failed attempt) and ``blocking_heads`` (the ``top`` of those
+    events, most events waiting first).
+    """
+    with snapshot(using):
+        now = timezone.now()
+        report = outbox_status(using, dispatched_cap=dispatched_cap)
+        report["oldest_pending"] = _oldest_pending(using, report, now)
+        report.update(blocked_summary(using, top=top, now=now))
+    return report
+
+
+def _oldest_pending(using: str, status: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    """The pending event whose age is the relay lag, and why it waits."""
+    if not status["counts"][OutboxEvent.Status.PENDING]:
+        return None
+    event = (
+        OutboxEvent.objects.using(using)
+        .filter(
+            status=OutboxEvent.Status.PENDING,
+            created_at=datetime.fromisoformat(status["oldest_pending_created_at"]),
+        )
+        .defer("payload", "headers", "last_error")
+        .order_by("id")
+        .first()
+    )
+    if event is None:
+        return None
+    reason = wait_reasons([event], using, now=now)[event.pk]
+    return {
+        "event_id": str(event.event_id),
+        "event_type": event.event_type,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": event.aggregate_id,
+        "attempts": event.attempts,
+        "waiting_reason": reason.as_dict(),
     }

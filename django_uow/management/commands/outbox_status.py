@@ -1,18 +1,31 @@
-"""``manage.py outbox_status``: counts per status and relay lag, as text or JSON."""
+"""``manage.py outbox_status``: counts, relay lag and what blocks delivery, as text or JSON."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
-from django_uow.status import outbox_status
+from django_uow.status import outbox_report
+
+#: Control characters (ESC included) that a terminal would act on, in stored error text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str) -> str:
+    """The first line of ``text`` with control characters shown as ``?``."""
+    first = text.splitlines()[0] if text else "-"
+    return _CONTROL.sub("?", first)
 
 
 class Command(BaseCommand):
-    help = "Show how many outbox events are pending, dispatched and failed, and the relay lag."
+    help = (
+        "Show how many outbox events are pending, dispatched and failed, the relay lag, "
+        "why the oldest pending event waits, and which aggregates a failing event blocks."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
@@ -31,7 +44,7 @@ class Command(BaseCommand):
             raise CommandError(f"Unknown database alias {using!r}; see settings.DATABASES.")
         kwargs: dict[str, Any] = {"dispatched_cap": None} if options["exact"] else {}
         try:
-            status = outbox_status(using, **kwargs)
+            status = outbox_report(using, **kwargs)
         except DatabaseError as exc:
             raise CommandError(f"Could not read the outbox on database {using!r}: {exc}") from exc
         if options["json"]:
@@ -45,3 +58,18 @@ class Command(BaseCommand):
         )
         oldest = status["oldest_pending_created_at"] or "-"
         self.stdout.write(f"relay lag: {status['lag_seconds']:.1f}s (oldest pending: {oldest})")
+        if status["oldest_pending"]:
+            pending = status["oldest_pending"]
+            self.stdout.write(
+                f"oldest pending: {pending['event_id']} ({one_line(pending['event_type'])}): "
+                f"{one_line(pending['waiting_reason']['text'])}"
+            )
+        self.stdout.write(f"blocked aggregates: {status['blocked_aggregates']}")
+        for head in status["blocking_heads"]:
+            when = f", next try at {head['next_try_at']}" if head["next_try_at"] else ""
+            error = one_line(head["last_error"])
+            self.stdout.write(
+                f"  {head['aggregate_type']}:{head['aggregate_id']}: {head['waiting']} waiting "
+                f"behind {head['status']} event {head['event_id']} ({head['event_type']}, "
+                f"{head['attempts']} attempts{when}): {error}"
+            )
