@@ -86,7 +86,7 @@ class Service:
         if not self.alive() or self.pid is None:
             return None
         total = sum(_rss_kib(pid) for pid in descendants(self.pid))
-        return round(total / 1024, 1)
+        return round(total / 1024, 1) if total else None  # None: not yet (or no longer) mapped
 
     def tail(self, size: int = 1500) -> str:
         self.log.flush()

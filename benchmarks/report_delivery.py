@@ -57,6 +57,8 @@ SERIES = [
     ("relay_lag_s", "relay lag: oldest pending event (s)"),
     ("consumer_lag", "consumer lag: deliveries published, not handled"),
     ("consumer_age_s", "oldest unhandled delivery (s)"),
+    ("unhandled", "dispatched events whose handler effect is missing (ground truth)"),
+    ("unhandled_age_s", "oldest of those, since dispatched (s)"),
     ("rss_relay_mib", "`relay_outbox` RSS (MiB)"),
     ("rss_worker_mib", "Celery worker RSS, children included (MiB)"),
 ]
@@ -147,8 +149,8 @@ def timeline_table(soak: dict[str, Any]) -> list[str]:
     at = {round(m["t"]): m["what"] for m in soak["marks"]}
     lines = [
         "| t (s) | event | committed | handled | pending | relay lag (s) | consumer lag | "
-        "oldest unhandled (s) | relay MiB | worker MiB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "oldest unhandled (s) | no effect yet | relay MiB | worker MiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, s in enumerate(samples):
         what = at.get(round(s["t"]), "")
@@ -157,7 +159,8 @@ def timeline_table(soak: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {s['t']:g} | {what} | {s['committed']} | {s['handled']} | {s['pending']} | "
             f"{s['relay_lag_s']:g} | {s['consumer_lag']} | {s['consumer_age_s']:g} | "
-            f"{_cell(s['rss_relay_mib'])} | {_cell(s['rss_worker_mib'])} |"
+            f"{_cell(s.get('unhandled'))} | {_cell(s['rss_relay_mib'])} | "
+            f"{_cell(s['rss_worker_mib'])} |"
         )
     return lines
 
@@ -178,7 +181,14 @@ def write_soak_chart(results: Results, path: Path) -> bool:
     fig, axes = plt.subplots(3, 1, figsize=(12.5, 7.5), sharex=True)
     panels = [
         (axes[0], [("relay_lag_s", "relay lag (s)"), ("consumer_age_s", "oldest unhandled (s)")]),
-        (axes[1], [("consumer_lag", "deliveries not handled"), ("pending", "pending events")]),
+        (
+            axes[1],
+            [
+                ("consumer_lag", "deliveries not handled"),
+                ("unhandled", "events without effect"),
+                ("pending", "pending events"),
+            ],
+        ),
         (axes[2], [("rss_relay_mib", "relay_outbox RSS (MiB)"), ("rss_worker_mib", "worker RSS")]),
     ]
     for ax, series in panels:

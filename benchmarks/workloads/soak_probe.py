@@ -3,7 +3,8 @@
 Relay lag is the age of the oldest pending outbox row. Consumer lag is the number (and
 the oldest age) of handler deliveries published but not handled: read from the inbox's
 status column where django-uow has one, else as dispatched deposit events whose handler
-effect row is missing (the deposit handler is the only handler of that event type).
+effect row is missing (the deposit handler is the only handler of that event type). The
+second reading is also kept beside the first as the ground truth it can be checked against.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ def inbox_status_columns() -> tuple[str, str] | None:
     return None
 
 
+TRUTH_SQL = (
+    f"SELECT count(*), extract(epoch FROM now() - min(o.dispatched_at)) FROM {OUTBOX} o "
+    f"WHERE o.status = 'dispatched' AND o.event_type = '{EVENT_TYPE}' "
+    f"AND NOT EXISTS (SELECT 1 FROM {EFFECT} d WHERE d.event_id = o.event_id)"
+)
+
+
 def consumer_lag_sql() -> tuple[str, str]:
     """The SQL of (count, oldest age in s) of unhandled deliveries, and how it is measured."""
     columns = inbox_status_columns()
@@ -48,12 +56,11 @@ def consumer_lag_sql() -> tuple[str, str]:
         return (
             f"SELECT count(*), extract(epoch FROM now() - min({since})) FROM {inbox_table()} "
             f"WHERE handler = '{HANDLER}' AND {status} IN ('published', 'retrying')",
-            "inbox rows of the deposit handler with status published or retrying",
+            "inbox rows of the deposit handler with status published or retrying "
+            "(what django-uow reports)",
         )
     return (
-        f"SELECT count(*), extract(epoch FROM now() - min(o.dispatched_at)) FROM {OUTBOX} o "
-        f"WHERE o.status = 'dispatched' AND o.event_type = '{EVENT_TYPE}' "
-        f"AND NOT EXISTS (SELECT 1 FROM {EFFECT} d WHERE d.event_id = o.event_id)",
+        TRUTH_SQL,
         "dispatched deposit events whose handler effect row is missing "
         "(this django-uow's inbox records no delivery status)",
     )
@@ -63,19 +70,23 @@ def sample(consumer_sql: str) -> dict[str, Any]:
     """One reading of lags and counts, in one statement (one snapshot)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT p.n, p.age, c.n, c.age, "
+            f"SELECT p.n, p.age, c.n, c.age, t.n, t.age, "
             f"(SELECT count(*) FROM {OUTBOX} WHERE event_type = %s), "
             f"(SELECT count(*) FROM {EFFECT}) "
             f"FROM (SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age "
-            f"FROM {OUTBOX} WHERE status = 'pending') p, ({consumer_sql}) AS c (n, age)",
+            f"FROM {OUTBOX} WHERE status = 'pending') p, ({consumer_sql}) AS c (n, age), "
+            f"({TRUTH_SQL}) AS t (n, age)",
             [EVENT_TYPE],
         )
-        pending, relay_lag, unhandled, consumer_age, committed, handled = cursor.fetchone()
+        row = cursor.fetchone()
+    pending, relay_lag, unhandled, age, truth, truth_age, committed, handled = row
     return {
         "pending": int(pending),
         "relay_lag_s": round(float(relay_lag or 0.0), 2),
         "consumer_lag": int(unhandled),
-        "consumer_age_s": round(float(consumer_age or 0.0), 2),
+        "consumer_age_s": round(float(age or 0.0), 2),
+        "unhandled": int(truth),
+        "unhandled_age_s": round(float(truth_age or 0.0), 2),
         "committed": int(committed),
         "handled": int(handled),
     }
