@@ -26,6 +26,7 @@ from django.core.paginator import Paginator
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import router, transaction
 from django.db.models import Q, QuerySet
+from django.db.models.fields.json import KeyTextTransform
 from django.http import (
     Http404,
     HttpRequest,
@@ -147,6 +148,64 @@ class AggregateTypeFilter(admin.SimpleListFilter):
         return queryset.filter(aggregate_type=value) if value else queryset
 
 
+class _HeaderFilter(admin.SimpleListFilter):
+    """Filter on one audit header; the choices are the value asked for, and "none"."""
+
+    header = ""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        choices = [("none", str(_("none")))]
+        value = self.value()
+        if value and value != "none":
+            choices.insert(0, (value, value))
+        return choices
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if not value:
+            return queryset
+        key = f"headers__{self.header}"
+        if value == "none":  # the header is null, or absent
+            return queryset.filter(Q(**{key: None}) | Q(**{f"{key}__isnull": True}))
+        # JSON equality: a user pk is stored as a number (or a string for UUID pks).
+        match = Q(**{key: value})
+        if value.isdigit():
+            match |= Q(**{key: int(value)})
+        return queryset.filter(match)
+
+
+class ActorFilter(_HeaderFilter):
+    """``?actor=<user pk>``: the events a user caused (the user admin links here)."""
+
+    title = _("actor")
+    parameter_name = "actor"
+    header = "actor"
+
+
+class RequestIdFilter(_HeaderFilter):
+    """``?request_id=<id>``: the events one request caused."""
+
+    title = _("request id")
+    parameter_name = "request_id"
+    header = "request_id"
+
+
+class EventsCausedAdminMixin:
+    """For your user admin: a read-only "events caused" link to the outbox, by actor.
+
+    @admin.register(User)
+    class MyUserAdmin(EventsCausedAdminMixin, UserAdmin):
+        readonly_fields = ("events_caused",)
+    """
+
+    @admin.display(description=_("events caused"))
+    def events_caused(self, obj: Any) -> SafeString | str:
+        if obj is None or obj.pk is None:
+            return "-"
+        url = reverse("admin:django_uow_outboxevent_changelist")
+        return format_html('<a href="{}?actor={}">{}</a>', url, obj.pk, _("events caused"))
+
+
 class CappedPaginator(Paginator):  # type: ignore[type-arg]
     """Counts at most ``COUNT_CAP + 1`` rows, so a page view never counts the whole table."""
 
@@ -200,7 +259,14 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "dispatched_at",
         "waiting",
     )
-    list_filter = ("status", EventTypeFilter, AggregateTypeFilter, "created_at")
+    list_filter = (
+        "status",
+        EventTypeFilter,
+        AggregateTypeFilter,
+        "created_at",
+        ActorFilter,
+        RequestIdFilter,
+    )
     # Only consulted to show the search box: get_search_results() does exact matches.
     search_fields = ("=event_id", "=aggregate_id")
     search_help_text = _(
@@ -439,11 +505,16 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def timeline_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Every event of this event's aggregate, in the order they were written."""
         obj = self._viewable(request, object_id)
+        rows: list[Any]
         if obj.aggregate_type:
             rows = list(
                 OutboxEvent.objects.using(obj._state.db)
                 .filter(aggregate_type=obj.aggregate_type, aggregate_id=obj.aggregate_id)
                 .defer(*HEAVY_FIELDS)
+                .annotate(
+                    actor=KeyTextTransform("actor", "headers"),
+                    request_id=KeyTextTransform("request_id", "headers"),
+                )
                 .order_by("id")[: TIMELINE_LIMIT + 1]
             )
         else:

@@ -6,6 +6,7 @@ the page and this module in step).
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import string
 from collections.abc import Callable
@@ -13,10 +14,12 @@ from datetime import timedelta
 from numbers import Real
 from typing import Any
 
+from django.apps import apps
 from django.core import checks
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS
+from .events import registry
 
 CELERY_PUBLISHER = "django_uow.publishers.CeleryPublisher"
 STREAM_KEY_FIELDS = frozenset({"aggregate_type", "event_type"})
@@ -133,19 +136,63 @@ def _check_ordering(value: Any) -> list[Message]:
     ]
 
 
+def _positive_age(value: Any) -> bool:
+    if isinstance(value, timedelta):
+        return value > timedelta(0)
+    return _is_number(value) and value > 0
+
+
 def _check_retention(value: Any) -> list[Message]:
-    if isinstance(value, timedelta) and value > timedelta(0):
-        return []
-    if _is_number(value) and value > 0:
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['RETENTION'] must be a positive timedelta or number of seconds, "
-            f"not {value!r}.",
-            "For example DJANGO_UOW = {'RETENTION': timedelta(days=7)}.",
-            10,
-        )
-    ]
+    if not isinstance(value, dict):
+        if _positive_age(value):
+            return []
+        return [
+            _error(
+                f"DJANGO_UOW['RETENTION'] must be a positive timedelta or number of seconds, "
+                f"or a mapping of event types to those (or None), not {value!r}.",
+                "For example DJANGO_UOW = {'RETENTION': timedelta(days=7)}, or "
+                "{'RETENTION': {'*': timedelta(days=7), 'payments.*': None}}.",
+                10,
+            )
+        ]
+    errors: list[Message] = []
+    for name, age in value.items():
+        if not isinstance(name, str) or not (age is None or _positive_age(age)):
+            errors.append(
+                _error(
+                    f"DJANGO_UOW['RETENTION'][{name!r}] = {age!r}: keys are event types, "
+                    "'<app_label>.*' or '*'; values a positive timedelta or number of "
+                    "seconds, or None to keep those events forever.",
+                    "For example {'*': timedelta(days=7), 'payments.PaymentTaken': None}.",
+                    10,
+                )
+            )
+        elif (problem := _unknown_retention_name(name)) is not None:
+            errors.append(
+                _error(
+                    f"DJANGO_UOW['RETENTION'] names {name!r}, {problem}",
+                    "Use a registered event type (see the admin's event type filter), "
+                    "'<app_label>.*' for every event of an installed app, or '*'.",
+                    33,
+                )
+            )
+    return errors
+
+
+def _unknown_retention_name(name: str) -> str | None:
+    """Why a ``RETENTION`` key names nothing, or ``None`` when it is fine."""
+    if name == "*":
+        return None
+    if name.endswith(".*"):
+        label = name[:-2]
+        if label in {config.label for config in apps.get_app_configs()}:
+            return None
+        return f"but no installed app has the label {label!r}."
+    if name in registry.names():
+        return None
+    close = difflib.get_close_matches(name, registry.names(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"which no DomainEvent class is registered under{hint}."
 
 
 def _check_lease(value: Any) -> list[Message]:

@@ -45,6 +45,12 @@ DEFAULTS: dict[str, Any] = {
 RelayOnCommit = Literal["celery", "inline", False]
 
 
+def _as_age(value: Any) -> timedelta | None:
+    if value is None or isinstance(value, timedelta):
+        return value
+    return timedelta(seconds=float(value))
+
+
 class UowSettings:
     """Read-through view of ``settings.DJANGO_UOW`` with defaults."""
 
@@ -86,10 +92,22 @@ class UowSettings:
 
     @property
     def RETENTION(self) -> timedelta:
+        """The retention of event types no ``RETENTION`` mapping names (``"*"``)."""
+        default = self.RETENTION_BY_TYPE["*"]
+        return default if default is not None else timedelta.max
+
+    @property
+    def RETENTION_BY_TYPE(self) -> dict[str, timedelta | None]:
+        """``RETENTION`` as a mapping ``{event_type, "app.*" or "*": age, None = forever}``.
+
+        A plain value is ``{"*": value}``; a mapping without ``"*"`` keeps the default
+        for the types it does not name.
+        """
         value = self._get("RETENTION")
-        if isinstance(value, int | float):
-            return timedelta(seconds=value)
-        return value  # type: ignore[no-any-return]
+        if not isinstance(value, dict):
+            value = {"*": value}
+        policy = {"*": DEFAULTS["RETENTION"], **value}
+        return {key: _as_age(age) for key, age in policy.items()}
 
     @property
     def PRUNE_BATCH_SIZE(self) -> int:

@@ -22,6 +22,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils import dateparse, timezone
 
 from . import decoding, encoding
+from .audit import audit_headers
 from .exceptions import EventDecodeError, EventSerializationError, UnknownEventType
 from .tracing import inject_trace_context
 
@@ -369,6 +370,7 @@ class StagedEvent:
             headers["correlation_id"] = correlation_id
         if causation_id:
             headers["causation_id"] = causation_id
+        headers.update(audit_headers())
 
         inject_trace_context(headers)
         return cls(

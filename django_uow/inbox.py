@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from django.db import router
 
+from .audit import attributed_to
 from .conf import uow_settings
 from .deliveries import Outcome, record_failure, record_success
 from .events import Envelope, event_context
@@ -61,6 +62,10 @@ def _run(handler: Handler, envelope: Envelope, db: str) -> bool:
         correlation_id=envelope.correlation_id or str(envelope.event_id),
         causation_id=str(envelope.event_id),
     )
+    # Events the handler records are attributed to whoever caused this one.
+    attribution = attributed_to(
+        actor=envelope.headers.get("actor"), request_id=envelope.headers.get("request_id")
+    )
     trace = span(
         f"handle {envelope.event_type}",
         envelope.headers,
@@ -70,7 +75,7 @@ def _run(handler: Handler, envelope: Envelope, db: str) -> bool:
         aggregate_type=envelope.aggregate_type or None,
         aggregate_id=envelope.aggregate_id or None,
     )
-    with context, trace:
+    with context, attribution, trace:
         if not handler.idempotent:
             handler.func(event, **kwargs)
             record_success(handler.name, envelope, using=db, only_once=False)

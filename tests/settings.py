@@ -69,6 +69,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_uow.middleware.EventContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
 

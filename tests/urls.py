@@ -14,6 +14,7 @@ urlpatterns = [
     path("counters/by-name/<str:name>/", views.counter_by_name, name="counter-by-name"),
     path("counters/<int:pk>/stale/", views.save_stale_copy, name="counter-stale"),
     path("cbv/counters/<int:pk>/", views.CounterView.as_view(), name="cbv-counter"),
+    path("orders/<int:pk>/note/", views.note_order, name="note-order"),
     path("cbv/strict/counters/<int:pk>/", views.StrictCounterView.as_view(), name="cbv-strict"),
 ]
 

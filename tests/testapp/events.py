@@ -53,3 +53,18 @@ class CustomerRenamed(DomainEvent):
             payload = dict(payload)
             payload["full_name"] = payload.pop("name")
         return payload
+
+
+@dataclass(frozen=True)
+class OrderNoted(DomainEvent):
+    """Recorded by a view: the audit tests follow who caused it, and its follow-up."""
+
+    order_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class NoteAcknowledged(DomainEvent):
+    """Recorded by the OrderNoted handler on the same order: a follow-up event."""
+
+    order_id: int

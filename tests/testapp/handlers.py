@@ -8,8 +8,8 @@ from typing import Any
 from django_uow import Envelope, PermanentFailure, RetryAfter
 from django_uow.handlers import event_handler
 
-from .events import OrderCancelled, OrderPaid, OrderPlaced, Pinged
-from .models import Effect
+from .events import NoteAcknowledged, OrderCancelled, OrderNoted, OrderPaid, OrderPlaced, Pinged
+from .models import Effect, Order
 
 #: order_id -> what the OrderPlaced handler does: "raise", "permanent", or a float (RetryAfter).
 BEHAVIOUR: dict[Any, Any] = {}
@@ -55,3 +55,15 @@ def record_cancelled(event: OrderCancelled, envelope: Envelope) -> None:
 @event_handler(Pinged, name="testapp.on_ping")
 def on_ping(event: Pinged, envelope: Envelope) -> None:
     Effect.objects.create(event_id=envelope.event_id, handler="pinged", aggregate_id="")
+
+
+@event_handler(OrderNoted, name="testapp.acknowledge_note")
+def acknowledge_note(event: OrderNoted) -> None:
+    order = Order.objects.get(pk=event.order_id)
+    order.record_event(NoteAcknowledged(order_id=order.pk))
+    order.save()
+
+
+@event_handler(NoteAcknowledged, name="testapp.on_note_acknowledged")
+def on_note_acknowledged(event: NoteAcknowledged, envelope: Envelope) -> None:
+    Effect.objects.create(event_id=envelope.event_id, handler="acknowledged", aggregate_id="")

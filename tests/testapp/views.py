@@ -70,3 +70,15 @@ class CounterView(VersionedViewMixin, DetailView):  # type: ignore[type-arg]
 
 class StrictCounterView(CounterView):
     require_if_match = True
+
+
+@unit_of_work
+def note_order(request: HttpRequest, pk: int) -> HttpResponse:
+    """Record an OrderNoted event on an order (the audit tests)."""
+    from .events import OrderNoted
+    from .models import Order
+
+    order = Order.objects.get(pk=pk)
+    order.record_event(OrderNoted(order_id=order.pk, text=request.POST.get("text", "")))
+    order.save()
+    return HttpResponse("noted")
