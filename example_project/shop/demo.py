@@ -465,10 +465,7 @@ def expected_processed_rows() -> int:
             "event_type", flat=True
         )
     )
-    return sum(
-        count * len(handlers_for(event_type))
-        for event_type, count in per_type.items()
-    )
+    return sum(count * len(handlers_for(event_type)) for event_type, count in per_type.items())
 
 
 def wait_for_workers(deadline: float) -> None:
