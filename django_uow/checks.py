@@ -367,6 +367,33 @@ def _check_inbox_retention_value(value: Any) -> list[Message]:
     ]
 
 
+def _check_fast_path_timeout(value: Any) -> list[Message]:
+    if _is_number(value) and 0 < value <= 60:
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['FAST_PATH_TIMEOUT'] must be a number of seconds in (0, 60], "
+            f"not {value!r}.",
+            "It bounds the broker work a commit may wait for (connect + send), "
+            "e.g. 0.2; what does not go out in time is left to the sweep.",
+            20,
+        )
+    ]
+
+
+def _check_fast_path_cooldown(value: Any) -> list[Message]:
+    if _is_number(value) and value >= 0:
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['FAST_PATH_COOLDOWN'] must be a number of seconds >= 0, not {value!r}.",
+            "After a broker failure commits skip the fast path this long, e.g. 5.0; "
+            "0 makes every commit try the broker.",
+            21,
+        )
+    ]
+
+
 VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "RELAY_ON_COMMIT": _check_relay_on_commit,
     "PUBLISHERS": _check_publishers,
@@ -388,6 +415,8 @@ VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "RABBITMQ_EXCHANGE": _check_rabbitmq_exchange,
     "HANDLER_DEADLINE": _check_handler_deadline_value,
     "INBOX_RETENTION": _check_inbox_retention_value,
+    "FAST_PATH_TIMEOUT": _check_fast_path_timeout,
+    "FAST_PATH_COOLDOWN": _check_fast_path_cooldown,
 }
 
 

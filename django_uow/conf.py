@@ -40,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
     "HANDLER_DEADLINE": timedelta(minutes=15),
     # Succeeded handler deliveries (the inbox) are pruned after this.
     "INBOX_RETENTION": timedelta(days=30),
+    # Seconds the commit path may spend on broker work (connect + send) in the fast path.
+    "FAST_PATH_TIMEOUT": 0.2,
+    # Seconds commits skip the fast path after a broker failure (the circuit breaker).
+    "FAST_PATH_COOLDOWN": 5.0,
 }
 
 RelayOnCommit = Literal["celery", "inline", False]
@@ -161,6 +165,14 @@ class UowSettings:
     @property
     def INBOX_RETENTION(self) -> timedelta:
         return as_timedelta(self._get("INBOX_RETENTION"))
+
+    @property
+    def FAST_PATH_TIMEOUT(self) -> float:
+        return float(self._get("FAST_PATH_TIMEOUT"))
+
+    @property
+    def FAST_PATH_COOLDOWN(self) -> float:
+        return float(self._get("FAST_PATH_COOLDOWN"))
 
 
 def as_timedelta(value: Any) -> timedelta:

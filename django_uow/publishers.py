@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
@@ -21,6 +22,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
+from .brokers import celery_connection, redis_client_options
 from .conf import uow_settings
 from .events import Envelope
 from .exceptions import BlockedByEarlierFailure, UnknownEventType
@@ -112,8 +114,9 @@ class CeleryPublisher:
     gives the batch back and tries again later.
     """
 
-    def __init__(self, app: Any = None) -> None:
+    def __init__(self, app: Any = None, *, timeout: float | None = None) -> None:
         self._app = app
+        self.timeout = timeout
 
     @property
     def app(self) -> Any:
@@ -123,11 +126,24 @@ class CeleryPublisher:
 
         return current_app
 
+    def for_commit_path(self, timeout: float) -> CeleryPublisher:
+        """This publisher on a connection of its own, each step bounded by ``timeout``."""
+        return CeleryPublisher(self._app, timeout=timeout)
+
+    @contextmanager
+    def _producer(self, app: Any) -> Iterator[Any]:
+        if self.timeout is None:
+            with app.producer_or_acquire() as producer:
+                yield producer
+            return
+        with celery_connection(app, self.timeout) as connection:
+            yield app.amqp.Producer(connection, auto_declare=False)
+
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
         app = self.app
         default_queue = uow_settings.CELERY_QUEUE
         outcome = _OrderedFailures()
-        with app.producer_or_acquire() as producer:
+        with self._producer(app) as producer:
             for envelope in envelopes:
                 if outcome.blocked(envelope):
                     continue
@@ -150,6 +166,7 @@ class CeleryPublisher:
                             task_id=handler_task_id(envelope.event_id, handler.name),
                             producer=producer,
                             retry=False,
+                            ignore_result=True,  # as the task does: no result backend call
                             **options,
                         )
                 except Exception as exc:
@@ -169,21 +186,33 @@ class RedisStreamPublisher:
     """
 
     def __init__(
-        self, url: str | None = None, *, key: str | None = None, maxlen: int | None = -1
+        self,
+        url: str | None = None,
+        *,
+        key: str | None = None,
+        maxlen: int | None = -1,
+        timeout: float | None = None,
     ) -> None:
         self.url = url or uow_settings.REDIS_URL
         self.key = key or uow_settings.STREAM_KEY
         self.maxlen = uow_settings.STREAM_MAXLEN if maxlen == -1 else maxlen
+        self.timeout = timeout
         self._client: Any = None
+
+    def for_commit_path(self, timeout: float) -> RedisStreamPublisher:
+        """This publisher with a client of its own: connect and commands bounded, no retries."""
+        return RedisStreamPublisher(self.url, key=self.key, maxlen=self.maxlen, timeout=timeout)
 
     @property
     def client(self) -> Any:
         if self._client is None:
             import redis
 
-            self._client = redis.Redis.from_url(
-                self.url, socket_connect_timeout=2, socket_timeout=5
-            )
+            if self.timeout is None:
+                options = {"socket_connect_timeout": 2, "socket_timeout": 5}
+            else:
+                options = redis_client_options(self.timeout)
+            self._client = redis.Redis.from_url(self.url, **options)
         return self._client
 
     def stream_key(self, envelope: Envelope) -> str:
@@ -247,10 +276,37 @@ def get_publishers() -> list[Publisher]:
     return _cache
 
 
+_commit_path_cache: tuple[float, list[Publisher], bool] | None = None
+
+
+def commit_path_publishers(timeout: float) -> tuple[list[Publisher], bool]:
+    """The publishers the fast path uses, and whether any of them talks to a broker.
+
+    A publisher with a ``for_commit_path(timeout)`` method talks to a broker: the fast
+    path uses the copy it returns, whose connect and sends are bounded by ``timeout``
+    with no retries. Others (``InlinePublisher``) are used as they are.
+    """
+    global _commit_path_cache
+    cached = _commit_path_cache
+    if cached is None or cached[0] != timeout:
+        publishers: list[Publisher] = []
+        brokered = False
+        for publisher in get_publishers():
+            bounded = getattr(publisher, "for_commit_path", None)
+            if callable(bounded):
+                publishers.append(bounded(timeout))
+                brokered = True
+            else:
+                publishers.append(publisher)
+        cached = _commit_path_cache = (timeout, publishers, brokered)
+    return cached[1], cached[2]
+
+
 def clear_cache(*, setting: str = "DJANGO_UOW", **kwargs: Any) -> None:
-    global _cache
+    global _cache, _commit_path_cache
     if setting == "DJANGO_UOW":
         _cache = None
+        _commit_path_cache = None
 
 
 setting_changed.connect(clear_cache, dispatch_uid="django_uow_publishers_cache")

@@ -121,6 +121,16 @@ class RabbitMQPublisher:
         self._next_tag = 1
         self._lock = threading.Lock()
 
+    def for_commit_path(self, timeout: float) -> RabbitMQPublisher:
+        """A copy for the fast path: connect, writes and confirms bounded by ``timeout``."""
+        return RabbitMQPublisher(
+            self.url,
+            exchange=self.exchange,
+            mandatory=self.mandatory,
+            confirm_timeout=timeout,
+            connect_timeout=timeout,
+        )
+
     # -- connection -----------------------------------------------------------------
 
     def _open(self) -> Any:

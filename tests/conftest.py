@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
 from django.db import connection
@@ -30,6 +31,17 @@ def require_server(name: str, host: str, port: int) -> None:
     if CI:
         pytest.fail(f"{message} (CI=true: a missing server is a failure, not a skip)")
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _fast_path_breaker_closed() -> Iterator[None]:
+    """Each test starts with the fast path's breaker closed (a broker failure in one test
+    would otherwise make the next tests skip the fast path for the cool-down)."""
+    from django_uow.relay.breaker import breaker
+
+    breaker.reset()
+    yield
+    breaker.reset()
 
 
 @pytest.fixture

@@ -109,6 +109,11 @@ def test_e005_missing_attribute() -> None:
         ("CELERY_RELAY_TASK", None, "django_uow.tasks.relay_outbox", "E017"),
         ("NOTIFY", "yes", True, "E019"),
         ("NOTIFY", 1, False, "E019"),
+        ("FAST_PATH_TIMEOUT", 0, 0.2, "E020"),
+        ("FAST_PATH_TIMEOUT", "0.2", 1, "E020"),
+        ("FAST_PATH_TIMEOUT", 120, 60, "E020"),
+        ("FAST_PATH_COOLDOWN", -1, 0, "E021"),
+        ("FAST_PATH_COOLDOWN", None, 5.0, "E021"),
     ],
 )
 def test_scalar_keys(key: str, bad: Any, good: Any, check_id: str) -> None:

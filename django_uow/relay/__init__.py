@@ -3,7 +3,8 @@
 - ``statements``: the claim, acknowledgement and failure statements (leases, ordering);
 - ``batch``: one batch (triage, publish, settle, report) and the one result type;
 - ``loop``: the drain every sweep uses, and the looping relay with LISTEN;
-- ``fastpath``: the on-commit receiver;
+- ``fastpath``: the on-commit receiver, its broker work bounded by a time budget;
+- ``breaker``: the fast path's circuit breaker (skip the broker for a cool-down);
 - ``retention``: pruning dispatched events.
 """
 

@@ -6,6 +6,12 @@ relay. ``RELAY_ON_COMMIT``: ``"celery"`` enqueues the relay task, ``"inline"`` r
 this process, ``False`` leaves everything to the sweep. A failure here never affects
 the committed transaction: the sweep (beat task or ``relay_outbox``) delivers what is
 left.
+
+Broker work here is bounded by ``FAST_PATH_TIMEOUT`` (connections of its own with
+timeouts on connect, reads and writes, and no retries: ``brokers``), and a broker failure
+opens the circuit breaker (``breaker``): commits skip the fast path for
+``FAST_PATH_COOLDOWN`` seconds and leave their events to the sweep. A commit never waits
+on a broker that is down or hung for longer than the budget.
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ from uuid import UUID
 
 from django.db import connections
 
+from ..brokers import celery_connection
 from ..conf import uow_settings
 from ..exceptions import RelayError
+from ..publishers import Publisher, commit_path_publishers
+from ..retry import is_connection_error
 from .batch import relay_events
+from .breaker import breaker
 
 logger = logging.getLogger("django_uow.fastpath")
 
@@ -39,8 +49,14 @@ def notify_relays(using: str) -> None:
         logger.warning("NOTIFY %s failed; relays wake at their interval.", NOTIFY_CHANNEL)
 
 
-def enqueue_relay(event_ids: Sequence[UUID], using: str = "default") -> None:
-    """Send the relay task for just-committed events (the ``"celery"`` fast path)."""
+def enqueue_relay(
+    event_ids: Sequence[UUID], using: str = "default", *, timeout: float | None = None
+) -> None:
+    """Send the relay task for just-committed events (the ``"celery"`` fast path).
+
+    With ``timeout`` the task goes through this thread's bounded connection
+    (``brokers.celery_connection``); without, through the Celery app's own pool.
+    """
     try:
         from celery import current_app
     except ImportError as exc:  # pragma: no cover - celery is an optional extra
@@ -48,14 +64,26 @@ def enqueue_relay(event_ids: Sequence[UUID], using: str = "default") -> None:
             "RELAY_ON_COMMIT='celery' needs Celery: pip install 'django-uow[celery]', or set "
             "DJANGO_UOW['RELAY_ON_COMMIT'] to 'inline' or False."
         ) from exc
-    options: dict[str, Any] = {"retry": False}
+    # No result backend call: nobody waits for the relay task's result.
+    options: dict[str, Any] = {"retry": False, "ignore_result": True}
     if uow_settings.CELERY_QUEUE:
         options["queue"] = uow_settings.CELERY_QUEUE
-    current_app.send_task(
-        uow_settings.CELERY_RELAY_TASK,
-        kwargs={"event_ids": [str(e) for e in event_ids], "using": using},
-        **options,
-    )
+    task = uow_settings.CELERY_RELAY_TASK
+    kwargs = {"event_ids": [str(e) for e in event_ids], "using": using}
+    if timeout is None:
+        current_app.send_task(task, kwargs=kwargs, **options)
+        return
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # the app, not the proxy
+    with celery_connection(app, timeout) as connection:
+        app.send_task(task, kwargs=kwargs, connection=connection, **options)
+
+
+def broker_failed(exc: BaseException) -> bool:
+    """True when the fast path failed because the broker is unreachable, slow or hung."""
+    if is_connection_error(exc):
+        return True
+    cause = exc.__cause__
+    return isinstance(exc, RelayError) and cause is not None and is_connection_error(cause)
 
 
 def relay_after_commit(
@@ -65,22 +93,44 @@ def relay_after_commit(
     using: str = "default",
     **kwargs: Any,
 ) -> None:
-    """``uow_committed`` receiver: relay the committed ``events`` (outbox rows); never raises."""
+    """``uow_committed`` receiver: relay the committed ``events`` (outbox rows); never raises.
+
+    Broker work is bounded by ``FAST_PATH_TIMEOUT``; while the breaker is open the events
+    are left to the sweep at once.
+    """
     event_ids = [row.event_id for row in events]
     if event_ids and uow_settings.NOTIFY:
         notify_relays(using)
     mode = uow_settings.RELAY_ON_COMMIT
     if not mode or not event_ids:
         return
+    timeout = uow_settings.FAST_PATH_TIMEOUT
+    publishers: Sequence[Publisher] | None = None
+    brokered = True
+    if mode == "inline":
+        publishers, brokered = commit_path_publishers(timeout)
+    if brokered and not breaker.allow():
+        logger.debug(
+            "Fast path skipped (breaker open): %d event(s) left to the sweep", len(event_ids)
+        )
+        return
     try:
         if mode == "inline":
-            relay_events(event_ids, using=using)
+            relay_events(event_ids, using=using, publishers=publishers)
         else:
-            enqueue_relay(event_ids, using=using)
-    except Exception:
+            enqueue_relay(event_ids, using=using, timeout=timeout)
+    except Exception as exc:
+        if brokered and broker_failed(exc):
+            breaker.failed(exc, uow_settings.FAST_PATH_COOLDOWN, len(event_ids))
+            return
+        if brokered:
+            breaker.inconclusive()  # something else failed: the next commit tries again
         logger.warning(
             "Fast-path relay of %d event(s) failed; the sweep will deliver them.",
             len(event_ids),
             exc_info=True,
             extra={"event_ids": [str(e) for e in event_ids]},
         )
+    else:
+        if brokered:
+            breaker.succeeded()
