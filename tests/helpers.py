@@ -16,9 +16,9 @@ def statement_kind(sql: str) -> str:
     """``'INSERT django_uow_outboxevent'``-style summary of one statement."""
     verb = sql.split(None, 1)[0].upper()
     if verb == "SELECT":
-        match = re.search(r'\bFROM\s+"?(\w+)"?', sql, re.I)
+        match = re.search(r'\bFROM\s+["`]?(\w+)["`]?', sql, re.I)
         return f"SELECT {match.group(1) if match else '?'}"
-    match = re.match(r'^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', sql, re.I)
+    match = re.match(r'^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+["`]?(\w+)["`]?', sql, re.I)
     return f"{verb} {match.group(1) if match else '?'}"
 
 

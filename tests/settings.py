@@ -1,7 +1,7 @@
-"""Test settings: SQLite by default, PostgreSQL with UOW_DB=postgres.
+"""Test settings: SQLite by default, PostgreSQL with UOW_DB=postgres, MariaDB with UOW_DB=mariadb.
 
-Parallel runs on one machine can keep apart with UOW_PG_TEST_DB (test database name)
-and UOW_REDIS_DB (Redis database number).
+Parallel runs on one machine can keep apart with UOW_PG_TEST_DB and UOW_MARIADB_TEST_DB
+(test database names) and UOW_REDIS_DB (Redis database number).
 """
 
 import os
@@ -16,6 +16,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 DB_VENDOR = os.environ.get("UOW_DB", "sqlite")
 PG_HOST = os.environ.get("UOW_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("UOW_PG_PORT", "5432"))
+MARIADB_HOST = os.environ.get("UOW_MARIADB_HOST", "127.0.0.1")
+MARIADB_PORT = int(os.environ.get("UOW_MARIADB_PORT", "3306"))
 REDIS_DB = int(os.environ.get("UOW_REDIS_DB", "9"))
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
@@ -28,6 +30,22 @@ if DB_VENDOR == "postgres":
             "HOST": PG_HOST,
             "PORT": PG_PORT,
             "TEST": {"NAME": os.environ.get("UOW_PG_TEST_DB", "test_django_uow")},
+        },
+    }
+elif DB_VENDOR == "mariadb":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": "test",
+            "USER": "root",
+            "PASSWORD": "",
+            "HOST": MARIADB_HOST,
+            "PORT": MARIADB_PORT,
+            "OPTIONS": {"charset": "utf8mb4"},
+            "TEST": {
+                "NAME": os.environ.get("UOW_MARIADB_TEST_DB", "test_django_uow"),
+                "CHARSET": "utf8mb4",
+            },
         },
     }
 else:

@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import sysconfig
+import warnings
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 
 import django_uow
+
+
+def test_the_package_under_test_is_the_expected_one() -> None:
+    # `make test-wheel` sets UOW_EXPECT_INSTALLED: the installed wheel, not a checkout, runs.
+    package = Path(django_uow.__file__).resolve().parent
+    if os.environ.get("UOW_EXPECT_INSTALLED"):
+        assert package.is_relative_to(Path(sysconfig.get_paths()["purelib"]).resolve()), package
+        assert (package / "migrations" / "0001_initial.py").is_file()
+        assert (package / "py.typed").is_file()
+    else:
+        assert package == Path(__file__).resolve().parent.parent / "django_uow"
+
+
+def test_deprecation_warnings_from_the_package_are_errors() -> None:
+    # pytest's filterwarnings turns the package's own DeprecationWarnings into errors...
+    with pytest.raises(DeprecationWarning):
+        warnings.warn_explicit("old", DeprecationWarning, "conf.py", 1, module="django_uow.conf")
+    # ...and only those: a third party's stays a warning.
+    with pytest.warns(DeprecationWarning):
+        warnings.warn_explicit("old", DeprecationWarning, "x.py", 1, module="elsewhere")
 
 
 def test_import_before_django_setup_works() -> None:
