@@ -163,6 +163,8 @@ class _Batch:
     failures: dict[int, statements.Failure] = field(default_factory=dict)
     errors: dict[int, BaseException] = field(default_factory=dict)
     outage: BaseException | None = None
+    #: Aggregates with an event acknowledged by this batch: what waited behind it is owed.
+    acknowledged: set[statements.AggregateKey] = field(default_factory=set)
 
     def fail(self, row: OutboxEvent, exc: BaseException, failure: statements.Failure) -> None:
         self.errors[row.id] = exc
@@ -210,6 +212,9 @@ class _Batch:
         """Write the outcome: one acknowledgement, one failure UPDATE, one give-back."""
         ids = [r.id for r in self.dispatched]
         marked = statements.acknowledge(using=self.using, relay_id=self.relay_id, ids=ids)
+        self.acknowledged = {
+            (r.aggregate_type, r.aggregate_id) for r in self.dispatched if r.aggregate_id
+        }
         if marked != len(ids):
             logger.warning(
                 "Relay %s lost the lease on %d of %d published event(s); another relay will "
@@ -310,7 +315,9 @@ def _run_batch(
     publishers: Sequence[Publisher] | None,
     relay_id: str | None,
     event_ids: Sequence[UUID] | None,
-) -> RelayResult:
+    aggregates: Sequence[statements.AggregateKey] | None = None,
+) -> tuple[RelayResult, set[statements.AggregateKey]]:
+    """One batch; returns its result and the aggregates it acknowledged events of."""
     relay_id = relay_id or default_relay_id()
     size = batch_size or uow_settings.BATCH_SIZE
     pubs = list(publishers) if publishers is not None else get_publishers()
@@ -323,6 +330,7 @@ def _run_batch(
             lease=uow_settings.LEASE,
             ordered=uow_settings.ORDERING == "aggregate",
             event_ids=event_ids,
+            aggregates=aggregates,
         )
     except Exception as exc:
         raise RelayError(
@@ -332,7 +340,7 @@ def _run_batch(
     result.claimed = len(rows)
     result.batches = 1
     if not rows:
-        return result  # an idle poll opens no span
+        return result, set()  # an idle poll opens no span
     # One span per batch (never one for a whole loop), around publish and acknowledge.
     started = time.monotonic()
     with span(
@@ -351,7 +359,7 @@ def _run_batch(
         result=result,
         duration=time.monotonic() - started,
     )
-    return result
+    return result, batch.acknowledged
 
 
 def relay_batch(
@@ -361,14 +369,19 @@ def relay_batch(
     publishers: Sequence[Publisher] | None = None,
     relay_id: str | None = None,
 ) -> RelayResult:
-    """Claim one due batch, publish it, acknowledge it. Raises ``RelayError`` on an outage."""
-    return _run_batch(
+    """Claim one due batch, publish it, acknowledge it. Raises ``RelayError`` on an outage.
+
+    One batch only: a drain (``relay_pending``, ``relay_outbox``) claims again after
+    each batch, so what waited behind the acknowledged events goes in its next batch.
+    """
+    result, _ = _run_batch(
         using=using,
         batch_size=batch_size,
         publishers=publishers,
         relay_id=relay_id,
         event_ids=None,
     )
+    return result
 
 
 def relay_events(
@@ -378,24 +391,76 @@ def relay_events(
     publishers: Sequence[Publisher] | None = None,
     relay_id: str | None = None,
 ) -> RelayResult:
-    """Relay exactly these (just committed) events, through the same claim as the sweep.
+    """Relay exactly these (just committed) events, then what waited behind them.
 
     Events already claimed by another relay, not yet due, or waiting behind an earlier
-    owed event of their aggregate are left to the sweep.
+    owed event of their aggregate are skipped here: the relay that acknowledges that
+    earlier event delivers them (``follow_up``). After acknowledging, this relay goes
+    on to the events of the same aggregates that waited behind the ones it
+    acknowledged (commits that found them in flight, events recorded by handlers),
+    within ``BATCH_SIZE`` events.
     """
     ids = list(event_ids)
+    relay_id = relay_id or default_relay_id()
+    pubs = list(publishers) if publishers is not None else get_publishers()
     total = RelayResult()
+    acknowledged: set[statements.AggregateKey] = set()
     size = uow_settings.BATCH_SIZE
     for start in range(0, len(ids), size):
         chunk = ids[start : start + size]
-        total.add(
-            _run_batch(
-                using=using,
-                batch_size=len(chunk),
-                publishers=publishers,
-                relay_id=relay_id,
-                event_ids=chunk,
-            )
+        result, keys = _run_batch(
+            using=using,
+            batch_size=len(chunk),
+            publishers=pubs,
+            relay_id=relay_id,
+            event_ids=chunk,
+        )
+        total.add(result)
+        acknowledged |= keys
+    total.add(follow_up(acknowledged, using=using, publishers=pubs, relay_id=relay_id))
+    return total
+
+
+def follow_up(
+    aggregates: Iterable[statements.AggregateKey],
+    *,
+    using: str = "default",
+    publishers: Sequence[Publisher] | None = None,
+    relay_id: str | None = None,
+    budget: int | None = None,
+) -> RelayResult:
+    """Deliver the events that waited behind acknowledged events of ``aggregates``.
+
+    A commit whose earlier event of the aggregate was in flight on another relay skips
+    its own events; the relay holding that earlier event comes here after acknowledging
+    it. Round after round, restricted to the aggregates acknowledged in the previous
+    round, until a round claims nothing or ``budget`` events (``BATCH_SIZE``) were
+    claimed; the rest then waits for the sweep (logged).
+    """
+    keys = set(aggregates)
+    remaining = uow_settings.BATCH_SIZE if budget is None else budget
+    relay_id = relay_id or default_relay_id()
+    total = RelayResult()
+    while keys and remaining > 0:
+        result, keys = _run_batch(
+            using=using,
+            batch_size=remaining,
+            publishers=publishers,
+            relay_id=relay_id,
+            event_ids=None,
+            aggregates=sorted(keys),
+        )
+        if not result.claimed:
+            return total
+        total.add(result)
+        remaining -= result.claimed
+    if keys:
+        logger.warning(
+            "Relay %s delivered %d waiting event(s) and stopped at its budget; the sweep "
+            "delivers the rest of %d aggregate(s).",
+            relay_id,
+            total.dispatched,
+            len(keys),
         )
     return total
 

@@ -68,6 +68,10 @@ CLAIM_COLUMNS = (
 )
 
 
+#: ``(aggregate_type, aggregate_id)``: the unit of per-aggregate ordering.
+AggregateKey = tuple[str, str]
+
+
 @dataclass(frozen=True)
 class Failure:
     """What to write for one event whose attempt failed."""
@@ -107,11 +111,21 @@ def claim_batch(
     lease: float,
     ordered: bool,
     event_ids: Sequence[Any] | None = None,
+    aggregates: Sequence[AggregateKey] | None = None,
     now: datetime.datetime | None = None,
 ) -> list[OutboxEvent]:
-    """Lease up to ``limit`` due events to ``relay_id`` and return them in id order."""
+    """Lease up to ``limit`` due events to ``relay_id`` and return them in id order.
+
+    ``event_ids`` restricts the claim to those events (the fast path); ``aggregates``
+    to the events of those ``(aggregate_type, aggregate_id)`` keys (a relay going on
+    to what waited behind the events it just acknowledged).
+    """
     if limit <= 0 or (event_ids is not None and not event_ids):
         return []
+    if aggregates is not None:
+        aggregates = [key for key in aggregates if key[1]]
+        if not aggregates:
+            return []
     connection = connections[using]
     now = now or timezone.now()
     until = now + datetime.timedelta(seconds=lease)
@@ -123,6 +137,7 @@ def claim_batch(
             until=until,
             ordered=ordered,
             event_ids=event_ids,
+            aggregates=aggregates,
             now=now,
         )
     t = _quote(using, OutboxEvent._meta.db_table)
@@ -141,6 +156,13 @@ def claim_batch(
         uuid_field = OutboxEvent._meta.get_field("event_id")
         where.append(f"o.event_id IN ({', '.join(['%s'] * len(event_ids))})")
         params += [uuid_field.get_db_prep_value(e, connection) for e in event_ids]
+    if aggregates is not None:
+        where.append(
+            "("
+            + " OR ".join(["(o.aggregate_type = %s AND o.aggregate_id = %s)"] * len(aggregates))
+            + ")"
+        )
+        params += [part for key in aggregates for part in key]
     if ordered:
         # Skip, before LIMIT, events behind an owed event of their aggregate that cannot be
         # claimed now (failed, leased elsewhere) or that comes later in the claim order (a
@@ -203,6 +225,7 @@ def claim_portable(
     ordered: bool,
     event_ids: Sequence[Any] | None,
     now: datetime.datetime,
+    aggregates: Sequence[AggregateKey] | None = None,
 ) -> list[OutboxEvent]:
     """The same claim for databases without ``UPDATE ... RETURNING`` (MySQL, MariaDB...).
 
@@ -217,6 +240,8 @@ def claim_portable(
         )
         if event_ids is not None:
             due = due.filter(event_id__in=list(event_ids))
+        if aggregates is not None:
+            due = due.filter(_keys_q(aggregates))
         if ordered:
             stuck = (
                 manager.filter(
@@ -243,11 +268,8 @@ def claim_portable(
             keys = {(t, a) for _, t, a in candidates if a}
             blockers: dict[tuple[str, str], int] = {}
             if keys:
-                owed = Q()
-                for aggregate_type, aggregate_id in keys:
-                    owed |= Q(aggregate_type=aggregate_type, aggregate_id=aggregate_id)
                 for aggregate_type, aggregate_id, first in (
-                    manager.filter(owed)
+                    manager.filter(_keys_q(keys))
                     .exclude(status=DISPATCHED)
                     .exclude(id__in=ids)
                     .values_list("aggregate_type", "aggregate_id")
@@ -266,6 +288,14 @@ def claim_portable(
             claimed_by=relay_id, claimed_until=until, attempts=F("attempts") + 1
         )
         return list(manager.filter(id__in=ids).only(*CLAIM_COLUMNS).order_by("id"))
+
+
+def _keys_q(keys: Iterable[AggregateKey]) -> Q:
+    """Rows of any of these aggregates."""
+    owed = Q()
+    for aggregate_type, aggregate_id in keys:
+        owed |= Q(aggregate_type=aggregate_type, aggregate_id=aggregate_id)
+    return owed
 
 
 def _mine(using: str, relay_id: str, ids: Iterable[int]) -> Any:

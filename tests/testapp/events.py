@@ -68,3 +68,22 @@ class NoteAcknowledged(DomainEvent):
     """Recorded by the OrderNoted handler on the same order: a follow-up event."""
 
     order_id: int
+
+
+@dataclass(frozen=True)
+class OrderBumped(DomainEvent):
+    """Written by many writers on one order (the hot-aggregate tests)."""
+
+    event_type = "orders.bumped"
+
+    order_id: int
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class OrderFlagged(DomainEvent):
+    """Its handler records a follow-up ``OrderBumped`` on the same order."""
+
+    event_type = "orders.flagged"
+
+    order_id: int

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 from django_uow import Envelope, PermanentFailure, RetryAfter
 from django_uow.handlers import event_handler
 
-from .events import NoteAcknowledged, OrderCancelled, OrderNoted, OrderPaid, OrderPlaced, Pinged
+from .events import (
+    NoteAcknowledged,
+    OrderBumped,
+    OrderCancelled,
+    OrderFlagged,
+    OrderNoted,
+    OrderPaid,
+    OrderPlaced,
+    Pinged,
+)
 from .models import Effect, Order
 
 #: order_id -> what the OrderPlaced handler does: "raise", "permanent", or a float (RetryAfter).
@@ -67,3 +77,29 @@ def acknowledge_note(event: OrderNoted) -> None:
 @event_handler(NoteAcknowledged, name="testapp.on_note_acknowledged")
 def on_note_acknowledged(event: NoteAcknowledged, envelope: Envelope) -> None:
     Effect.objects.create(event_id=envelope.event_id, handler="acknowledged", aggregate_id="")
+
+
+#: (aggregate_id, aggregate_version) of each OrderBumped handled, in call order.
+BUMPED: list[tuple[str, int | None]] = []
+_BUMPED_LOCK = threading.Lock()
+
+
+@event_handler(OrderBumped, name="testapp.record_bumped")
+def record_bumped(event: OrderBumped, envelope: Envelope) -> None:
+    with _BUMPED_LOCK:
+        BUMPED.append((envelope.aggregate_id, envelope.aggregate_version))
+    Effect.objects.create(
+        event_id=envelope.event_id, handler="bumped", aggregate_id=envelope.aggregate_id
+    )
+
+
+@event_handler(OrderFlagged, name="testapp.review_flagged")
+def review_flagged(event: OrderFlagged, envelope: Envelope) -> None:
+    """Records a follow-up event on the order it handles (its own commit's fast path)."""
+    order = Order.objects.get(pk=event.order_id)
+    order.note = "reviewed"
+    order.record_event(OrderBumped(order_id=order.pk, seq=-1))
+    order.save()
+    Effect.objects.create(
+        event_id=envelope.event_id, handler="flagged", aggregate_id=envelope.aggregate_id
+    )
