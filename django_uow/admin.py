@@ -38,15 +38,18 @@ from django.http import (
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.functional import cached_property
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
+from .deliveries import ConsumerLag, consumer_lag
 from .events import registry
+from .handlers import registry as handler_registry
 from .models import AggregateRoot, OutboxEvent, ProcessedEvent
 from .status import outbox_status
 from .waiting import WaitReason, failing_heads, wait_reasons
@@ -69,6 +72,11 @@ HEAVY_FIELDS = ("payload", "headers", "last_error")
 BLOCKED_LIMIT = 500
 #: Characters of a stored error shown in a list; the event's page shows the rest.
 ERROR_PREVIEW_CHARS = 300
+#: Characters of a stored error, and of a traceback, shown on a page.
+ERROR_PAGE_CHARS = 4_000
+TRACEBACK_PAGE_CHARS = 16_000
+#: Handler deliveries listed on an event's page.
+DELIVERIES_LIMIT = 100
 
 
 def aggregate_types() -> list[str]:
@@ -113,6 +121,15 @@ def format_duration(seconds: float) -> str:
 def cap_text(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters with an ellipsis: a list row stays one row."""
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _when(value: Any) -> str:
+    return date_format(timezone.localtime(value), "DATETIME_FORMAT") if value else "-"
+
+
+def consumer_lag_context(lag: ConsumerLag) -> dict[str, Any]:
+    """Consumer lag for a status box: owed deliveries, the oldest one's age, dead letters."""
+    return {**lag.as_dict(), "age_display": format_duration(lag.age_seconds)}
 
 
 def pretty_json(value: Any) -> str:
@@ -229,6 +246,13 @@ class CappedChangeList(ChangeList):
         self.count_capped = self.result_count > COUNT_CAP
 
 
+class LightDeliveryChangeList(CappedChangeList):
+    """The list query leaves out the traceback (it can be many kilobytes per row)."""
+
+    def get_queryset(self, request: HttpRequest, *args: Any, **kwargs: Any) -> QuerySet[Any]:
+        return super().get_queryset(request, *args, **kwargs).defer("traceback")
+
+
 class LightChangeList(CappedChangeList):
     """The list query leaves out the JSON and error columns; pending rows learn why
     they wait with two queries for the whole page."""
@@ -301,6 +325,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         ),
         (_("Aggregate"), {"fields": ("aggregate_type", "aggregate_id", "aggregate_version")}),
         (_("Last error"), {"fields": ("last_error_display",)}),
+        (_("Handler deliveries"), {"fields": ("deliveries_display",)}),
         (_("Payload and headers"), {"fields": ("payload_display", "headers_display")}),
     )
     readonly_fields = (
@@ -321,6 +346,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "payload_display",
         "headers_display",
         "waiting_display",
+        "deliveries_display",
     )
 
     # -- permissions: no add, no delete, a read-only change page ------------------------
@@ -405,10 +431,14 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         status = outbox_status(using)
         status["lag_display"] = format_duration(status["lag_seconds"])
         status["blocked_aggregates"] = failing_heads(using).count()
+        deliveries = reverse(f"{self.admin_site.name}:django_uow_processedevent_changelist")
         context = {
             **(extra_context or {}),
             "outbox_status": status,
             "blocked_url": self._url("blocked"),
+            "consumer_lag": consumer_lag_context(consumer_lag(router.db_for_read(ProcessedEvent))),
+            "deliveries_url": deliveries,
+            "failed_deliveries_url": deliveries + "?" + urlencode({"status__exact": "failed"}),
         }
         return super().changelist_view(request, context)
 
@@ -446,6 +476,68 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if not obj.last_error:
             return "-"
         return format_html('<pre class="uow-error">{}</pre>', obj.last_error)
+
+    @admin.display(description=_("handler deliveries"))
+    def deliveries_display(self, obj: OutboxEvent) -> SafeString | str:
+        """Each handler's delivery of this event: status, attempts, times, last error."""
+        rows = list(
+            ProcessedEvent.objects.using(obj._state.db or "default")
+            .filter(event_id=obj.event_id)
+            .order_by("handler")[: DELIVERIES_LIMIT + 1]
+        )
+        if not rows:
+            return gettext("No handler delivery is recorded for this event yet.")
+        change = f"{self.admin_site.name}:django_uow_processedevent_change"
+        body = format_html_join(
+            "",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
+            "<td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    reverse(change, args=[row.pk]),
+                    row.handler,
+                    delivery_status_html(row.status, row.get_status_display()),
+                    row.attempts,
+                    _when(row.published_at),
+                    _when(row.first_attempt_at),
+                    _when(row.last_attempt_at),
+                    _when(row.processed_at),
+                    error_html(row.last_error, row.traceback),
+                )
+                for row in rows[:DELIVERIES_LIMIT]
+            ),
+        )
+        more = (
+            format_html(
+                '<p class="help">{}</p>',
+                gettext("Showing the first %(n)d handlers.") % {"n": DELIVERIES_LIMIT},
+            )
+            if len(rows) > DELIVERIES_LIMIT
+            else ""
+        )
+        head = format_html_join(
+            "",
+            "<th>{}</th>",
+            (
+                (gettext(label),)
+                for label in (
+                    "handler",
+                    "status",
+                    "attempts",
+                    "published at",
+                    "first attempt",
+                    "last attempt",
+                    "succeeded at",
+                    "last error",
+                )
+            ),
+        )
+        return format_html(
+            '<table id="outbox-deliveries"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>{}',
+            head,
+            body,
+            more,
+        )
 
     def change_view(
         self,
@@ -724,34 +816,138 @@ def _retry_one(model_admin: OutboxEventAdmin, request: HttpRequest, object_id: s
     )
 
 
+class HandlerFilter(admin.SimpleListFilter):
+    """Choices from the handler registry, so the sidebar costs no query."""
+
+    title = _("handler")
+    parameter_name = "handler"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name) for name in sorted(h.name for h in handler_registry.all())]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(handler=value) if value else queryset
+
+
+def error_html(error: str, traceback: str = "") -> SafeString | str:
+    """A stored error, escaped and cut, with its traceback folded in a ``<details>``."""
+    if not error and not traceback:
+        return "-"
+    shown = format_html('<pre class="uow-error">{}</pre>', cap_text(error, ERROR_PAGE_CHARS))
+    if not traceback:
+        return shown
+    return format_html(
+        '{}<details class="uow-traceback"><summary>{}</summary><pre class="uow-error">{}</pre>'
+        "</details>",
+        shown,
+        gettext("Traceback"),
+        cap_text(traceback, TRACEBACK_PAGE_CHARS),
+    )
+
+
+def delivery_status_html(status: str, label: str) -> SafeString:
+    return format_html('<span class="uow-status uow-delivery-{}">{}</span>', status, label)
+
+
 @admin.register(ProcessedEvent)
 class ProcessedEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    """The inbox, read-only: which handler had its effect for which event, and when."""
+    """Handler deliveries (the inbox): how each handler fared with each event.
 
-    list_display = ("event_id", "handler", "processed_at", "outbox_link")
-    list_filter = ("processed_at",)
+    Read-only like the outbox: rows are never added, edited or deleted here (deleting a
+    succeeded row would let a redelivered event take effect twice). "Re-run" needs the
+    change permission; everything else the view permission.
+    """
+
+    change_list_template = "admin/django_uow/processedevent/change_list.html"
+    list_display = (
+        "short_event_id",
+        "event_type",
+        "handler",
+        "status_label",
+        "attempts",
+        "last_attempt_at",
+        "error_preview",
+        "processed_at",
+    )
+    list_filter = (
+        "status",
+        HandlerFilter,
+        EventTypeFilter,
+        ("last_attempt_at", admin.DateFieldListFilter),
+    )
     search_fields = ("=event_id", "=handler")
     search_help_text = _("Exact event id or handler name.")
     ordering = ("-id",)
     show_full_result_count = False
     paginator = CappedPaginator
+    list_per_page = 100
     if hasattr(admin, "ShowFacets"):
         show_facets = admin.ShowFacets.NEVER
-    sortable_by = ("processed_at",)
-    readonly_fields = ("event_id", "handler", "processed_at")
+    sortable_by = ("short_event_id", "last_attempt_at")
+    actions: list[str] = []
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "event_id",
+                    "outbox_link",
+                    "event_type",
+                    "aggregate_type",
+                    "aggregate_id",
+                    "handler",
+                    "status",
+                    "attempts",
+                )
+            },
+        ),
+        (
+            _("Times"),
+            {
+                "fields": (
+                    "published_at",
+                    "due_at",
+                    "first_attempt_at",
+                    "last_attempt_at",
+                    "processed_at",
+                )
+            },
+        ),
+        (_("Last error"), {"fields": ("last_error_display",)}),
+    )
+    readonly_fields = (
+        "event_id",
+        "outbox_link",
+        "event_type",
+        "aggregate_type",
+        "aggregate_id",
+        "handler",
+        "status",
+        "attempts",
+        "published_at",
+        "due_at",
+        "first_attempt_at",
+        "last_attempt_at",
+        "processed_at",
+        "last_error_display",
+    )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+        # The model-level permission gates "Re-run"; a row's page is view-only.
+        if obj is not None:
+            return False
+        return super().has_change_permission(request)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Deleting a row would let a redelivered event take effect twice.
         return False
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return CappedChangeList
+        return LightDeliveryChangeList
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[ProcessedEvent], search_term: str
@@ -764,7 +960,34 @@ class ProcessedEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         except ValueError:
             return queryset.filter(handler=term), False
 
+    @admin.display(description=_("event"), ordering="id")
+    def short_event_id(self, obj: ProcessedEvent) -> SafeString:
+        url = reverse(f"{self.admin_site.name}:django_uow_processedevent_change", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, str(obj.event_id)[:8])
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_label(self, obj: ProcessedEvent) -> SafeString:
+        return delivery_status_html(obj.status, obj.get_status_display())
+
+    @admin.display(description=_("last error"))
+    def error_preview(self, obj: ProcessedEvent) -> str:
+        first_line = obj.last_error.split("\n", 1)[0] if obj.last_error else ""
+        return cap_text(first_line, ERROR_PREVIEW_CHARS) or "-"
+
+    @admin.display(description=_("last error"))
+    def last_error_display(self, obj: ProcessedEvent) -> SafeString | str:
+        return error_html(obj.last_error, obj.traceback)
+
     @admin.display(description=_("outbox event"))
     def outbox_link(self, obj: ProcessedEvent) -> SafeString:
         url = reverse(f"{self.admin_site.name}:django_uow_outboxevent_changelist")
-        return format_html('<a href="{}?q={}">{}</a>', url, obj.event_id, gettext("find"))
+        return format_html(
+            '<a href="{}?{}">{}</a>', url, urlencode({"q": str(obj.event_id)}), gettext("find")
+        )
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        lag = consumer_lag(router.db_for_read(ProcessedEvent))
+        context = {**(extra_context or {}), "consumer_lag": consumer_lag_context(lag)}
+        return super().changelist_view(request, context)

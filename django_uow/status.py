@@ -17,6 +17,7 @@ from django.db import connections, transaction
 from django.db.models import Count, Min
 from django.utils import timezone
 
+from .deliveries import consumer_lag, failed_deliveries
 from .models import OutboxEvent
 from .waiting import blocked_summary, wait_reasons
 
@@ -83,6 +84,10 @@ def outbox_status(
 
 #: Blocking heads listed by ``outbox_report`` (the full list is the admin's blocked view).
 TOP_BLOCKING_HEADS = 5
+#: Most recent failed handler deliveries listed by ``outbox_report``.
+RECENT_HANDLER_FAILURES = 5
+#: Characters of a stored error in ``outbox_report``.
+REPORT_ERROR_CHARS = 500
 
 
 @contextmanager
@@ -112,15 +117,48 @@ def outbox_report(
 
     Adds ``oldest_pending`` (the event behind the relay lag and ``waiting_reason``, why
     it waits), ``blocked_aggregates`` (aggregates whose first owed event is failed or
-    backing off after a failed attempt) and ``blocking_heads`` (the ``top`` of those
-    events, most events waiting first).
+    backing off after a failed attempt), ``blocking_heads`` (the ``top`` of those
+    events, most events waiting first), ``consumer_lag`` (handler deliveries published
+    and not handled yet, and the oldest one's age) and ``handler_failures`` (how many
+    handler deliveries failed for good, and the ``top`` most recent).
     """
     with snapshot(using):
         now = timezone.now()
         report = outbox_status(using, dispatched_cap=dispatched_cap)
         report["oldest_pending"] = _oldest_pending(using, report, now)
-        report.update(blocked_summary(using, top=top, now=now))
+        report.update(blocked_summary(using, top=top, now=now, error_chars=REPORT_ERROR_CHARS))
+        lag = consumer_lag(using, now=now)
+        report["consumer_lag"] = {
+            "owed": lag.owed,
+            "oldest_published_at": lag.as_dict()["oldest_published_at"],
+            "age_seconds": lag.age_seconds,
+        }
+        report["handler_failures"] = {
+            "count": lag.failed,
+            "recent": _recent_failures(using, top) if lag.failed else [],
+        }
     return report
+
+
+def _recent_failures(using: str, top: int) -> list[dict[str, Any]]:
+    rows = failed_deliveries(using).only(
+        "event_id", "event_type", "handler", "attempts", "last_error", "last_attempt_at"
+    )[:top]
+    return [
+        {
+            "event_id": str(row.event_id),
+            "event_type": row.event_type,
+            "handler": row.handler,
+            "attempts": row.attempts,
+            "last_attempt_at": row.last_attempt_at.isoformat() if row.last_attempt_at else None,
+            "last_error": _cap(row.last_error, REPORT_ERROR_CHARS),
+        }
+        for row in rows
+    ]
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def _oldest_pending(using: str, status: dict[str, Any], now: datetime) -> dict[str, Any] | None:

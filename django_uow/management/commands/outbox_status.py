@@ -69,7 +69,20 @@ class Command(BaseCommand):
             when = f", next try at {head['next_try_at']}" if head["next_try_at"] else ""
             error = one_line(head["last_error"])
             self.stdout.write(
-                f"  {head['aggregate_type']}:{head['aggregate_id']}: {head['waiting']} waiting "
-                f"behind {head['status']} event {head['event_id']} ({head['event_type']}, "
-                f"{head['attempts']} attempts{when}): {error}"
+                f"  {one_line(head['aggregate_type'])}:{one_line(head['aggregate_id'])}: "
+                f"{head['waiting']} waiting behind {head['status']} event {head['event_id']} "
+                f"({one_line(head['event_type'])}, {head['attempts']} attempts{when}): {error}"
+            )
+        lag = status["consumer_lag"]
+        self.stdout.write(
+            f"consumer lag: {lag['age_seconds']:.1f}s ({lag['owed']} handler deliveries "
+            f"waiting, oldest published: {lag['oldest_published_at'] or '-'})"
+        )
+        failures = status["handler_failures"]
+        self.stdout.write(f"failed handler deliveries: {failures['count']}")
+        for failure in failures["recent"]:
+            self.stdout.write(
+                f"  {failure['event_id']} ({one_line(failure['event_type'])}) "
+                f"{one_line(failure['handler'])}, {failure['attempts']} attempts: "
+                f"{one_line(failure['last_error'])}"
             )
