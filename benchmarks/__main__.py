@@ -23,6 +23,7 @@ WORKLOADS = [
     "versioned",
     "relay",
     "concurrency",
+    "rabbitmq",
     "latency",
     "hotagg",
     "soak",

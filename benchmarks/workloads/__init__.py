@@ -27,4 +27,5 @@ registry: dict[str, Callable[[Any, Any], None]] = {
     "scale": _lazy("scale", "run_scale"),
     "hotagg": _lazy("hotagg", "run_hotagg"),
     "soak": _lazy("soak", "run_soak"),
+    "rabbitmq": _lazy("rabbitmq", "run_rabbitmq"),
 }
