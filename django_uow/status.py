@@ -8,14 +8,15 @@ would read the whole table on every admin page view and every monitoring scrape.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import Count, Min
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from .deliveries import consumer_lag, failed_deliveries
 from .models import OutboxEvent
@@ -25,6 +26,83 @@ from .waiting import blocked_summary, wait_reasons
 DISPATCHED_COUNT_CAP = 10_000
 #: The oldest pending event is looked for among this many earliest-due pending events.
 PENDING_SCAN_CAP = 100_000
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """One number of a status snapshot: a scalar subquery and its parameters."""
+
+    sql: str
+    params: Sequence[Any] = ()
+
+
+def read_scalars(using: str, scalars: Mapping[str, Scalar]) -> dict[str, Any]:
+    """Evaluate every scalar subquery in ONE ``SELECT``: one statement sees one snapshot.
+
+    Separate queries see separate snapshots under READ COMMITTED (PostgreSQL's default,
+    and inside a caller's ``atomic``): a relay acknowledging between them once gave
+    "2 pending, lag 0.0". One statement agrees with itself on every database.
+    """
+    sql = "SELECT " + ", ".join(f"({scalar.sql})" for scalar in scalars.values())
+    params = [param for scalar in scalars.values() for param in scalar.params]
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return dict(zip(scalars, row, strict=True))
+
+
+def outbox_scalars(using: str, *, dispatched_cap: int | None) -> dict[str, Scalar]:
+    """The numbers behind ``outbox_status``, as scalars for ``read_scalars``.
+
+    To report more in the same snapshot, add scalars here (or merge a dict of your own
+    into this one) and read them from the result of ``read_scalars``.
+    """
+    connection = connections[using]
+    meta = OutboxEvent._meta
+    table = connection.ops.quote_name(meta.db_table)
+    status, created, available, pk = (
+        connection.ops.quote_name(str(getattr(meta.get_field(name), "column", name)))
+        for name in ("status", "created_at", "available_at", "id")
+    )
+    Status = OutboxEvent.Status
+    count = f"SELECT COUNT(*) FROM {table} WHERE {status} = %s"
+    if dispatched_cap is None:
+        dispatched = Scalar(count, [Status.DISPATCHED.value])
+    else:
+        # COUNT over a LIMITed subquery: stops after dispatched_cap + 1 rows.
+        dispatched = Scalar(
+            f"SELECT COUNT(*) FROM (SELECT 1 AS one FROM {table} WHERE {status} = %s "
+            f"LIMIT {int(dispatched_cap) + 1}) capped",
+            [Status.DISPATCHED.value],
+        )
+    return {
+        "pending": Scalar(count, [Status.PENDING.value]),
+        "failed": Scalar(count, [Status.FAILED.value]),
+        "dispatched": dispatched,
+        # MIN over the pending rows in due order: the partial index on pending rows serves
+        # the inner query, whatever the number of dispatched rows.
+        "oldest_pending": Scalar(
+            f"SELECT MIN(due.{created}) FROM (SELECT {created} FROM {table} "
+            f"WHERE {status} = %s ORDER BY {available}, {pk} LIMIT {PENDING_SCAN_CAP}) due",
+            [Status.PENDING.value],
+        ),
+    }
+
+
+def as_datetime(value: Any, using: str) -> datetime | None:
+    """A raw ``created_at`` from ``read_scalars`` as an aware datetime, on every backend."""
+    if value is None:
+        return None
+    connection = connections[using]
+    field = OutboxEvent._meta.get_field("created_at")
+    column = field.get_col(OutboxEvent._meta.db_table)
+    for converter in connection.ops.get_db_converters(column) + field.get_db_converters(connection):
+        value = converter(value, column, connection)
+    if isinstance(value, str):  # a backend without a converter for raw text
+        value = parse_datetime(value)
+    if value is not None and timezone.is_naive(value):
+        value = timezone.make_aware(value, UTC)
+    return value  # type: ignore[no-any-return]
 
 
 def outbox_status(
@@ -38,40 +116,20 @@ def outbox_status(
     and ``lag_seconds``: the age of the oldest event still owed (pending), measured
     from its ``created_at``; ``0.0`` when nothing is pending. With more than
     ``PENDING_SCAN_CAP`` pending events the oldest is sought among the earliest due.
+
+    Everything is read with one statement (``read_scalars``), so the counts and the
+    oldest pending event come from one snapshot: pending > 0 always has its lag.
     """
+    values = read_scalars(using, outbox_scalars(using, dispatched_cap=dispatched_cap))
     Status = OutboxEvent.Status
-    events = OutboxEvent.objects.using(using)
     counts = {status: 0 for status in Status.values}
-    owed = (
-        events.filter(status__in=[Status.PENDING, Status.FAILED])
-        .values_list("status")
-        .annotate(n=Count("pk"))
-        .order_by()
-    )
-    for status, n in owed:
-        counts[status] = n
-
-    dispatched = events.filter(status=Status.DISPATCHED).order_by()
-    if dispatched_cap is None:
-        counts[Status.DISPATCHED] = dispatched.count()
-        capped = False
-    else:
-        counts[Status.DISPATCHED] = dispatched[: dispatched_cap + 1].count()
-        capped = counts[Status.DISPATCHED] > dispatched_cap
-        if capped:
-            counts[Status.DISPATCHED] = dispatched_cap
-
-    oldest: datetime | None = None
-    if counts[Status.PENDING]:
-        # MIN over the pending rows in due order: the partial index on pending rows serves
-        # the inner query. A plain MIN(created_at) lets PostgreSQL walk the created_at
-        # index from the oldest row, through every dispatched row, to the newest pending.
-        due = (
-            events.filter(status=Status.PENDING)
-            .order_by("available_at", "id")
-            .values("created_at")[:PENDING_SCAN_CAP]
-        )
-        oldest = due.aggregate(oldest=Min("created_at"))["oldest"]
+    counts[Status.PENDING] = int(values["pending"])
+    counts[Status.FAILED] = int(values["failed"])
+    counts[Status.DISPATCHED] = int(values["dispatched"])
+    capped = False
+    if dispatched_cap is not None and counts[Status.DISPATCHED] > dispatched_cap:
+        capped, counts[Status.DISPATCHED] = True, dispatched_cap
+    oldest = as_datetime(values["oldest_pending"], using)
     lag = max(0.0, (timezone.now() - oldest).total_seconds()) if oldest is not None else 0.0
     return {
         "database": using,

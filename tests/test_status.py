@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import datetime, timedelta
 from io import StringIO
@@ -62,22 +63,80 @@ def test_counts_and_lag_from_the_oldest_pending_event(frozen_now: datetime) -> N
     assert status["oldest_pending_created_at"] == oldest_pending.isoformat()
 
 
-def test_three_cheap_queries() -> None:
+def test_one_cheap_statement_reads_counts_and_the_oldest_pending() -> None:
     make_event(Status.PENDING, timezone.now())
     with CaptureQueriesContext(connection) as ctx:
         outbox_status()
     sql = [q["sql"] for q in ctx.captured_queries]
-    assert len(sql) == 3, sql
-    assert "GROUP BY" in sql[0] and "'pending', 'failed'" in sql[0]  # owed rows only
-    assert "LIMIT 10001" in sql[1]  # dispatched rows, capped
-    assert "MIN(" in sql[2] and "'pending'" in sql[2] and "LIMIT 100000" in sql[2]
+    assert len(sql) == 1, sql  # one statement: one snapshot
+    assert sql[0].count("COUNT(*)") == 3  # pending, failed, and dispatched ...
+    assert "LIMIT 10001" in sql[0]  # ... capped
+    assert "MIN(" in sql[0] and "LIMIT 100000" in sql[0]  # the oldest, through the due order
 
 
-def test_nothing_pending_skips_the_lag_query() -> None:
-    make_event(Status.FAILED, timezone.now())
+def test_nothing_pending_is_read_in_the_same_statement(frozen_now: datetime) -> None:
+    make_event(Status.FAILED, frozen_now)
     with CaptureQueriesContext(connection) as ctx:
-        outbox_status()
-    assert len(ctx.captured_queries) == 2
+        status = outbox_status()
+    assert len(ctx.captured_queries) == 1
+    assert status["counts"] == {"pending": 0, "dispatched": 0, "failed": 1}
+    assert (status["oldest_pending_created_at"], status["lag_seconds"]) == (None, 0.0)
+
+
+def test_inside_a_callers_transaction_it_is_still_one_statement(
+    django_assert_num_queries: Any,
+) -> None:
+    from django.db import transaction
+
+    make_event(Status.PENDING, timezone.now())
+    with transaction.atomic(), django_assert_num_queries(1):
+        assert outbox_status()["counts"]["pending"] == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_concurrent_relay_never_makes_pending_and_lag_disagree() -> None:
+    """A writer flips events between pending and dispatched as fast as it can (a relay
+    acknowledging, new commits arriving); every status read must be self-consistent:
+    pending > 0 has the created_at of a pending row, and nothing pending has no lag."""
+    import threading
+
+    from django.db import connections
+
+    created = timezone.now() - timedelta(minutes=5)
+    ids = [make_event(Status.PENDING, created).pk for _ in range(3)]
+    stop = threading.Event()
+    flips = [0]
+
+    def churn() -> None:
+        try:
+            events = OutboxEvent.objects.filter(pk__in=ids)
+            while not stop.is_set():
+                events.update(status=Status.DISPATCHED)
+                events.update(status=Status.PENDING)
+                flips[0] += 1
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=churn)
+    writer.start()
+    seen: set[tuple[bool, bool]] = set()
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            status = outbox_status()
+            pending = status["counts"]["pending"]
+            oldest = status["oldest_pending_created_at"]
+            assert pending in (0, 3), status  # one UPDATE flips all three at once
+            assert (pending > 0) == (oldest is not None), status
+            if pending:
+                assert oldest == created.isoformat() and status["lag_seconds"] >= 300, status
+            seen.add((pending > 0, oldest is not None))
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+    assert flips[0] > 50, "the writer hardly ran: the test proved nothing"
+    assert seen == {(True, True), (False, False)}, "both states were observed"
 
 
 def test_dispatched_count_is_capped() -> None:
