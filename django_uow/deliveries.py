@@ -3,8 +3,9 @@
 One ``ProcessedEvent`` row per (event, handler), for every handler: ``published`` when a
 publisher handed it to a broker, then ``succeeded``, ``retrying`` or ``failed`` as the
 handler runs. Each write is one statement where the database can upsert
-(``INSERT ... ON CONFLICT DO UPDATE``: PostgreSQL, SQLite 3.35+); elsewhere a short
-transaction with ``SELECT ... FOR UPDATE`` does the same.
+(``INSERT ... ON CONFLICT DO UPDATE``: PostgreSQL, SQLite 3.35+; publishing also
+``ON DUPLICATE KEY UPDATE`` on MySQL/MariaDB); elsewhere a short transaction with
+``SELECT ... FOR UPDATE`` does the same.
 
 The functions here only write and read rows; running handlers is ``django_uow.inbox``.
 """
@@ -87,11 +88,32 @@ class ConsumerLag:
 
 
 def traceback_text(exc: BaseException) -> str:
-    """The formatted traceback of ``exc``, storable and capped (innermost frames kept)."""
-    try:
-        text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:  # a broken __str__ must not hide the failure itself
-        text = describe(exc)
+    """The traceback of ``exc`` (and of its causes), storable and capped.
+
+    Frames are kept whole; each exception's own text is capped like ``last_error``, so a
+    huge message cannot push the frames out. Past ``TRACEBACK_LIMIT`` the outermost part
+    is cut.
+    """
+    blocks: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(blocks) < 5:
+        seen.add(id(current))
+        try:
+            frames = "".join(tb.format_list(tb.extract_tb(current.__traceback__)))
+        except Exception:  # a frame that cannot be rendered must not hide the failure
+            frames = ""
+        text = describe(current, 1000)
+        blocks.append(f"Traceback (most recent call last):\n{frames}{text}\n" if frames else text)
+        if current.__cause__ is not None:
+            blocks.append("\nThe above exception was the direct cause of the following:\n\n")
+            current = current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            blocks.append("\nDuring handling of the above exception, another occurred:\n\n")
+            current = current.__context__
+        else:
+            current = None
+    text = "".join(reversed(blocks))
     if len(text) > TRACEBACK_LIMIT:
         text = "\u2026" + text[-(TRACEBACK_LIMIT - 1) :]
     return storable_text(text, TRACEBACK_LIMIT)
@@ -344,6 +366,21 @@ def record_published(
         for start in range(0, len(rows), UPSERT_CHUNK):
             _upsert(connection, rows[start : start + UPSERT_CHUNK], _PUBLISH_UPDATES, where)
         return len(rows)
+    if connection.vendor == "mysql":
+        rows = [
+            _row(
+                connection,
+                envelope,
+                name,
+                status=DeliveryStatus.PUBLISHED,
+                published_at=now,
+                due_at=now,
+            )
+            for envelope, name in deliveries
+        ]
+        for start in range(0, len(rows), UPSERT_CHUNK):
+            _upsert_mysql(connection, rows[start : start + UPSERT_CHUNK], force)
+        return len(rows)
     with transaction.atomic(using=using):
         for envelope, name in deliveries:
             found = _locked(envelope, name, using)
@@ -368,6 +405,27 @@ def record_published(
                     status=DeliveryStatus.PUBLISHED, published_at=now, due_at=now
                 )
     return len(deliveries)
+
+
+def _upsert_mysql(connection: BaseDatabaseWrapper, rows: Sequence[list[Any]], force: bool) -> None:
+    """``INSERT ... ON DUPLICATE KEY UPDATE``: MySQL and MariaDB assign left to right, so
+    ``status`` goes first and the other columns follow only where it became published."""
+    table = connection.ops.quote_name(ProcessedEvent._meta.db_table)
+    placeholders = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+    owed = "status IN ('published', 'retrying')"
+    if force:
+        updates = ", ".join(f"{c} = VALUES({c})" for c in ("status", "published_at", "due_at"))
+    else:
+        updates = ", ".join(
+            f"{c} = IF({owed}, VALUES({c}), {c})" for c in ("status", "published_at", "due_at")
+        )
+    sql = (
+        f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES "
+        + ", ".join([placeholders] * len(rows))
+        + f" ON DUPLICATE KEY UPDATE {updates}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value for row in rows for value in row])
 
 
 # ----------------------------------------------------------------------- reading

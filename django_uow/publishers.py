@@ -20,16 +20,19 @@ from uuid import UUID
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.signals import setting_changed
+from django.db import router
 from django.utils.module_loading import import_string
 
 from .brokers import celery_connection, redis_client_options
 from .conf import uow_settings
+from .deliveries import record_published
 from .events import Envelope
 from .exceptions import BlockedByEarlierFailure, UnknownEventType
-from .handlers import handlers_for
+from .handlers import Handler, handlers_for
 from .inbox import run_handler
+from .models import ProcessedEvent
 from .rabbitmq import RabbitMQPublisher
-from .retry import is_connection_error
+from .retry import describe, is_connection_error
 
 logger = logging.getLogger("django_uow.publishers")
 
@@ -111,7 +114,9 @@ class CeleryPublisher:
 
     Task ids are ``uuid5(event_id, handler name)``; tasks go to the handler's ``queue``
     or ``CELERY_QUEUE``. Broker errors are not retried here (``retry=False``): the relay
-    gives the batch back and tries again later.
+    gives the batch back and tries again later. The deliveries sent are recorded as
+    ``published`` in the inbox with one statement per batch, so a task the broker loses
+    is published again after ``HANDLER_DEADLINE``.
     """
 
     def __init__(self, app: Any = None, *, timeout: float | None = None) -> None:
@@ -141,39 +146,82 @@ class CeleryPublisher:
 
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
         app = self.app
-        default_queue = uow_settings.CELERY_QUEUE
         outcome = _OrderedFailures()
-        with self._producer(app) as producer:
-            for envelope in envelopes:
-                if outcome.blocked(envelope):
-                    continue
-                try:
-                    envelope.event_class()
-                except UnknownEventType as exc:
-                    outcome.fail(envelope, exc)
-                    continue
-                message = envelope.to_message()
-                try:
-                    for handler in handlers_for(envelope.event_type):
-                        options: dict[str, Any] = {}
-                        queue = handler.queue or default_queue
-                        if queue:
-                            options["queue"] = queue
-                        # By name: the worker runs django_uow.tasks.handle_event.
-                        app.send_task(
-                            HANDLE_TASK,
-                            args=(message, handler.name),
-                            task_id=handler_task_id(envelope.event_id, handler.name),
-                            producer=producer,
-                            retry=False,
-                            ignore_result=True,  # as the task does: no result backend call
-                            **options,
-                        )
-                except Exception as exc:
-                    if is_connection_error(exc):
-                        raise  # broker down: the relay hands the whole batch back
-                    outcome.fail(envelope, exc)
+        sent: list[tuple[Envelope, str]] = []
+        try:
+            with self._producer(app) as producer:
+                for envelope in envelopes:
+                    if outcome.blocked(envelope):
+                        continue
+                    try:
+                        envelope.event_class()
+                    except UnknownEventType as exc:
+                        outcome.fail(envelope, exc)
+                        continue
+                    message = envelope.to_message()
+                    try:
+                        for handler in handlers_for(envelope.event_type):
+                            self._send(app, producer, envelope, handler, message)
+                            sent.append((envelope, handler.name))
+                    except Exception as exc:
+                        if is_connection_error(exc):
+                            raise  # broker down: the relay hands the whole batch back
+                        outcome.fail(envelope, exc)
+        finally:
+            _record_published(sent)
         return outcome.result()
+
+    def send_deliveries(
+        self, deliveries: Sequence[tuple[Envelope, Handler]], *, record: bool = True
+    ) -> None:
+        """Send exactly these (event, handler) tasks through one producer; raise on error.
+
+        The deadline sweep and ``redeliver`` use it to publish one handler's delivery again.
+        """
+        app = self.app
+        sent: list[tuple[Envelope, str]] = []
+        try:
+            with self._producer(app) as producer:
+                for envelope, handler in deliveries:
+                    self._send(app, producer, envelope, handler, envelope.to_message())
+                    sent.append((envelope, handler.name))
+        finally:
+            if record:
+                _record_published(sent)
+
+    @staticmethod
+    def _send(
+        app: Any, producer: Any, envelope: Envelope, handler: Handler, message: dict[str, Any]
+    ) -> None:
+        options: dict[str, Any] = {}
+        queue = handler.queue or uow_settings.CELERY_QUEUE
+        if queue:
+            options["queue"] = queue
+        # By name: the worker runs django_uow.tasks.handle_event.
+        app.send_task(
+            HANDLE_TASK,
+            args=(message, handler.name),
+            task_id=handler_task_id(envelope.event_id, handler.name),
+            producer=producer,
+            retry=False,
+            ignore_result=True,  # as the task does: no result backend call
+            **options,
+        )
+
+
+def _record_published(sent: Sequence[tuple[Envelope, str]]) -> None:
+    """Mark what was sent as published; a database error must not undo a publish."""
+    if not sent:
+        return
+    try:
+        record_published(sent, using=router.db_for_write(ProcessedEvent))
+    except Exception as exc:
+        logger.warning(
+            "Could not record %d published handler deliveries (%s); the handlers still run, "
+            "but a task the broker loses is not published again by the deadline sweep.",
+            len(sent),
+            describe(exc),
+        )
 
 
 class RedisStreamPublisher:

@@ -23,13 +23,13 @@ from uuid import UUID
 
 from . import signals
 from .conf import uow_settings
+from .deliveries import Outcome
 from .events import Envelope
 from .exceptions import PermanentFailure, RelayError, RetryAfter
 from .handlers import registry
 from .inbox import run_handler
 from .models import OutboxEvent
-from .relay import prune_outbox as prune_dispatched
-from .relay import relay_events, relay_pending
+from .relay import prune, relay_events, relay_pending, republish_overdue
 from .retry import backoff_delay
 
 logger = logging.getLogger("django_uow.tasks")
@@ -57,6 +57,7 @@ def run_relay(
                 "retried": batch.retried,
             }
         summary = relay_pending(using=using, limit=limit, batch_size=batch_size)
+        republished = republish_overdue(using=using)
     except RelayError as exc:
         # The broker or database is down: the sweep tries again at its next run.
         logger.warning("Relay paused: %s", exc)
@@ -67,20 +68,38 @@ def run_relay(
         "failed": summary.failed,
         "retried": summary.retried,
         "left": summary.left,
+        "republished": republished,
     }
 
 
-def run_prune(using: str = "default") -> int:
-    return prune_dispatched(using=using)
+def run_prune(using: str = "default") -> dict[str, int]:
+    """Body of the prune task: the outbox past RETENTION, the inbox past INBOX_RETENTION."""
+    pruned = prune(using=using)
+    return {"events": pruned.events, "inbox": pruned.inbox}
 
 
 def run_handler_task(task: Any, message: dict[str, Any], handler_name: str) -> bool:
-    """Body of the handler task: rebuild the envelope, run the handler, retry on failure."""
+    """Body of the handler task: rebuild the envelope, run the handler, retry on failure.
+
+    The delivery row counts the attempts (a copy republished after ``HANDLER_DEADLINE``
+    counts too): after ``MAX_ATTEMPTS`` the row is ``failed`` and the task stops retrying.
+    """
     envelope = Envelope.from_message(message)
     handler = registry.get(handler_name)
     retries = int(getattr(task.request, "retries", 0) or 0)
+    delays: list[float] = []
+    outcomes: list[Outcome] = []
+
+    def retry_delay(exc: BaseException) -> float:
+        if isinstance(exc, RetryAfter):
+            delay = exc.seconds
+        else:
+            delay = backoff_delay(retries + 1, *uow_settings.BACKOFF)
+        delays.append(delay)
+        return delay
+
     try:
-        return run_handler(handler, envelope)
+        return run_handler(handler, envelope, retry_delay=retry_delay, report=outcomes.append)
     except PermanentFailure as exc:
         logger.error(
             "Handler %s gave up on event %s (%s) of %s %s: %s",
@@ -94,7 +113,10 @@ def run_handler_task(task: Any, message: dict[str, Any], handler_name: str) -> b
         signals.event_failed.send(sender=OutboxEvent, envelope=envelope, error=exc, dead=True)
         return False
     except Exception as exc:
-        dead = retries + 1 >= uow_settings.MAX_ATTEMPTS
+        if outcomes:
+            dead, attempts = outcomes[0].dead, outcomes[0].attempts
+        else:  # the failure could not be recorded: count Celery's retries instead
+            dead, attempts = retries + 1 >= uow_settings.MAX_ATTEMPTS, retries + 1
         signals.event_failed.send(sender=OutboxEvent, envelope=envelope, error=exc, dead=dead)
         if dead:
             logger.error(
@@ -104,14 +126,11 @@ def run_handler_task(task: Any, message: dict[str, Any], handler_name: str) -> b
                 envelope.event_type,
                 envelope.aggregate_type,
                 envelope.aggregate_id,
-                retries + 1,
+                attempts,
                 exc,
             )
             raise
-        if isinstance(exc, RetryAfter):
-            countdown = exc.seconds
-        else:
-            countdown = backoff_delay(retries + 1, *uow_settings.BACKOFF)
+        countdown = delays[0] if delays else retry_delay(exc)
         raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
 
 
@@ -128,8 +147,8 @@ if shared_task is not None:
         return run_relay(event_ids, using=using, limit=limit, batch_size=batch_size)
 
     @shared_task(name="django_uow.tasks.prune_outbox", ignore_result=True)
-    def prune_outbox(using: str = "default") -> int:
-        """Delete dispatched events older than ``RETENTION``."""
+    def prune_outbox(using: str = "default") -> dict[str, int]:
+        """Prune the outbox (``RETENTION``) and the inbox (``INBOX_RETENTION``)."""
         return run_prune(using)
 
     @shared_task(

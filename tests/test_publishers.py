@@ -431,7 +431,14 @@ def test_relay_task_reports_a_paused_relay_when_the_broker_is_down() -> None:
     ):
         result = relay_outbox()
     assert result["status"] == "paused" and "Could not reach the broker" in result["error"]
-    assert relay_outbox() == {"status": "ok", "relayed": 1, "failed": 0, "retried": 0, "left": 0}
+    assert relay_outbox() == {
+        "status": "ok",
+        "relayed": 1,
+        "failed": 0,
+        "retried": 0,
+        "left": 0,
+        "republished": 0,
+    }
 
 
 @pytest.mark.django_db
@@ -442,11 +449,16 @@ def test_prune_task() -> None:
 
     from django_uow.tasks import prune_outbox
 
-    make_rows([("1", "a")])
+    rows = make_rows([("1", "a")])
     OutboxEvent.objects.update(
         status="dispatched", dispatched_at=timezone.now() - datetime.timedelta(days=30)
     )
-    assert prune_outbox() == 1
+    ProcessedEvent.objects.create(
+        event_id=rows[0].event_id,
+        handler="h",
+        processed_at=timezone.now() - datetime.timedelta(days=31),
+    )
+    assert prune_outbox() == {"events": 1, "inbox": 1}
 
 
 @pytest.mark.django_db

@@ -80,7 +80,7 @@ def test_prune_option_and_command() -> None:
     OutboxEvent.objects.update(dispatched_at=timezone.now() - datetime.timedelta(hours=2))
     out = io.StringIO()
     call_command("prune_outbox", "--older-than", "3600", stdout=out)
-    assert out.getvalue().strip() == "pruned 1"
+    assert out.getvalue().strip() == "pruned 1 event(s), 0 inbox row(s)"
     assert not OutboxEvent.objects.exists()
 
 
@@ -239,7 +239,7 @@ def test_the_relay_docs_name_real_tasks_and_options() -> None:
     import re
 
     import django_uow.tasks  # noqa: F401 - registers the tasks
-    from django_uow.management.commands import prune_outbox, relay_outbox
+    from django_uow.management.commands import prune_outbox, redeliver, relay_outbox
     from tests.celery_app import app
 
     text = (ROOT / "docs" / "relay.md").read_text()
@@ -247,7 +247,8 @@ def test_the_relay_docs_name_real_tasks_and_options() -> None:
     assert tasks == {"django_uow.tasks.relay_outbox", "django_uow.tasks.prune_outbox"}
     assert tasks <= set(app.tasks)
     known = set()
-    for module, name in ((relay_outbox, "relay_outbox"), (prune_outbox, "prune_outbox")):
+    commands = ((relay_outbox, "relay_outbox"), (prune_outbox, "prune_outbox"))
+    for module, name in (*commands, (redeliver, "redeliver")):
         parser = module.Command().create_parser("manage.py", name)
         known |= {opt for action in parser._actions for opt in action.option_strings}
     documented = set(re.findall(r"`(--[a-z-]+)", text))

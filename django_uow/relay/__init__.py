@@ -5,7 +5,8 @@
 - ``loop``: the drain every sweep uses, and the looping relay with LISTEN;
 - ``fastpath``: the on-commit receiver, its broker work bounded by a time budget;
 - ``breaker``: the fast path's circuit breaker (skip the broker for a cool-down);
-- ``retention``: pruning dispatched events.
+- ``retention``: pruning dispatched events and succeeded handler deliveries;
+- ``redelivery``: the handler deadline sweep, and ``redeliver`` for operators.
 """
 
 from __future__ import annotations
@@ -20,17 +21,24 @@ from .batch import (
     relay_events,
 )
 from .loop import RelayLoop, relay_pending
-from .retention import prune_outbox
+from .redelivery import Redelivery, redeliver, republish_overdue
+from .retention import Pruned, prune, prune_inbox, prune_outbox
 
 __all__ = [
     "BlockedByEarlierFailure",
+    "Pruned",
+    "Redelivery",
     "RelayLoop",
     "RelayResult",
     "connection_alias_ok",
     "count_pending",
     "default_relay_id",
+    "prune",
+    "prune_inbox",
     "prune_outbox",
+    "redeliver",
     "relay_batch",
     "relay_events",
     "relay_pending",
+    "republish_overdue",
 ]

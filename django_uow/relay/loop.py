@@ -28,7 +28,8 @@ from ..exceptions import RelayError
 from ..publishers import Publisher
 from .batch import RelayResult, count_pending, default_relay_id, relay_batch
 from .fastpath import NOTIFY_CHANNEL
-from .retention import prune_outbox
+from .redelivery import republish_overdue
+from .retention import prune
 
 logger = logging.getLogger("django_uow.relay")
 
@@ -84,6 +85,8 @@ class RelayLoop:
     _last_prune: float = float("-inf")
     _listener_conn: Listener | None = None
     pruned: int = 0
+    pruned_inbox: int = 0
+    republished: int = 0
 
     def stop(self, *args: Any) -> None:
         self.stopping.set()
@@ -176,8 +179,11 @@ class RelayLoop:
         self.total.add(drained)
         if self.once:
             self.total.left = drained.left
+        self.republished += republish_overdue(using=self.using, publishers=self.publishers)
         if self.prune and time.monotonic() - self._last_prune >= (0 if self.once else PRUNE_EVERY):
-            self.pruned += prune_outbox(using=self.using)
+            pruned = prune(using=self.using)
+            self.pruned += pruned.events
+            self.pruned_inbox += pruned.inbox
             self._last_prune = time.monotonic()
         return drained
 

@@ -1,22 +1,38 @@
-"""Retention: delete dispatched outbox events past ``RETENTION``, in bounded batches.
+"""Retention: delete what is no longer owed, in bounded batches.
 
-``RETENTION`` may be one age, or a mapping per event type: exact names first, then
-``"<app_label>.*"`` patterns, then ``"*"``; ``None`` keeps those events forever (an
-audit log). Each rule deletes only the rows no more specific rule claims.
+- the outbox: dispatched events past ``RETENTION``, except those with a handler
+  delivery still owed or failed (``redeliver`` needs the event). ``RETENTION`` may be
+  one age, or a mapping per event type: exact names first, then ``"<app_label>.*"``
+  patterns, then ``"*"``; ``None`` keeps those events forever (an audit log). Each rule
+  deletes only the rows no more specific rule claims;
+- the inbox: succeeded handler deliveries past ``INBOX_RETENTION``. Deliveries still
+  owed (published, retrying) and dead letters (failed) are never pruned.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from ..conf import uow_settings
-from ..models import OutboxEvent, OutboxStatus
+from ..models import DeliveryStatus, OutboxEvent, OutboxStatus, ProcessedEvent
 
 logger = logging.getLogger("django_uow.relay")
+
+
+@dataclass
+class Pruned:
+    """What one pruning pass deleted."""
+
+    events: int = 0
+    inbox: int = 0
+
+    def __str__(self) -> str:
+        return f"pruned {self.events} event(s), {self.inbox} inbox row(s)"
 
 
 def rule_filters(policy: dict[str, timedelta | None]) -> list[tuple[str, Q, timedelta | None]]:
@@ -42,10 +58,15 @@ def rule_filters(policy: dict[str, timedelta | None]) -> list[tuple[str, Q, time
 
 def _prune_rows(using: str, governed: Q, cutoff: datetime, size: int) -> int:
     manager = OutboxEvent.objects.using(using)
+    unfinished = ProcessedEvent.objects.using(using).filter(
+        event_id=OuterRef("event_id"),
+        status__in=[DeliveryStatus.PUBLISHED, DeliveryStatus.RETRYING, DeliveryStatus.FAILED],
+    )
     total = 0
     while True:
         ids = list(
             manager.filter(governed, status=OutboxStatus.DISPATCHED, dispatched_at__lt=cutoff)
+            .filter(~Exists(unfinished))
             .order_by("dispatched_at")
             .values_list("id", flat=True)[:size]
         )
@@ -67,7 +88,8 @@ def prune_outbox(
     """Delete dispatched events past their retention in bounded batches; return the count.
 
     ``older_than`` overrides ``RETENTION`` for every type. Pending and failed events are
-    never deleted: they are owed work.
+    never deleted: they are owed work. Neither is an event with a handler delivery still
+    owed or failed: it may be delivered again.
     """
     size = batch_size or uow_settings.PRUNE_BATCH_SIZE
     now = now or timezone.now()
@@ -88,3 +110,53 @@ def prune_outbox(
             )
         total += pruned
     return total
+
+
+def prune_inbox(
+    *,
+    using: str = "default",
+    older_than: timedelta | None = None,
+    batch_size: int | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Delete succeeded handler deliveries older than ``INBOX_RETENTION``; return the count.
+
+    Bounded batches walk the partial index on succeeded rows by ``processed_at``.
+    """
+    age = older_than if older_than is not None else uow_settings.INBOX_RETENTION
+    size = batch_size or uow_settings.PRUNE_BATCH_SIZE
+    cutoff = (now or timezone.now()) - age
+    manager = ProcessedEvent.objects.using(using)
+    total = 0
+    while True:
+        ids = list(
+            manager.filter(status=DeliveryStatus.SUCCEEDED, processed_at__lt=cutoff)
+            .order_by("processed_at")
+            .values_list("id", flat=True)[:size]
+        )
+        if not ids:
+            break
+        deleted, _ = manager.filter(id__in=ids, status=DeliveryStatus.SUCCEEDED).delete()
+        total += deleted
+        if len(ids) < size:
+            break
+    if total:
+        logger.info(
+            "Pruned %d succeeded handler deliveries older than %s", total, cutoff.isoformat()
+        )
+    return total
+
+
+def prune(
+    *,
+    using: str = "default",
+    older_than: timedelta | None = None,
+    inbox_older_than: timedelta | None = None,
+    batch_size: int | None = None,
+    now: datetime | None = None,
+) -> Pruned:
+    """Prune the outbox and the inbox (``RETENTION`` and ``INBOX_RETENTION``)."""
+    return Pruned(
+        events=prune_outbox(using=using, older_than=older_than, batch_size=batch_size, now=now),
+        inbox=prune_inbox(using=using, older_than=inbox_older_than, batch_size=batch_size, now=now),
+    )

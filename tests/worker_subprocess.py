@@ -1,0 +1,30 @@
+"""Run a Celery worker in a child process against a given (test) database.
+
+Usage: python -m tests.worker_subprocess <database name> [worker options...]
+Environment: UOW_HANDLER_SLEEP (seconds per OrderCancelled event), UOW_REDIS_DB.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    import tests.settings as settings
+
+    settings.DATABASES["default"]["NAME"] = sys.argv[1]
+    import django
+
+    django.setup()
+    import django_uow.tasks  # noqa: F401 - registers the shared tasks
+    from tests.celery_app import app
+    from tests.testapp import handlers
+
+    handlers.SLEEP[0] = float(os.environ.get("UOW_HANDLER_SLEEP", "0"))
+    app.worker_main(["worker", *sys.argv[2:]])
+
+
+if __name__ == "__main__":
+    main()
