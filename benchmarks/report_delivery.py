@@ -50,6 +50,14 @@ def hotagg_section(results: Results) -> list[str]:
         f"{_ms(hot['p95_ms'])} | {_ms(hot['p99_ms'])} | {_ms(hot['max_ms'])} | "
         f"{hot['handled_twice']} | {_verdict(results, 'hotagg.p95')} |",
     ]
+    if hot.get("relay_p50_ms") is not None:
+        lines += [
+            "",
+            "Where the time goes (from the outbox's `dispatched_at`): commit → marked "
+            f"dispatched p50 {_ms(hot['relay_p50_ms'])}, p95 {_ms(hot['relay_p95_ms'])}; "
+            f"dispatched → handler ran p50 {_ms(hot['queue_p50_ms'])}, p95 "
+            f"{_ms(hot['queue_p95_ms'])}.",
+        ]
     return lines + _why(results, "hotagg.p95")
 
 

@@ -126,6 +126,31 @@ def outbox_left() -> dict[str, int]:
         return {status: int(n) for status, n in cursor.fetchall()}
 
 
+def dispatch_times() -> dict[str, float]:
+    """When the relay marked each commit's event dispatched (wall clock), by token."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT payload->>'token', extract(epoch FROM dispatched_at) FROM {OUTBOX} "
+            "WHERE event_type = %s AND dispatched_at IS NOT NULL",
+            [EVENT_TYPE],
+        )
+        return {str(token): float(at) for token, at in cursor.fetchall()}
+
+
+def split(
+    committed: dict[str, float], dispatched: dict[str, float], handled: dict[str, float]
+) -> dict[str, float | None]:
+    """Where the time goes: commit -> dispatched (relay) and dispatched -> handler (queue)."""
+    relay = [(dispatched[t] - c) * 1000 for t, c in committed.items() if t in dispatched]
+    both = [t for t in committed if t in dispatched and t in handled]
+    queue = [(handled[t] - dispatched[t]) * 1000 for t in both]
+    out: dict[str, float | None] = {}
+    for name, values in (("relay", relay), ("queue", queue)):
+        for pct in (50, 95):
+            out[f"{name}_p{pct}_ms"] = round(percentile(values, pct), 1) if values else None
+    return out
+
+
 def run_hotagg(cfg: Config, results: Results) -> None:
     per_writer = cfg.scale(250, 25)
     reason = relay_available()
@@ -154,6 +179,7 @@ def run_hotagg(cfg: Config, results: Results) -> None:
         handled = {k.decode(): float(v) for k, v in redis.hgetall(HOT_HANDLED_KEY).items()}
         runs = {k.decode(): int(v) for k, v in redis.hgetall(HOT_RUNS_KEY).items()}
         left = outbox_left()
+        stats.update(split(committed, dispatch_times(), handled))
     stats["load_average"] = (load_start, load_average())
     report(results, committed, handled, runs, left, stats, bound, waited)
 
