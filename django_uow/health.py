@@ -1,8 +1,8 @@
 """Health numbers of the outbox in ONE cheap statement, for probes and metrics scrapes.
 
-Each number is a scalar subquery that the partial indexes on owed rows serve (pending,
-failed), so the cost does not grow with the dispatched rows the table holds; one
-statement is one snapshot, so the numbers agree with each other.
+Each number is a scalar subquery that a partial index serves (pending, failed and
+discarded rows each have one), so the cost does not grow with the dispatched rows the
+table holds; one statement is one snapshot, so the numbers agree with each other.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class OutboxHealth:
     lag_seconds: float
     #: How long the oldest DUE pending event has been due: how late the relay is.
     due_lag_seconds: float
+    #: Dead letters an operator discarded (kept for audit until retention prunes them).
+    discarded: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -38,7 +40,8 @@ class OutboxHealth:
 
 
 def outbox_health(using: str = "default", *, now: datetime | None = None) -> OutboxHealth:
-    """Read pending, failed and scheduled counts and the relay lag with one statement.
+    """Read pending, failed, scheduled and discarded counts and the relay lag with one
+    statement.
 
     ``scheduled`` counts pending events not due yet (backing off, or delivered later).
     """
@@ -53,13 +56,15 @@ def outbox_health(using: str = "default", *, now: datetime | None = None) -> Out
         f"(SELECT COUNT(*) FROM {table} WHERE {status} = %s), "
         f"(SELECT COUNT(*) FROM {table} WHERE {status} = %s AND {available} > %s), "
         f"(SELECT MIN({created}) FROM {table} WHERE {status} = %s), "
-        f"(SELECT MIN({available}) FROM {table} WHERE {status} = %s AND {available} <= %s)"
+        f"(SELECT MIN({available}) FROM {table} WHERE {status} = %s AND {available} <= %s), "
+        f"(SELECT COUNT(*) FROM {table} WHERE {status} = %s)"
     )
     pending, failed = OutboxStatus.PENDING.value, OutboxStatus.FAILED.value
     at = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [pending, failed, pending, at, pending, pending, at])
-        n_pending, n_failed, n_scheduled, oldest_raw, due_raw = cursor.fetchone()
+        params = [pending, failed, pending, at, pending, pending, at, OutboxStatus.DISCARDED.value]
+        cursor.execute(sql, params)
+        n_pending, n_failed, n_scheduled, oldest_raw, due_raw, n_discarded = cursor.fetchone()
     oldest, due = _as_datetime(oldest_raw), _as_datetime(due_raw)
     lag = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
     return OutboxHealth(
@@ -69,6 +74,7 @@ def outbox_health(using: str = "default", *, now: datetime | None = None) -> Out
         oldest_pending_created_at=oldest,
         lag_seconds=lag,
         due_lag_seconds=max(0.0, (now - due).total_seconds()) if due is not None else 0.0,
+        discarded=int(n_discarded),
     )
 
 

@@ -80,6 +80,11 @@ class OutboxCollector:
                 numbers.failed,
             ),
             (
+                "django_uow_outbox_discarded",
+                "Dead letters discarded by an operator, kept until retention prunes them.",
+                numbers.discarded,
+            ),
+            (
                 "django_uow_outbox_scheduled",
                 "Pending outbox events not due yet (backing off or scheduled).",
                 numbers.scheduled,

@@ -19,6 +19,12 @@ class OutboxStatus(models.TextChoices):
     PENDING = "pending", _("pending")
     DISPATCHED = "dispatched", _("dispatched")
     FAILED = "failed", _("failed")
+    #: Given up on by an operator: kept for audit, never relayed, blocks nothing.
+    DISCARDED = "discarded", _("discarded")
+
+
+#: Outbox statuses still owed to consumers: the relay delivers them, in aggregate order.
+OWED_STATUSES = (OutboxStatus.PENDING, OutboxStatus.FAILED)
 
 
 class OutboxEvent(models.Model):
@@ -26,7 +32,7 @@ class OutboxEvent(models.Model):
 
     ``id`` is the global order of insertion. Events of one aggregate are relayed in
     ``(aggregate_version, id)`` order; an event waits while an earlier event of its
-    aggregate is not dispatched.
+    aggregate is owed (pending or failed). ``dispatched`` and ``discarded`` are final.
     """
 
     Status = OutboxStatus
@@ -51,6 +57,8 @@ class OutboxEvent(models.Model):
     # The lease of the relay that claimed the row; an expired lease can be claimed again.
     claimed_by = models.CharField(max_length=64, blank=True, default="")
     claimed_until = models.DateTimeField(null=True, blank=True)
+    # When an operator discarded the dead letter (retention counts from here).
+    discarded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = _("outbox event")
@@ -63,17 +71,24 @@ class OutboxEvent(models.Model):
                 name="uow_outbox_due_idx",
                 condition=Q(status="pending"),
             ),
-            # "Is an earlier event of this aggregate still owed?"
+            # "Is an earlier event of this aggregate still owed?" (pending or failed:
+            # dispatched and discarded events hold nothing back).
             models.Index(
                 fields=["aggregate_type", "aggregate_id", "id"],
                 name="uow_outbox_owed_idx",
-                condition=~Q(status="dispatched"),
+                condition=Q(status__in=["pending", "failed"]),
             ),
             # Retention pruning walks dispatched rows by age.
             models.Index(
                 fields=["dispatched_at"],
                 name="uow_outbox_prune_idx",
                 condition=Q(status="dispatched"),
+            ),
+            # ... and discarded rows by the time they were discarded.
+            models.Index(
+                fields=["discarded_at"],
+                name="uow_outbox_discard_idx",
+                condition=Q(status="discarded"),
             ),
             models.Index(fields=["aggregate_type", "aggregate_id"], name="uow_outbox_agg_idx"),
         ]
@@ -105,12 +120,15 @@ class DeliveryStatus(models.TextChoices):
       redelivery of an idempotent handler is skipped.
     - ``failed``: the handler failed for good (``MAX_ATTEMPTS``, or ``PermanentFailure``):
       a dead letter, kept until it is redelivered.
+    - ``discarded``: a dead letter an operator gave up on; kept for audit, not counted
+      as failed, and still re-runnable with ``redeliver``.
     """
 
     PUBLISHED = "published", _("published")
     RETRYING = "retrying", _("retrying")
     SUCCEEDED = "succeeded", _("succeeded")
     FAILED = "failed", _("failed")
+    DISCARDED = "discarded", _("discarded")
 
 
 #: Deliveries still owed by a consumer: the deadline sweep republishes them.

@@ -1,9 +1,10 @@
 """Outbox health at a glance: counts per status, relay lag, and what blocks delivery.
 
 Owed rows (pending, failed) are counted exactly: the partial indexes on owed rows keep
-that cheap however many dispatched rows the table holds. Dispatched rows are counted
-only up to ``dispatched_cap`` (a ``LIMIT`` inside the count), because an exact count
-would read the whole table on every admin page view and every monitoring scrape.
+that cheap however many dispatched rows the table holds. Dispatched and discarded rows
+are counted only up to ``dispatched_cap`` (a ``LIMIT`` inside the count), because an
+exact count would read the whole table on every admin page view and every monitoring
+scrape.
 """
 
 from __future__ import annotations
@@ -66,19 +67,22 @@ def outbox_scalars(using: str, *, dispatched_cap: int | None) -> dict[str, Scala
     )
     Status = OutboxEvent.Status
     count = f"SELECT COUNT(*) FROM {table} WHERE {status} = %s"
-    if dispatched_cap is None:
-        dispatched = Scalar(count, [Status.DISPATCHED.value])
-    else:
+
+    def settled(value: str) -> Scalar:
+        if dispatched_cap is None:
+            return Scalar(count, [value])
         # COUNT over a LIMITed subquery: stops after dispatched_cap + 1 rows.
-        dispatched = Scalar(
+        return Scalar(
             f"SELECT COUNT(*) FROM (SELECT 1 AS one FROM {table} WHERE {status} = %s "
             f"LIMIT {int(dispatched_cap) + 1}) capped",
-            [Status.DISPATCHED.value],
+            [value],
         )
+
     return {
         "pending": Scalar(count, [Status.PENDING.value]),
         "failed": Scalar(count, [Status.FAILED.value]),
-        "dispatched": dispatched,
+        "dispatched": settled(Status.DISPATCHED.value),
+        "discarded": settled(Status.DISCARDED.value),
         # MIN over the pending rows in due order: the partial index on pending rows serves
         # the inner query, whatever the number of dispatched rows.
         "oldest_pending": Scalar(
@@ -110,9 +114,10 @@ def outbox_status(
 ) -> dict[str, Any]:
     """Return counts per status and the relay lag of the outbox on database ``using``.
 
-    Keys: ``database``, ``counts`` (``pending``, ``dispatched``, ``failed``),
-    ``dispatched_capped`` (the dispatched count stopped at ``dispatched_cap``; pass
-    ``None`` for an exact count), ``oldest_pending_created_at`` (ISO 8601 or ``None``)
+    Keys: ``database``, ``counts`` (``pending``, ``dispatched``, ``failed``,
+    ``discarded``), ``dispatched_capped`` (the dispatched count stopped at
+    ``dispatched_cap``; pass ``None`` for an exact count; the discarded count stops
+    there too, with ``discarded_capped``), ``oldest_pending_created_at`` (ISO 8601 or ``None``)
     and ``lag_seconds``: the age of the oldest event still owed (pending), measured
     from its ``created_at``; ``0.0`` when nothing is pending. With more than
     ``PENDING_SCAN_CAP`` pending events the oldest is sought among the earliest due.
@@ -126,15 +131,19 @@ def outbox_status(
     counts[Status.PENDING] = int(values["pending"])
     counts[Status.FAILED] = int(values["failed"])
     counts[Status.DISPATCHED] = int(values["dispatched"])
-    capped = False
+    counts[Status.DISCARDED] = int(values["discarded"])
+    capped = discarded_capped = False
     if dispatched_cap is not None and counts[Status.DISPATCHED] > dispatched_cap:
         capped, counts[Status.DISPATCHED] = True, dispatched_cap
+    if dispatched_cap is not None and counts[Status.DISCARDED] > dispatched_cap:
+        discarded_capped, counts[Status.DISCARDED] = True, dispatched_cap
     oldest = as_datetime(values["oldest_pending"], using)
     lag = max(0.0, (timezone.now() - oldest).total_seconds()) if oldest is not None else 0.0
     return {
         "database": using,
         "counts": counts,
         "dispatched_capped": capped,
+        "discarded_capped": discarded_capped,
         "oldest_pending_created_at": oldest.isoformat() if oldest is not None else None,
         "lag_seconds": lag,
     }

@@ -4,7 +4,7 @@ The relay delivers an aggregate's events in ``id`` order, so one failing event h
 back every later event of its aggregate. An operator looking at a growing lag needs to
 tell "one dead letter blocks one aggregate" from "no relay is running"; these functions
 answer it with a constant number of queries, each walking the owed-rows index
-(``uow_outbox_owed_idx``: non-dispatched rows by aggregate), never the dispatched rows.
+(``uow_outbox_owed_idx``: pending and failed rows by aggregate), never the dispatched rows.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from .models import OutboxEvent, OutboxStatus
 
 PENDING = OutboxStatus.PENDING.value
 FAILED = OutboxStatus.FAILED.value
-DISPATCHED = OutboxStatus.DISPATCHED.value
 
 #: Columns a reason is computed from (all small; the list page loads them anyway).
 STATE_COLUMNS = (
@@ -126,7 +125,7 @@ def wait_reasons(
     firsts: dict[tuple[str, str], tuple[int, int | None]] = {}
     heads: dict[int, OutboxEvent] = {}
     if keyed:
-        owed = OutboxEvent.objects.using(using).exclude(status=DISPATCHED)
+        owed = OutboxEvent.objects.using(using).filter(status__in=[PENDING, FAILED])
         for agg_type, agg_id, first, first_failed in (
             owed.filter(
                 aggregate_type__in={e.aggregate_type for e in keyed},

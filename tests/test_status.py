@@ -44,8 +44,9 @@ def make_event(status: str, created_at: datetime, using: str = "default", **kw: 
 def test_empty_outbox(frozen_now: datetime) -> None:
     assert outbox_status() == {
         "database": "default",
-        "counts": {"pending": 0, "dispatched": 0, "failed": 0},
+        "counts": {"pending": 0, "dispatched": 0, "failed": 0, "discarded": 0},
         "dispatched_capped": False,
+        "discarded_capped": False,
         "oldest_pending_created_at": None,
         "lag_seconds": 0.0,
     }
@@ -57,8 +58,9 @@ def test_counts_and_lag_from_the_oldest_pending_event(frozen_now: datetime) -> N
     make_event(Status.DISPATCHED, frozen_now - timedelta(days=2), dispatched_at=frozen_now)
     make_event(Status.PENDING, oldest_pending)
     make_event(Status.PENDING, frozen_now - timedelta(minutes=1))
+    make_event(Status.DISCARDED, frozen_now - timedelta(days=4), discarded_at=frozen_now)
     status = outbox_status()
-    assert status["counts"] == {"pending": 2, "dispatched": 1, "failed": 1}
+    assert status["counts"] == {"pending": 2, "dispatched": 1, "failed": 1, "discarded": 1}
     assert status["lag_seconds"] == 5400.0
     assert status["oldest_pending_created_at"] == oldest_pending.isoformat()
 
@@ -69,8 +71,8 @@ def test_one_cheap_statement_reads_counts_and_the_oldest_pending() -> None:
         outbox_status()
     sql = [q["sql"] for q in ctx.captured_queries]
     assert len(sql) == 1, sql  # one statement: one snapshot
-    assert sql[0].count("COUNT(*)") == 3  # pending, failed, and dispatched ...
-    assert "LIMIT 10001" in sql[0]  # ... capped
+    assert sql[0].count("COUNT(*)") == 4  # pending, failed, dispatched and discarded ...
+    assert sql[0].count("LIMIT 10001") == 2  # ... the last two capped
     assert "MIN(" in sql[0] and "LIMIT 100000" in sql[0]  # the oldest, through the due order
 
 
@@ -79,7 +81,7 @@ def test_nothing_pending_is_read_in_the_same_statement(frozen_now: datetime) -> 
     with CaptureQueriesContext(connection) as ctx:
         status = outbox_status()
     assert len(ctx.captured_queries) == 1
-    assert status["counts"] == {"pending": 0, "dispatched": 0, "failed": 1}
+    assert status["counts"] == {"pending": 0, "dispatched": 0, "failed": 1, "discarded": 0}
     assert (status["oldest_pending_created_at"], status["lag_seconds"]) == (None, 0.0)
 
 
@@ -154,7 +156,7 @@ def test_command_text_output(frozen_now: datetime) -> None:
     out = StringIO()
     call_command("outbox_status", stdout=out)
     lines = out.getvalue().splitlines()
-    assert lines[0] == "pending: 1  failed: 1  dispatched: 0"
+    assert lines[0] == "pending: 1  failed: 1  dispatched: 0  discarded: 0"
     assert lines[1].startswith("relay lag: 30.0s (oldest pending: ")
 
 
@@ -163,7 +165,7 @@ def test_command_json_output(frozen_now: datetime) -> None:
     out = StringIO()
     call_command("outbox_status", "--json", stdout=out)
     data = json.loads(out.getvalue())
-    assert data["counts"] == {"pending": 1, "dispatched": 0, "failed": 0}
+    assert data["counts"] == {"pending": 1, "dispatched": 0, "failed": 0, "discarded": 0}
     assert data["lag_seconds"] == 12.0
     assert data["database"] == "default"
 
@@ -176,7 +178,7 @@ def test_command_database_option() -> None:
     call_command("outbox_status", "--json", "--database", "other", stdout=out)
     data = json.loads(out.getvalue())
     assert data["database"] == "other"
-    assert data["counts"] == {"pending": 0, "dispatched": 0, "failed": 1}
+    assert data["counts"] == {"pending": 0, "dispatched": 0, "failed": 1, "discarded": 0}
 
 
 def test_command_unknown_database() -> None:

@@ -200,7 +200,7 @@ def test_report_json_says_why_the_oldest_waits_and_what_blocks() -> None:
     out = StringIO()
     call_command("outbox_status", "--json", stdout=out)
     data = json.loads(out.getvalue())
-    assert data["counts"] == {"pending": 7, "dispatched": 1, "failed": 4}
+    assert data["counts"] == {"pending": 7, "dispatched": 1, "failed": 4, "discarded": 0}
     assert data["blocked_aggregates"] == 2
     assert [h["event_id"] for h in data["blocking_heads"]] == [
         str(rows["dead"].event_id),
@@ -355,7 +355,7 @@ def test_report_reads_one_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(django_uow.status, "blocked_summary", commit_elsewhere_then_read)
     report = outbox_report()
-    assert report["counts"] == {"pending": 0, "dispatched": 0, "failed": 0}
+    assert report["counts"] == {"pending": 0, "dispatched": 0, "failed": 0, "discarded": 0}
     assert report["blocked_aggregates"] == 0
     assert OutboxEvent.objects.count() == 2  # committed, and seen by the next read
     assert outbox_report()["blocked_aggregates"] == 1

@@ -1,7 +1,8 @@
 """Retention: delete what is no longer owed, in bounded batches.
 
-- the outbox: dispatched events past ``RETENTION``, except those with a handler
-  delivery still owed or failed (``redeliver`` needs the event). ``RETENTION`` may be
+- the outbox: settled events past ``RETENTION``: dispatched (aged from
+  ``dispatched_at``) or discarded by an operator (aged from ``discarded_at``), except
+  those with a handler delivery still owed or failed (``redeliver`` needs the event). ``RETENTION`` may be
   one age, or a mapping per event type: exact names first, then ``"<app_label>.*"``
   patterns, then ``"*"``; ``None`` keeps those events forever (an audit log). Each rule
   deletes only the rows no more specific rule claims;
@@ -56,7 +57,20 @@ def rule_filters(policy: dict[str, timedelta | None]) -> list[tuple[str, Q, time
     return rules
 
 
+#: Settled statuses and the column each one's age is measured from (each has a partial
+#: index on that column, so a pruning batch never walks owed rows).
+SETTLED = ((OutboxStatus.DISPATCHED, "dispatched_at"), (OutboxStatus.DISCARDED, "discarded_at"))
+
+
 def _prune_rows(using: str, governed: Q, cutoff: datetime, size: int) -> int:
+    return sum(
+        _prune_status(using, governed, status, column, cutoff, size) for status, column in SETTLED
+    )
+
+
+def _prune_status(
+    using: str, governed: Q, status: str, column: str, cutoff: datetime, size: int
+) -> int:
     manager = OutboxEvent.objects.using(using)
     unfinished = ProcessedEvent.objects.using(using).filter(
         event_id=OuterRef("event_id"),
@@ -65,14 +79,14 @@ def _prune_rows(using: str, governed: Q, cutoff: datetime, size: int) -> int:
     total = 0
     while True:
         ids = list(
-            manager.filter(governed, status=OutboxStatus.DISPATCHED, dispatched_at__lt=cutoff)
+            manager.filter(governed, status=status, **{f"{column}__lt": cutoff})
             .filter(~Exists(unfinished))
-            .order_by("dispatched_at")
+            .order_by(column)
             .values_list("id", flat=True)[:size]
         )
         if not ids:
             return total
-        deleted, _ = manager.filter(id__in=ids, status=OutboxStatus.DISPATCHED).delete()
+        deleted, _ = manager.filter(id__in=ids, status=status).delete()
         total += deleted
         if len(ids) < size:
             return total
@@ -85,7 +99,8 @@ def prune_outbox(
     batch_size: int | None = None,
     now: datetime | None = None,
 ) -> int:
-    """Delete dispatched events past their retention in bounded batches; return the count.
+    """Delete dispatched and discarded events past their retention in bounded batches;
+    return the count.
 
     ``older_than`` overrides ``RETENTION`` for every type. Pending and failed events are
     never deleted: they are owed work. Neither is an event with a handler delivery still
@@ -103,7 +118,7 @@ def prune_outbox(
         pruned = _prune_rows(using, governed, now - age, size)
         if pruned:
             logger.info(
-                "Pruned %d dispatched outbox event(s) of %s older than %s",
+                "Pruned %d dispatched or discarded outbox event(s) of %s older than %s",
                 pruned,
                 rule,
                 (now - age).isoformat(),

@@ -10,7 +10,7 @@ the attempt. Ordering is enforced in the same statement:
 * a candidate is skipped before ``LIMIT`` when an earlier event of its aggregate is
   owed and cannot be claimed now (failed, backing off, or leased to another relay),
   so a poisoned aggregate never fills the batch;
-* a candidate is only leased when every earlier not-yet-dispatched event of its
+* a candidate is only leased when every earlier owed (pending or failed) event of its
   aggregate is in this same batch (a concurrent relay holding an earlier one blocks it).
 
 SQLite has no row locks but runs one writer at a time, so the single statement is the
@@ -47,6 +47,8 @@ from ..models import OutboxEvent, OutboxStatus
 PENDING = OutboxStatus.PENDING.value
 DISPATCHED = OutboxStatus.DISPATCHED.value
 FAILED = OutboxStatus.FAILED.value
+#: What holds later events of an aggregate back; dispatched and discarded events do not.
+OWED = (PENDING, FAILED)
 
 #: Databases where the claim is one ``WITH ... UPDATE ... RETURNING`` statement; the
 #: others use ``claim_portable`` (a short transaction of a few statements).
@@ -172,11 +174,11 @@ def claim_batch(
         where.append(
             f"NOT EXISTS (SELECT 1 FROM {t} p WHERE o.aggregate_id <> '' "
             "AND p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id "
-            "AND p.id < o.id AND p.status <> %s AND (p.status = %s "
+            "AND p.id < o.id AND p.status IN (%s, %s) AND (p.status = %s "
             "OR p.available_at > o.available_at "
             "OR (p.claimed_until IS NOT NULL AND p.claimed_until >= %s)))"
         )
-        params += [DISPATCHED, FAILED, _dt(using, now)]
+        params += [PENDING, FAILED, FAILED, _dt(using, now)]
     cte = (
         f"WITH cand AS MATERIALIZED (SELECT o.id, o.aggregate_type, o.aggregate_id FROM {t} o "
         f"WHERE {' AND '.join(where)} ORDER BY o.available_at, o.id LIMIT %s{lock})"
@@ -190,13 +192,13 @@ def claim_batch(
         cte += (
             ", blockers AS MATERIALIZED (SELECT a.aggregate_type, a.aggregate_id, (SELECT p.id "
             f"FROM {t} p WHERE p.aggregate_type = a.aggregate_type "
-            "AND p.aggregate_id = a.aggregate_id AND p.status <> %s "
+            "AND p.aggregate_id = a.aggregate_id AND p.status IN (%s, %s) "
             "AND p.id NOT IN (SELECT id FROM cand) "
             "ORDER BY p.aggregate_type, p.aggregate_id, p.id LIMIT 1) AS blocker "
             "FROM (SELECT DISTINCT aggregate_type, aggregate_id FROM cand "
             "WHERE aggregate_id <> '') a)"
         )
-        params.append(DISPATCHED)
+        params += [PENDING, FAILED]
         eligible += (
             " WHERE NOT EXISTS (SELECT 1 FROM blockers b WHERE "
             "b.aggregate_type = c.aggregate_type AND b.aggregate_id = c.aggregate_id "
@@ -249,7 +251,7 @@ def claim_portable(
                     aggregate_id=OuterRef("aggregate_id"),
                     id__lt=OuterRef("id"),
                 )
-                .exclude(status=DISPATCHED)
+                .filter(status__in=OWED)
                 .filter(
                     Q(status=FAILED)
                     | Q(available_at__gt=OuterRef("available_at"))
@@ -270,7 +272,7 @@ def claim_portable(
             if keys:
                 for aggregate_type, aggregate_id, first in (
                     manager.filter(_keys_q(keys))
-                    .exclude(status=DISPATCHED)
+                    .filter(status__in=OWED)
                     .exclude(id__in=ids)
                     .values_list("aggregate_type", "aggregate_id")
                     .annotate(first=Min("id"))

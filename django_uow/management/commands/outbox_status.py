@@ -54,7 +54,8 @@ class Command(BaseCommand):
         plus = "+" if status["dispatched_capped"] else ""
         self.stdout.write(
             f"pending: {counts['pending']}  failed: {counts['failed']}  "
-            f"dispatched: {counts['dispatched']}{plus}"
+            f"dispatched: {counts['dispatched']}{plus}  "
+            f"discarded: {counts['discarded']}{'+' if status['discarded_capped'] else ''}"
         )
         oldest = status["oldest_pending_created_at"] or "-"
         self.stdout.write(f"relay lag: {status['lag_seconds']:.1f}s (oldest pending: {oldest})")
