@@ -2,10 +2,10 @@
 
 - the outbox: settled events past ``RETENTION``: dispatched (aged from
   ``dispatched_at``) or discarded by an operator (aged from ``discarded_at``), except
-  those with a handler delivery still owed or failed (``redeliver`` needs the event). ``RETENTION`` may be
-  one age, or a mapping per event type: exact names first, then ``"<app_label>.*"``
-  patterns, then ``"*"``; ``None`` keeps those events forever (an audit log). Each rule
-  deletes only the rows no more specific rule claims;
+  those with a handler delivery still owed or failed (``redeliver`` needs the event).
+  ``RETENTION`` may be one age, or a mapping per event type: exact names first, then
+  ``"<app_label>.*"`` patterns, then ``"*"``; ``None`` keeps those events forever (an
+  audit log). Each rule deletes only the rows no more specific rule claims;
 - the inbox: succeeded handler deliveries past ``INBOX_RETENTION``. Deliveries still
   owed (published, retrying) and dead letters (failed) are never pruned.
 """
