@@ -3,7 +3,9 @@
 Each round calls ``close_old_connections()`` and drains what is due (batch after batch;
 the check runs before each batch too when ``CONN_MAX_AGE`` keeps connections), then waits
 ``interval`` seconds — or less on PostgreSQL, where a dedicated connection LISTENs on
-``django_uow_outbox`` and a commit's ``NOTIFY`` wakes the loop at once.
+``django_uow_outbox`` and a commit's ``NOTIFY`` wakes the loop at once. A lost LISTEN
+connection (a database restart, a terminated backend) is reopened with backoff; the
+loop polls at ``interval`` meanwhile and drains once it is back.
 SIGINT/SIGTERM set a flag: the current batch finishes (publish and acknowledgement),
 then the loop exits. Database and broker errors are logged and retried next round.
 """
@@ -35,6 +37,8 @@ logger = logging.getLogger("django_uow.relay")
 
 #: How often a looping relay with ``prune=True`` prunes (seconds).
 PRUNE_EVERY = 3600.0
+#: Reopening a lost LISTEN connection: the first delay and the cap (seconds), doubling.
+LISTEN_BACKOFF = (0.5, 30.0)
 
 
 class Listener:
@@ -84,6 +88,8 @@ class RelayLoop:
     stopping: threading.Event = field(default_factory=threading.Event)
     _last_prune: float = float("-inf")
     _listener_conn: Listener | None = None
+    _listen_retry_at: float = float("inf")
+    _listen_delay: float = 0.0
     pruned: int = 0
     pruned_inbox: int = 0
     republished: int = 0
@@ -214,37 +220,69 @@ class RelayLoop:
                 self._listener_conn = None
         return self.total
 
+    def _listens(self) -> bool:
+        return self.listen and connections[self.using].vendor == "postgresql"
+
     def _listener(self) -> Listener | None:
-        if not self.listen or connections[self.using].vendor != "postgresql":
+        if not self._listens():
             return None
         try:
             return Listener(self.using)
         except Exception as exc:
             logger.warning(
-                "LISTEN %s unavailable (%s); polling every %.1fs",
+                "LISTEN %s unavailable (%s); polling every %.1fs, reopening it with backoff",
                 NOTIFY_CHANNEL,
                 exc,
                 self.interval,
             )
+            self._schedule_reopen(first=True)
             return None
+
+    def _schedule_reopen(self, *, first: bool) -> None:
+        """Back off between attempts to reopen LISTEN: ``LISTEN_BACKOFF`` doubling to a cap."""
+        start, cap = LISTEN_BACKOFF
+        self._listen_delay = start if first else min(cap, self._listen_delay * 2)
+        self._listen_retry_at = time.monotonic() + self._listen_delay
+
+    def _reopen(self) -> bool:
+        """Try to reopen a lost LISTEN connection; True when it is open again."""
+        try:
+            self._listener_conn = Listener(self.using)
+        except Exception as exc:
+            logger.debug("Reopening LISTEN %s failed (%s)", NOTIFY_CHANNEL, exc)
+            self._schedule_reopen(first=False)
+            return False
+        logger.info("LISTEN %s reopened; waking on commits again", NOTIFY_CHANNEL)
+        return True
 
     def _wait(self) -> None:
         deadline = time.monotonic() + self.interval
         while not self.stopping.is_set():
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return
-            step = min(left, 0.25)
             listener = self._listener_conn
+            if listener is None and self._listens() and now >= self._listen_retry_at:
+                if self._reopen():
+                    return  # notifications sent while it was closed are lost: drain now
+                continue
+            step = min(left, 0.25)
             if listener is not None:
                 try:
                     if listener.wait(step):
                         return
                 except Exception as exc:
-                    logger.warning("LISTEN connection lost (%s); polling instead", exc)
+                    logger.warning(
+                        "LISTEN connection lost (%s); polling every %.1fs, reopening it "
+                        "with backoff",
+                        exc,
+                        self.interval,
+                    )
                     self._listener_conn = None
                     with contextlib.suppress(Exception):  # already broken
                         listener.close()
+                    self._schedule_reopen(first=True)
             else:
                 self.stopping.wait(step)
 
