@@ -433,3 +433,30 @@ def test_the_relay_prunes_the_inbox_with_the_outbox(settings: Any) -> None:
     out = io.StringIO()
     call_command("relay_outbox", "--once", "--prune", stdout=out)
     assert not ProcessedEvent.objects.exists()
+
+
+@pytest.mark.celery
+@pytest.mark.django_db
+def test_every_sweep_runs_the_deadline_step(unconsumed_queue: Any, settings: Any) -> None:
+    """The beat task and ``relay_outbox --once`` publish overdue deliveries again."""
+    from django_uow.tasks import run_relay
+
+    unconsumed_queue.set_current()
+    settings.DJANGO_UOW = {**settings.DJANGO_UOW, **CELERY, "HANDLER_DEADLINE": 60}
+    rows = make_rows([("1", "a"), ("2", "b")])
+    OutboxEvent.objects.update(status="dispatched", dispatched_at=timezone.now())
+    record_published([(r.to_envelope(), "testapp.record_cancelled") for r in rows], using="default")
+    long_ago = timezone.now() - datetime.timedelta(minutes=5)
+    ProcessedEvent.objects.update(due_at=long_ago, published_at=long_ago)
+
+    assert run_relay()["republished"] == 2
+    assert run_relay()["republished"] == 0  # published again just now: not overdue
+    ProcessedEvent.objects.update(due_at=long_ago)
+    call_command("relay_outbox", "--once", stdout=io.StringIO())
+    assert not ProcessedEvent.objects.filter(
+        due_at__lt=timezone.now() - datetime.timedelta(minutes=1)
+    ).exists()
+    with unconsumed_queue.connection_for_write() as conn:
+        assert conn.default_channel.client.llen(uow_queue_name()) == 4
+    assert set(ProcessedEvent.objects.values_list("status", flat=True)) == {"published"}
+    assert all(p.published_at > long_ago for p in ProcessedEvent.objects.all())
