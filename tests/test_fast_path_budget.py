@@ -347,3 +347,46 @@ def test_a_zero_cooldown_tries_the_broker_on_every_commit() -> None:
     cb = CircuitBreaker(Clock())
     cb.failed(ConnectionRefusedError("refused"), cooldown=0.0)
     assert cb.allow()
+
+
+# ----------------------------------------------------------------------- AMQP
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[int]:
+    """A loopback port whose kernel completes the TCP handshake and nothing ever answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        server.close()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("outage", ["refused", "hung"])
+def test_an_amqp_broker_outage_never_holds_a_commit(
+    silent_listener: int, caplog: pytest.LogCaptureFixture, outage: str
+) -> None:
+    from celery import Celery, current_app
+
+    port = silent_listener if outage == "hung" else free_port()
+    previous = current_app._get_current_object()
+    app = Celery("uow-fast-path-amqp", broker=f"amqp://guest:guest@127.0.0.1:{port}//")
+    app.set_current()
+    try:
+        with (
+            override_settings(DJANGO_UOW=CELERY_UOW),
+            caplog.at_level(logging.INFO, logger="django_uow.fastpath"),
+        ):
+            _, took = timed_place()
+            assert took < WITHIN_BUDGET, f"a commit waited {took:.1f}s on a {outage} broker"
+            assert breaker.is_open
+            place_order()  # skipped: the breaker is open
+    finally:
+        previous.set_current()
+        app.close()
+    assert breaker.skipped == 1
+    assert set(OutboxEvent.objects.values_list("status", "attempts")) == {("pending", 0)}
+    assert len(fast_path_records(caplog, logging.WARNING)) == 1
