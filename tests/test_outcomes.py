@@ -192,8 +192,12 @@ def test_redeliver_inline_reruns_a_dead_letter_and_skips_what_succeeded(settings
 
 @pytest.mark.django_db
 def test_redeliver_command_errors() -> None:
-    with pytest.raises(CommandError, match="--event ID, or pass --failed"):
+    with pytest.raises(CommandError, match="--event-type and/or --since, or pass --failed"):
         call_command("redeliver")
+    with pytest.raises(CommandError, match="is not an ISO 8601 date-time"):
+        call_command("redeliver", "--since", "yesterday")
+    with pytest.raises(CommandError, match="is not an ISO 8601 date-time"):
+        call_command("redeliver", "--since", "2026-02-30T00:00")
     with pytest.raises(CommandError, match="is not in the outbox"):
         call_command("redeliver", "--event", str(uuid.uuid4()))
     with pytest.raises(CommandError, match="badly formed"):
@@ -201,6 +205,49 @@ def test_redeliver_command_errors() -> None:
     rows = make_rows([("1", "a")])
     with pytest.raises(CommandError, match="No event handler is registered under the name"):
         call_command("redeliver", "--event", str(rows[0].event_id), "--handler", "nobody")
+
+
+@pytest.mark.django_db
+def test_redeliver_backfills_a_new_handler_over_retained_events(
+    settings: Any, temp_handlers: list[str]
+) -> None:
+    from tests.testapp.events import OrderCancelled
+
+    settings.DJANGO_UOW = {**INLINE}
+    rows = make_rows([("1", "a"), ("2", "b"), ("3", "c")])
+    make_rows([("4", "d")], event_type="testapp.Pinged")
+    OutboxEvent.objects.update(status="dispatched", dispatched_at=timezone.now())
+    OutboxEvent.objects.filter(id=rows[0].id).update(
+        created_at=timezone.now() - datetime.timedelta(days=2)
+    )
+    seen: list[str] = []
+
+    @event_handler(OrderCancelled, name="t.backfill")
+    def backfill(event: OrderCancelled) -> None:
+        seen.append(event.reason)
+
+    temp_handlers.append("t.backfill")
+    since = (timezone.now() - datetime.timedelta(days=1)).isoformat()
+    out = io.StringIO()
+    call_command(
+        "redeliver",
+        "--event-type",
+        "orders.cancelled",
+        "--since",
+        since,
+        "--handler",
+        "t.backfill",
+        stdout=out,
+    )
+    assert out.getvalue().splitlines()[-1] == "redelivered 2: 2 succeeded"
+    assert sorted(seen) == ["b", "c"]
+    out = io.StringIO()
+    call_command(
+        "redeliver", "--event-type", "orders.cancelled", "--handler", "t.backfill", stdout=out
+    )
+    assert out.getvalue().splitlines()[-1] == "redelivered 3: 2 skipped, 1 succeeded"
+    assert sorted(seen) == ["a", "b", "c"]
+    assert ProcessedEvent.objects.filter(handler="t.backfill", status="succeeded").count() == 3
 
 
 # ----------------------------------------------------------------------- publishing

@@ -29,7 +29,7 @@ from ..events import Envelope
 from ..exceptions import RelayError
 from ..handlers import Handler, registry
 from ..inbox import run_handler
-from ..models import DeliveryStatus, OutboxEvent, ProcessedEvent
+from ..models import DeliveryStatus, OutboxEvent, OutboxStatus, ProcessedEvent
 from ..publishers import CeleryPublisher, Publisher, get_publishers
 from ..retry import describe
 
@@ -199,12 +199,16 @@ def deliveries_to_redeliver(
     event_id: UUID | str | None = None,
     handler: str | None = None,
     failed: bool = False,
+    event_type: str | None = None,
+    since: datetime | None = None,
 ) -> Iterator[tuple[UUID, str]]:
     """The (event, handler) pairs ``redeliver`` should run, for the command's options.
 
-    ``failed``: the failed deliveries (of ``event_id`` and/or ``handler`` when given).
-    Otherwise ``event_id`` is required: its handlers (or just ``handler``), whether or
-    not they have a delivery row yet.
+    - ``failed``: the failed deliveries, narrowed by ``event_id``, ``handler``,
+      ``event_type`` and ``since`` (last attempt at or after) when given;
+    - otherwise the events named by ``event_id``, or the dispatched events of
+      ``event_type`` and/or created ``since`` (a backfill over retained events), each
+      with its handlers, or only ``handler``, whether or not they have a delivery row.
     """
     if failed:
         rows = ProcessedEvent.objects.using(using).filter(status=DeliveryStatus.FAILED)
@@ -212,16 +216,33 @@ def deliveries_to_redeliver(
             rows = rows.filter(event_id=UUID(str(event_id)))
         if handler is not None:
             rows = rows.filter(handler=handler)
+        if event_type is not None:
+            rows = rows.filter(event_type=event_type)
+        if since is not None:
+            rows = rows.filter(last_attempt_at__gte=since)
         yield from rows.order_by("id").values_list("event_id", "handler").iterator()
         return
-    if event_id is None:
-        raise ValueError("Name an event (event_id) or ask for the failed deliveries.")
-    event_id = UUID(str(event_id))
+    if event_id is None and event_type is None and since is None:
+        raise ValueError(
+            "Name an event (event_id), an event type or a start time, or ask for the failed "
+            "deliveries."
+        )
+    events = OutboxEvent.objects.using(using)
+    if event_id is not None:
+        events = events.filter(event_id=UUID(str(event_id)))
+        if not events.exists():
+            raise LookupError(f"Event {event_id} is not in the outbox.")
+    else:
+        events = events.filter(status=OutboxStatus.DISPATCHED)
+    if event_type is not None:
+        events = events.filter(event_type=event_type)
+    if since is not None:
+        events = events.filter(created_at__gte=since)
     if handler is not None:
-        yield event_id, handler
-        return
-    event = OutboxEvent.objects.using(using).filter(event_id=event_id).first()
-    if event is None:
-        raise LookupError(f"Event {event_id} is not in the outbox.")
-    for found in registry.for_type(event.event_type):
-        yield event_id, found.name
+        registry.get(handler)  # a misspelt name fails before anything runs
+    for found_id, found_type in events.order_by("id").values_list("event_id", "event_type"):
+        if handler is not None:
+            yield found_id, handler
+            continue
+        for found in registry.for_type(found_type):
+            yield found_id, found.name

@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import dateparse, timezone
 
 from django_uow.relay.redelivery import deliveries_to_redeliver, redeliver
 
 
 class Command(BaseCommand):
     help = (
-        "Run handler deliveries again: --event ID (its handlers, or --handler NAME), or "
-        "--failed (every failed delivery, optionally of one --handler). With CeleryPublisher "
+        "Run handler deliveries again: --event ID (its handlers, or --handler NAME); "
+        "--event-type / --since (dispatched events, e.g. to backfill a new --handler); or "
+        "--failed (failed deliveries, narrowed by the other options). With CeleryPublisher "
         "configured the tasks are published again (unless --inline); otherwise the handlers "
         "run here. Idempotent handlers skip deliveries that already succeeded."
     )
@@ -23,14 +25,33 @@ class Command(BaseCommand):
         parser.add_argument(
             "--failed", action="store_true", help="Every failed delivery (of --handler)."
         )
+        parser.add_argument("--event-type", default=None, help="Events of this type.")
+        parser.add_argument(
+            "--since",
+            default=None,
+            help="Events created (with --failed: last tried) at or after this ISO 8601 time.",
+        )
         parser.add_argument(
             "--inline", action="store_true", help="Run the handlers here even with Celery."
         )
         parser.add_argument("--database", default="default", help="Database alias.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["event"] is None and not options["failed"]:
-            raise CommandError("Name an event with --event ID, or pass --failed.")
+        if not (options["event"] or options["failed"] or options["event_type"] or options["since"]):
+            raise CommandError(
+                "Name an event with --event ID, select events with --event-type and/or "
+                "--since, or pass --failed."
+            )
+        since = None
+        if options["since"] is not None:
+            try:
+                since = dateparse.parse_datetime(options["since"])
+            except ValueError:
+                since = None
+            if since is None:
+                raise CommandError(f"--since {options['since']!r} is not an ISO 8601 date-time.")
+            if timezone.is_naive(since):
+                since = timezone.make_aware(since)
         using = options["database"]
         counts: dict[str, int] = {}
         try:
@@ -40,6 +61,8 @@ class Command(BaseCommand):
                     event_id=options["event"],
                     handler=options["handler"],
                     failed=options["failed"],
+                    event_type=options["event_type"],
+                    since=since,
                 )
             )
             for event_id, handler in pairs:
