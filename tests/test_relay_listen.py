@@ -139,3 +139,11 @@ def test_reopening_backs_off_doubling_to_a_cap(monkeypatch: pytest.MonkeyPatch) 
     start, cap = relay_loop.LISTEN_BACKOFF
     assert delays == [min(cap, start * 2**n) for n in range(9)]
     assert delays[-1] == cap
+
+
+def test_the_listen_connection_has_tcp_keepalives(looping_relay: RelayLoop) -> None:
+    """A peer gone without a word fails the idle connection, so it is reopened."""
+    listener = looping_relay._listener_conn
+    assert listener is not None
+    params = listener.conn.info.get_parameters()
+    assert (params["keepalives"], params["keepalives_idle"]) == ("1", "30")

@@ -39,6 +39,13 @@ logger = logging.getLogger("django_uow.relay")
 PRUNE_EVERY = 3600.0
 #: Reopening a lost LISTEN connection: the first delay and the cap (seconds), doubling.
 LISTEN_BACKOFF = (0.5, 30.0)
+#: libpq keepalive settings of the LISTEN connection (the database's own OPTIONS win).
+LISTEN_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 class Listener:
@@ -52,8 +59,12 @@ class Listener:
             k: v
             for k, v in params.items()
             if k in {"dbname", "user", "password", "host", "port", "sslmode", "options"}
-            or k.startswith("ssl")
+            or k.startswith(("ssl", "keepalives"))
         }
+        # TCP keepalives: a peer that vanished without a word (a failover, a dropped
+        # route) fails the idle LISTEN connection within about a minute, so it is reopened.
+        for key, value in LISTEN_KEEPALIVES.items():
+            kwargs.setdefault(key, value)
         self.conn = psycopg.connect(autocommit=True, connect_timeout=5, **kwargs)
         self.conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
 
