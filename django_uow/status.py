@@ -157,20 +157,26 @@ RECENT_HANDLER_FAILURES = 5
 REPORT_ERROR_CHARS = 500
 
 
+#: Where ``SET TRANSACTION`` gives the next transaction one snapshot for all its reads
+#: (SQLite's transactions already read one snapshot).
+SNAPSHOT_VENDORS = frozenset({"postgresql", "mysql"})
+
+
 @contextmanager
 def snapshot(using: str) -> Iterator[None]:
     """Run the enclosed reads in one transaction, so their numbers agree.
 
-    On PostgreSQL a new transaction is ``REPEATABLE READ READ ONLY``: every statement
-    sees the same snapshot. Inside an already open transaction (a test case, a caller's
+    On PostgreSQL and MySQL/MariaDB a new transaction is ``REPEATABLE READ, READ ONLY``
+    (Django runs MySQL sessions at ``READ COMMITTED``, where each statement would see
+    its own snapshot). Inside an already open transaction (a test case, a caller's
     ``atomic``) the reads join it and see what its isolation level gives them.
     """
     connection = connections[using]
     outermost = not connection.in_atomic_block
     with transaction.atomic(using=using):
-        if outermost and connection.vendor == "postgresql":
+        if outermost and connection.vendor in SNAPSHOT_VENDORS:
             with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         yield
 
 

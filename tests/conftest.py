@@ -58,10 +58,23 @@ def require_postgres() -> None:
         pytest.skip("needs PostgreSQL: run with UOW_DB=postgres")
 
 
+@pytest.fixture
+def require_server_db() -> None:
+    # Django's own flag: False where the test database is private to one connection
+    # (in-memory SQLite), so threads, workers and child processes cannot share it.
+    if not connection.features.test_db_allows_multiple_connections:
+        pytest.skip(
+            "needs a database that several connections share: "
+            "run with UOW_DB=postgres or UOW_DB=mariadb"
+        )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("postgres"):
             item.fixturenames.insert(0, "require_postgres")
+        if item.get_closest_marker("server_db"):
+            item.fixturenames.insert(0, "require_server_db")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -328,7 +328,7 @@ def test_blocked_view_escapes_and_caps_hostile_error_text(admin_client: Client) 
     assert len(page) < 50_000
 
 
-@pytest.mark.postgres
+@pytest.mark.server_db
 @pytest.mark.django_db(transaction=True)
 def test_report_reads_one_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
     """A failing event committed by another connection mid-report is not half-seen."""
