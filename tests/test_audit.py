@@ -110,7 +110,7 @@ def wait_for(predicate: Any, timeout: float = 30.0) -> bool:
 
 
 @pytest.mark.celery
-@pytest.mark.postgres  # the worker's threads need a real server (in-memory SQLite locks tables)
+@pytest.mark.server_db  # the worker's threads need a real server (in-memory SQLite locks tables)
 @pytest.mark.django_db(transaction=True)
 def test_follow_up_events_of_a_handler_carry_the_actor_under_celery(
     client: Client,

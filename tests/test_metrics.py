@@ -22,7 +22,7 @@ def sample(registry: Any, name: str, **labels: str) -> float | None:
     return None if value is None else float(value)
 
 
-@pytest.mark.postgres  # a reader beside a writer: SQLite's shared test cache locks the table
+@pytest.mark.server_db  # a reader beside a writer: SQLite's shared test cache locks the table
 @pytest.mark.django_db(transaction=True)
 def test_scrapes_during_a_relay_and_counts_that_match_outbox_status() -> None:
     registry = prometheus_client.CollectorRegistry()

@@ -196,7 +196,7 @@ def place(count: int) -> list[Order]:
 
 
 @pytest.mark.celery
-@pytest.mark.postgres  # the worker's threads need a real server (in-memory SQLite locks tables)
+@pytest.mark.server_db  # the worker's threads need a real server (in-memory SQLite locks tables)
 @pytest.mark.django_db(transaction=True)
 def test_celery_publisher_delivers_each_event_to_its_handler_through_a_worker(
     celery_worker: Any, received: list[tuple[str, str]]
@@ -215,7 +215,7 @@ def test_celery_publisher_delivers_each_event_to_its_handler_through_a_worker(
 
 
 @pytest.mark.celery
-@pytest.mark.postgres  # the worker's threads need a real server (in-memory SQLite locks tables)
+@pytest.mark.server_db  # the worker's threads need a real server (in-memory SQLite locks tables)
 @pytest.mark.django_db(transaction=True)
 def test_celery_redelivery_has_its_effect_once(celery_worker: Any) -> None:
     from celery.signals import task_postrun
@@ -243,7 +243,7 @@ def test_celery_redelivery_has_its_effect_once(celery_worker: Any) -> None:
 
 
 @pytest.mark.celery
-@pytest.mark.postgres  # the worker's threads need a real server (in-memory SQLite locks tables)
+@pytest.mark.server_db  # the worker's threads need a real server (in-memory SQLite locks tables)
 @pytest.mark.django_db(transaction=True)
 def test_celery_publisher_reuses_one_producer_for_the_whole_batch(celery_worker: Any) -> None:
     place(20)
@@ -267,7 +267,7 @@ def test_celery_publisher_reuses_one_producer_for_the_whole_batch(celery_worker:
 
 
 @pytest.mark.celery
-@pytest.mark.postgres  # the worker's threads need a real server (in-memory SQLite locks tables)
+@pytest.mark.server_db  # the worker's threads need a real server (in-memory SQLite locks tables)
 @pytest.mark.django_db(transaction=True)
 def test_celery_fast_path_enqueues_the_relay_task(
     celery_worker: Any, received: list[tuple[str, str]]
@@ -317,7 +317,7 @@ def ping_envelope() -> Any:
 
 
 @pytest.mark.celery
-@pytest.mark.postgres
+@pytest.mark.server_db
 @pytest.mark.django_db(transaction=True)
 def test_handler_task_retries_a_failing_handler_with_backoff(
     celery_worker: Any, temp_handler_names: list[str]
@@ -343,7 +343,7 @@ def test_handler_task_retries_a_failing_handler_with_backoff(
 
 
 @pytest.mark.celery
-@pytest.mark.postgres
+@pytest.mark.server_db
 @pytest.mark.django_db(transaction=True)
 def test_handler_task_gives_up_on_permanent_failure(
     celery_worker: Any, temp_handler_names: list[str]
@@ -378,7 +378,7 @@ def test_handler_task_gives_up_on_permanent_failure(
 
 
 @pytest.mark.celery
-@pytest.mark.postgres
+@pytest.mark.server_db
 @pytest.mark.django_db(transaction=True)
 def test_handler_task_gives_up_at_once_on_a_payload_that_does_not_decode(
     celery_worker: Any,

@@ -166,7 +166,7 @@ def stop(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-@pytest.mark.postgres
+@pytest.mark.server_db
 @pytest.mark.django_db(transaction=True)
 def test_loop_relays_and_exits_cleanly_on_sigterm() -> None:
     make_rows([("1", "a"), ("2", "b")])
@@ -255,7 +255,7 @@ def test_the_relay_docs_name_real_tasks_and_options() -> None:
     assert documented and documented <= known, documented - known
 
 
-@pytest.mark.postgres
+@pytest.mark.server_db
 @pytest.mark.django_db(transaction=True)
 def test_a_drain_keeps_its_connection_across_batches() -> None:
     from django_uow.relay import RelayLoop
