@@ -22,8 +22,10 @@ DEFAULTS: dict[str, Any] = {
     "ORDERING": "aggregate",
     "RETENTION": timedelta(days=7),
     "PRUNE_BATCH_SIZE": 5000,
-    # How long a relay owns the events it claimed before another relay may take them.
-    "LEASE": 60.0,
+    # How long a relay owns the events it claimed before another relay may take them. A
+    # relay renews it every LEASE / 3 seconds while a batch is in flight, so it can be
+    # short: a relay that dies blocks its aggregates for about this long.
+    "LEASE": 10.0,
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "STREAM_KEY": "django_uow:{aggregate_type}",
     "STREAM_MAXLEN": 100_000,

@@ -1,7 +1,9 @@
 """The relay: deliver committed outbox events to the publishers, at least once, in order.
 
 - ``statements``: the claim, acknowledgement and failure statements (leases, ordering);
-- ``batch``: one batch (triage, publish, settle, report) and the one result type;
+- ``batch``: one batch (triage, publish, settle, report), the one result type, and the
+  follow-up that delivers what waited behind acknowledged events;
+- ``heartbeat``: renewing the lease of a batch in flight;
 - ``loop``: the drain every sweep uses, and the looping relay with LISTEN;
 - ``fastpath``: the on-commit receiver, its broker work bounded by a time budget;
 - ``breaker``: the fast path's circuit breaker (skip the broker for a cool-down);

@@ -44,6 +44,7 @@ from ..publishers import Publisher, get_publishers
 from ..retry import backoff_delay, describe, is_connection_error
 from ..tracing import span
 from . import statements
+from .heartbeat import lease_kept
 
 logger = logging.getLogger("django_uow.relay")
 
@@ -280,7 +281,13 @@ class _Batch:
     def run(self, publishers: Sequence[Publisher], result: RelayResult) -> None:
         self.triage()
         try:
-            by_event = publish_all(publishers, [self.envelopes[r.id] for r in self.to_publish])
+            with lease_kept(
+                using=self.using,
+                relay_id=self.relay_id,
+                ids=[r.id for r in self.to_publish],
+                lease=uow_settings.LEASE,
+            ):
+                by_event = publish_all(publishers, [self.envelopes[r.id] for r in self.to_publish])
         except Exception as exc:
             # Broker unreachable: nothing is marked, no attempt is spent.
             statements.record_failures(

@@ -319,6 +319,14 @@ def acknowledge(*, using: str, relay_id: str, ids: Sequence[int]) -> int:
     )
 
 
+def renew(*, using: str, relay_id: str, ids: Sequence[int], lease: float) -> int:
+    """Extend the lease of ``ids`` still held by ``relay_id`` to now + ``lease`` (one UPDATE)."""
+    if not ids:
+        return 0
+    until = timezone.now() + datetime.timedelta(seconds=lease)
+    return int(_mine(using, relay_id, ids).filter(status=PENDING).update(claimed_until=until))
+
+
 def give_back(*, using: str, relay_id: str, ids: Sequence[int]) -> int:
     """Release ``ids`` untouched: the lease ends and the attempt counted at claim is refunded."""
     if not ids:
