@@ -126,6 +126,21 @@ class BlockedByEarlierFailure(Exception):
         )
 
 
+class HandlerFailed(UnitOfWorkError):
+    """Raised (by ``InlinePublisher``) when handler code raised; the original is ``__cause__``.
+
+    Whatever the original's class, even a ``ConnectionError`` from the handler's own
+    dependency, it is a handler failure: an attempt is spent and the error is stored. Only
+    a publisher's own transport errors pause the relay.
+    """
+
+    def __init__(self, handler: str, original: BaseException) -> None:
+        self.handler = handler
+        self.original = original
+        super().__init__(f"handler {handler} raised {type(original).__name__}")
+        self.__cause__ = original
+
+
 class PermanentFailure(UnitOfWorkError):
     """Raise from a handler or publisher to dead-letter an event now, without more retries."""
 

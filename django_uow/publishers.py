@@ -27,7 +27,13 @@ from .brokers import celery_connection, redis_client_options
 from .conf import uow_settings
 from .deliveries import record_published
 from .events import Envelope
-from .exceptions import BlockedByEarlierFailure, UnknownEventType
+from .exceptions import (
+    BlockedByEarlierFailure,
+    HandlerFailed,
+    PermanentFailure,
+    RetryAfter,
+    UnknownEventType,
+)
 from .handlers import Handler, handlers_for
 from .inbox import run_handler
 from .models import ProcessedEvent
@@ -92,7 +98,10 @@ def handler_task_id(event_id: UUID | str, handler_name: str) -> str:
 class InlinePublisher:
     """Call the handlers in the relay process (tests, demos, no broker).
 
-    A handler that raises fails its event; the relay retries it with backoff.
+    A handler that raises fails its event; the relay retries it with backoff. Its
+    exception reaches the relay wrapped in ``HandlerFailed`` (``PermanentFailure`` and
+    ``RetryAfter`` as they are), so a handler's ``ConnectionError`` is never taken for a
+    broker outage.
     """
 
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
@@ -102,10 +111,18 @@ class InlinePublisher:
                 continue
             try:
                 envelope.event_class()
-                for handler in handlers_for(envelope.event_type):
-                    run_handler(handler, envelope)
-            except Exception as exc:
+            except UnknownEventType as exc:
                 outcome.fail(envelope, exc)
+                continue
+            for handler in handlers_for(envelope.event_type):
+                try:
+                    run_handler(handler, envelope)
+                except (PermanentFailure, RetryAfter) as exc:
+                    outcome.fail(envelope, exc)
+                    break
+                except Exception as exc:
+                    outcome.fail(envelope, HandlerFailed(handler.name, exc))
+                    break
         return outcome.result()
 
 

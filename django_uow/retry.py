@@ -12,7 +12,7 @@ import re
 
 from django.db import DatabaseError, OperationalError
 
-from .exceptions import ConcurrencyError
+from .exceptions import ConcurrencyError, HandlerFailed
 
 #: SQLSTATEs of PostgreSQL serialization failures and deadlocks.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
@@ -67,8 +67,10 @@ def is_connection_error(exc: BaseException) -> bool:
     """True for "the broker is unreachable" errors raised by a publisher's own transport.
 
     Only call this on errors a publisher raised while talking to its broker: an error
-    raised by handler code is a handler failure whatever its class.
+    raised by handler code is a handler failure whatever its class (``HandlerFailed``).
     """
+    if isinstance(exc, HandlerFailed):
+        return False
     if isinstance(exc, ConnectionError | TimeoutError):
         return True
     names = {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
@@ -91,7 +93,12 @@ def storable_text(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
 
 
 def describe(exc: BaseException, limit: int = ERROR_TEXT_LIMIT) -> str:
-    """``"ExcType: message"``, storable and capped: what ``last_error`` holds."""
+    """``"ExcType: message"``, storable and capped: what ``last_error`` holds.
+
+    A ``HandlerFailed`` is described by its original, naming the handler.
+    """
+    if isinstance(exc, HandlerFailed):
+        return storable_text(f"{describe(exc.original, limit)} (in handler {exc.handler})", limit)
     try:
         text = str(exc) or repr(exc)
     except Exception:  # a broken __str__ must not hide the failure itself

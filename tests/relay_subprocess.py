@@ -1,13 +1,18 @@
 """Run ``manage.py relay_outbox`` in a child process against a given (test) database.
 
 Usage: python -m tests.relay_subprocess <database name> [relay_outbox options...]
-Environment: UOW_LEASE (seconds), UOW_HANDLER_SLEEP (seconds per OrderCancelled event).
+Environment: UOW_LEASE (seconds), UOW_HANDLER_SLEEP (seconds per OrderCancelled event),
+UOW_HANDLER_ERROR=unstorable (the OrderPlaced handler raises text holding a lone
+surrogate and a NUL byte).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+#: Text from an external API that no database stores as it is.
+UNSTORABLE = "upstream said \udcff then \x00 and stopped"
 
 
 def main() -> None:
@@ -28,6 +33,8 @@ def main() -> None:
     from tests.testapp import handlers
 
     handlers.SLEEP[0] = float(os.environ.get("UOW_HANDLER_SLEEP", "0"))
+    if os.environ.get("UOW_HANDLER_ERROR") == "unstorable":
+        handlers.BEHAVIOUR["*"] = ValueError(UNSTORABLE)
     call_command("relay_outbox", *sys.argv[2:])
 
 

@@ -34,6 +34,7 @@ from ..conf import uow_settings
 from ..events import Envelope
 from ..exceptions import (
     BlockedByEarlierFailure,
+    HandlerFailed,
     PermanentFailure,
     RelayError,
     RetryAfter,
@@ -128,11 +129,12 @@ def publish_all(
 def failure_for(row: OutboxEvent, exc: BaseException, max_attempts: int) -> statements.Failure:
     """The failure to record: dead letter, or a retry after backoff (or ``RetryAfter``)."""
     now = timezone.now()
-    dead = isinstance(exc, PermanentFailure | UnknownEventType) or row.attempts >= max_attempts
+    cause = exc.original if isinstance(exc, HandlerFailed) else exc
+    dead = isinstance(cause, PermanentFailure | UnknownEventType) or row.attempts >= max_attempts
     if dead:
         return statements.Failure(error=describe(exc), dead=True)
-    if isinstance(exc, RetryAfter):
-        delay = exc.seconds
+    if isinstance(cause, RetryAfter):
+        delay = cause.seconds
     else:
         delay = backoff_delay(row.attempts, *uow_settings.BACKOFF)
     return statements.Failure(
@@ -168,7 +170,8 @@ class _Batch:
     acknowledged: set[statements.AggregateKey] = field(default_factory=set)
 
     def fail(self, row: OutboxEvent, exc: BaseException, failure: statements.Failure) -> None:
-        self.errors[row.id] = exc
+        # Signal receivers get what the handler raised, as before it was classified.
+        self.errors[row.id] = exc.original if isinstance(exc, HandlerFailed) else exc
         self.failures[row.id] = failure
 
     def triage(self) -> None:

@@ -31,7 +31,9 @@ SLEEP: list[float] = [0.0]
 
 @event_handler(OrderPlaced, name="testapp.record_placed")
 def record_placed(event: OrderPlaced, envelope: Envelope) -> None:
-    action = BEHAVIOUR.get(event.order_id)
+    action = BEHAVIOUR.get(event.order_id, BEHAVIOUR.get("*"))
+    if isinstance(action, BaseException):
+        raise action
     if action == "raise":
         raise ValueError(f"handler refused order {event.order_id}")
     if action == "permanent":
