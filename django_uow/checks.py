@@ -18,7 +18,7 @@ from django.apps import apps
 from django.core import checks
 from django.utils.module_loading import import_string
 
-from .conf import DEFAULTS
+from .conf import DEFAULTS, unknown_key_message
 from .events import registry
 
 CELERY_PUBLISHER = "django_uow.publishers.CeleryPublisher"
@@ -478,7 +478,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Message]:
     for key in sorted(set(user) - set(DEFAULTS)):
         errors.append(
             checks.Error(
-                f"DJANGO_UOW has an unknown key {key!r}.",
+                unknown_key_message(key),
                 hint=f"Valid keys: {', '.join(sorted(DEFAULTS))}.",
                 id="django_uow.E002",
             )

@@ -1,15 +1,19 @@
 """The settings object: the one place where a ``DJANGO_UOW`` default is written.
 
 Every property reads ``settings.DJANGO_UOW`` on each access, so ``override_settings``
-works in tests. Validation lives in ``checks.py``.
+works in tests. Value validation lives in ``checks.py``; the keys are also validated
+here, once per ``DJANGO_UOW`` dict, so a misspelled key raises at first use in every
+process (a worker or a script that skips the system checks included).
 """
 
 from __future__ import annotations
 
+import difflib
 from datetime import timedelta
 from typing import Any, Literal
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 DEFAULTS: dict[str, Any] = {
     # "celery": enqueue the relay task after commit; "inline": relay in-process; False: off.
@@ -49,6 +53,23 @@ DEFAULTS: dict[str, Any] = {
 }
 
 RelayOnCommit = Literal["celery", "inline", False]
+_UNSET: dict[str, Any] = {}
+
+
+def unknown_key_message(key: str) -> str:
+    """``"DJANGO_UOW has an unknown key 'X'; did you mean 'Y'?"`` (the closest known key)."""
+    close = difflib.get_close_matches(str(key), list(DEFAULTS), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(DEFAULTS))}."
+    return f"DJANGO_UOW has an unknown key {key!r}; {hint}"
+
+
+def validate_keys(user: Any) -> None:
+    """Raise ``ImproperlyConfigured``: ``DJANGO_UOW`` is not a dict, or has an unknown key."""
+    if not isinstance(user, dict):
+        raise ImproperlyConfigured(f"DJANGO_UOW must be a dict, not {type(user).__name__}.")
+    unknown = sorted(set(user) - set(DEFAULTS), key=str)
+    if unknown:
+        raise ImproperlyConfigured(unknown_key_message(unknown[0]))
 
 
 def _as_age(value: Any) -> timedelta | None:
@@ -60,8 +81,15 @@ def _as_age(value: Any) -> timedelta | None:
 class UowSettings:
     """Read-through view of ``settings.DJANGO_UOW`` with defaults."""
 
+    #: The ``DJANGO_UOW`` dict whose keys were validated last (compared by identity, so
+    #: ``override_settings``, which installs a new dict, is validated again).
+    _validated: Any = None
+
     def _get(self, key: str) -> Any:
-        user = getattr(settings, "DJANGO_UOW", None) or {}
+        user = getattr(settings, "DJANGO_UOW", None) or _UNSET
+        if user is not self._validated:
+            validate_keys(user)
+            self._validated = user
         return user.get(key, DEFAULTS[key])
 
     @property

@@ -3,11 +3,13 @@
 Usage: python -m tests.relay_subprocess <database name> [relay_outbox options...]
 Environment: UOW_LEASE (seconds), UOW_HANDLER_SLEEP (seconds per OrderCancelled event),
 UOW_HANDLER_ERROR=unstorable (the OrderPlaced handler raises text holding a lone
-surrogate and a NUL byte).
+surrogate and a NUL byte), UOW_EXTRA (JSON merged into DJANGO_UOW). ``call_command`` runs
+no system checks, like a worker or a script.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -24,6 +26,7 @@ def main() -> None:
         **settings.DJANGO_UOW,
         "LEASE": float(os.environ.get("UOW_LEASE", "60")),
         "NOTIFY": True,
+        **json.loads(os.environ.get("UOW_EXTRA", "{}")),
     }
     import django
 

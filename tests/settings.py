@@ -25,7 +25,8 @@ if DB_VENDOR == "postgres":
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",
-            "NAME": "postgres",
+            # A child process (a relay under test) points at the test database by name.
+            "NAME": os.environ.get("UOW_PG_NAME", "postgres"),
             "USER": "postgres",
             "HOST": PG_HOST,
             "PORT": PG_PORT,

@@ -26,6 +26,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.utils import timezone
 
@@ -318,6 +319,25 @@ class _Batch:
 # ----------------------------------------------------------------------- entry points
 
 
+def resolve_publishers(publishers: Sequence[Publisher] | None) -> list[Publisher]:
+    """``publishers``, or the configured ones; refuse to relay into nothing.
+
+    With no publisher every claimed event would be marked dispatched and no consumer
+    would ever see it, so nothing is claimed: ``ImproperlyConfigured`` is raised instead
+    (system check ``E004`` says the same, but workers and scripts may skip checks).
+    """
+    pubs = list(publishers) if publishers is not None else get_publishers()
+    if not pubs:
+        raise ImproperlyConfigured(
+            "No publisher to relay to: DJANGO_UOW['PUBLISHERS'] is empty, so relayed events "
+            "would be marked dispatched without reaching any consumer. No event was touched. "
+            "Set DJANGO_UOW['PUBLISHERS'] to at least one publisher, e.g. "
+            "['django_uow.publishers.CeleryPublisher'] or "
+            "['django_uow.publishers.InlinePublisher']."
+        )
+    return pubs
+
+
 def _run_batch(
     *,
     using: str,
@@ -330,7 +350,7 @@ def _run_batch(
     """One batch; returns its result and the aggregates it acknowledged events of."""
     relay_id = relay_id or default_relay_id()
     size = batch_size or uow_settings.BATCH_SIZE
-    pubs = list(publishers) if publishers is not None else get_publishers()
+    pubs = resolve_publishers(publishers)
     result = RelayResult()
     try:
         rows = statements.claim_batch(
@@ -412,7 +432,7 @@ def relay_events(
     """
     ids = list(event_ids)
     relay_id = relay_id or default_relay_id()
-    pubs = list(publishers) if publishers is not None else get_publishers()
+    pubs = resolve_publishers(publishers)
     total = RelayResult()
     acknowledged: set[statements.AggregateKey] = set()
     size = uow_settings.BATCH_SIZE

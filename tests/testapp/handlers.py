@@ -19,9 +19,11 @@ from .events import (
     OrderPlaced,
     Pinged,
 )
+from .handler_only_events import AuditRequested
 from .models import Effect, Order
 
-#: order_id -> what the OrderPlaced handler does: "raise", "permanent", or a float (RetryAfter).
+#: order_id (or "*": any order) -> what the OrderPlaced handler does: "raise", "permanent",
+#: a float (RetryAfter), or an exception instance to raise.
 BEHAVIOUR: dict[Any, Any] = {}
 #: Event ids seen by the OrderCancelled handler, in call order (in-process consumers).
 SEEN: list[tuple[str, str]] = []
@@ -104,4 +106,11 @@ def review_flagged(event: OrderFlagged, envelope: Envelope) -> None:
     order.save()
     Effect.objects.create(
         event_id=envelope.event_id, handler="flagged", aggregate_id=envelope.aggregate_id
+    )
+
+
+@event_handler(AuditRequested, name="testapp.audit")
+def audit(event: AuditRequested, envelope: Envelope) -> None:
+    Effect.objects.create(
+        event_id=envelope.event_id, handler="audit", aggregate_id=envelope.aggregate_id
     )

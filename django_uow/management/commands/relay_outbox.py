@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
@@ -69,7 +70,7 @@ class Command(BaseCommand):
         with loop.signals_handled():
             try:
                 total = loop.run()
-            except (RelayError, DatabaseError) as exc:
+            except (RelayError, DatabaseError, ImproperlyConfigured) as exc:
                 if tty:
                     self.stdout.write("")
                 raise CommandError(str(exc)) from exc
