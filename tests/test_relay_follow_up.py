@@ -205,7 +205,11 @@ def test_eight_writers_on_one_aggregate_inline_no_sweep(settings: Any, claim_mod
     order = Order.objects.create()
     errors = write_concurrently(order.pk, writers=8, per_writer=25)
     assert not errors, errors
-    left = list(OutboxEvent.objects.exclude(status=D).values_list("id", "status", "claimed_by"))
+    left = list(
+        OutboxEvent.objects.exclude(status=D).values_list(
+            "id", "status", "attempts", "claimed_by", "last_error"
+        )
+    )
     assert left == []
     stored = list(OutboxEvent.objects.values_list("aggregate_version", flat=True))
     _assert_all_delivered_in_order([v for _, v in handlers.BUMPED], stored)
