@@ -22,6 +22,7 @@ from .exceptions import (
     UnitOfWorkError,
     UnknownEventType,
 )
+from .fields import VersionField
 from .handlers import event_handler
 from .unit_of_work import Repository, UnitOfWork, current_uow
 
@@ -48,6 +49,7 @@ __all__ = [
     "UnitOfWork",
     "UnitOfWorkError",
     "UnknownEventType",
+    "VersionField",
     "VersionedModel",
     "current_uow",
     "event_context",

@@ -25,7 +25,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from .exceptions import ConcurrencyError
-from .locking import VERSION_FIELD
+from .fields import version_field_of
 from .models import VersionedModel
 
 if TYPE_CHECKING:
@@ -67,8 +67,9 @@ class VersionCheckedForm(forms.ModelForm):  # type: ignore[type-arg]
     def clean(self) -> dict[str, Any]:
         cleaned: dict[str, Any] = super().clean() or {}
         verbose_name = self.instance._meta.verbose_name
-        submitted = cleaned.get(VERSION_FIELD)
-        current = getattr(self.instance, VERSION_FIELD)
+        field = version_field_of(self.instance)
+        submitted = cleaned.get(field.name)
+        current = getattr(self.instance, field.attname)
         if submitted is None:
             raise ValidationError(
                 _(MISSING_MESSAGE).format(verbose_name=verbose_name), code="version_missing"
@@ -88,8 +89,9 @@ class VersionedAdminMixin(_AdminBase):
     """Optimistic locking for a ``ModelAdmin`` of a ``VersionedModel``.
 
     Put it before ``admin.ModelAdmin`` in the bases (or use ``VersionedModelAdmin``).
-    The ``version`` field is added to the change form as a hidden input (whatever
-    ``fields``/``fieldsets`` say) and left out of the add form.
+    The model's version field (``version``, or whatever ``VersionField`` it declares) is
+    added to the change form as a hidden input (whatever ``fields``/``fieldsets`` say)
+    and left out of the add form.
     """
 
     def __init__(self, model: type[models.Model], admin_site: Any) -> None:
@@ -101,17 +103,19 @@ class VersionedAdminMixin(_AdminBase):
                 "django_uow.VersionedModel (or AggregateRoot), or use a plain ModelAdmin."
             )
         super().__init__(model, admin_site)
+        self.version_field_name: str = version_field_of(model).name
 
     def get_fieldsets(self, request: HttpRequest, obj: models.Model | None = None) -> Any:
         fieldsets = list(super().get_fieldsets(request, obj))
         carry = obj is not None and self.has_change_permission(request, obj)
-        present = VERSION_FIELD in flatten_fieldsets(fieldsets)
+        version = self.version_field_name
+        present = version in flatten_fieldsets(fieldsets)
         if carry and not present and fieldsets:
             name, options = fieldsets[0]
-            fieldsets[0] = (name, {**options, "fields": [*options["fields"], VERSION_FIELD]})
+            fieldsets[0] = (name, {**options, "fields": [*options["fields"], version]})
         elif not carry and present:
             fieldsets = [
-                (name, {**options, "fields": _without_version(options["fields"])})
+                (name, {**options, "fields": _without(options["fields"], version)})
                 for name, options in fieldsets
             ]
         return fieldsets
@@ -119,12 +123,12 @@ class VersionedAdminMixin(_AdminBase):
     def get_readonly_fields(self, request: HttpRequest, obj: models.Model | None = None) -> Any:
         readonly = super().get_readonly_fields(request, obj)
         # The version must travel as an input, so it cannot be a read-only display.
-        return [name for name in readonly if name != VERSION_FIELD]
+        return [name for name in readonly if name != self.version_field_name]
 
     def formfield_for_dbfield(
         self, db_field: models.Field[Any, Any], request: HttpRequest, **kwargs: Any
     ) -> forms.Field | None:
-        if db_field.name == VERSION_FIELD and db_field.model is self.model:
+        if db_field.name == self.version_field_name and db_field.model is self.model:
             return forms.IntegerField(widget=forms.HiddenInput, required=False, min_value=0)
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
@@ -136,7 +140,7 @@ class VersionedAdminMixin(_AdminBase):
         **kwargs: Any,
     ) -> type[forms.ModelForm]:  # type: ignore[type-arg]
         form = super().get_form(request, obj, change, **kwargs)
-        if obj is None or VERSION_FIELD not in form.base_fields:
+        if obj is None or self.version_field_name not in form.base_fields:
             return form
         attrs = {"uow_conflict": getattr(request, "_uow_version_conflict", None)}
         return type(form.__name__, (VersionCheckedForm, form), attrs)
@@ -167,7 +171,7 @@ class VersionedAdminMixin(_AdminBase):
             checkbox,
             VERSION_POST_PREFIX,
             obj.pk,
-            getattr(obj, VERSION_FIELD),
+            getattr(obj, version_field_of(obj).attname),
         )
 
     # Django 4.2 renders the header from this attribute; 5.x special-cases the name.
@@ -210,7 +214,7 @@ class VersionedAdminMixin(_AdminBase):
             str(pk): version
             for pk, version in queryset.model._base_manager.using(queryset.db)
             .filter(pk__in=list(posted))
-            .values_list("pk", VERSION_FIELD)
+            .values_list("pk", version_field_of(queryset.model).attname)
         }
         return {
             pk: (version, current.get(pk))
@@ -246,7 +250,7 @@ class VersionedAdminMixin(_AdminBase):
             for obj in queryset:
                 version = posted.get(str(obj.pk))
                 if version is not None:
-                    setattr(obj, VERSION_FIELD, version)
+                    setattr(obj, version_field_of(obj).attname, version)
                 obj.delete()
 
 
@@ -268,13 +272,13 @@ def submitted_versions(request: HttpRequest) -> dict[str, int | None]:
     return result
 
 
-def _without_version(fields: Any) -> list[Any]:
+def _without(fields: Any, version: str) -> list[Any]:
     kept: list[Any] = []
     for entry in fields:
         if isinstance(entry, list | tuple):
-            row = [name for name in entry if name != VERSION_FIELD]
+            row = [name for name in entry if name != version]
             if row:
                 kept.append(tuple(row))
-        elif entry != VERSION_FIELD:
+        elif entry != version:
             kept.append(entry)
     return kept

@@ -23,6 +23,8 @@ class ActiveUnit(Protocol):
 
     def _is_tracked(self, obj: Any) -> bool: ...
 
+    def _remember(self, obj: Any) -> None: ...
+
 
 _stack: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
     "django_uow_stack", default=()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
+import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
+from asgiref.sync import iscoroutinefunction
 from django.db import connections
 
 from .exceptions import UnitOfWorkError
@@ -22,8 +25,90 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def callable_name(func: Any) -> str:
+    """The ``__qualname__`` of any callable, for log lines and messages; never raises.
+
+    Partials name the function they wrap; callable objects name their class.
+    """
+    target = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not hasattr(target, "__qualname__"):
+        target = type(target)
+    name = getattr(target, "__qualname__", None)
+    return name if isinstance(name, str) else repr(target)
+
+
+def is_async_callable(func: Any) -> bool:
+    """True when calling ``func`` returns an awaitable instead of doing the work.
+
+    Covers ``async def`` functions and generators, partials and bound methods of them,
+    asgiref-marked callables (``markcoroutinefunction``, ``as_view()`` of an async
+    view), bound methods of async class-based views, and objects with ``async __call__``.
+    """
+    seen = 0
+    while seen < 20:
+        seen += 1
+        if iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+            return True
+        if isinstance(func, functools.partial):
+            func = func.func
+            continue
+        if inspect.ismethod(func) and _is_async_view(func.__self__):
+            return True  # e.g. dispatch of an async view, wrapped by method_decorator
+        view_class = getattr(func, "view_class", None)
+        if isinstance(view_class, type) and _is_async_view(view_class):
+            return True
+        if inspect.isfunction(func) or inspect.ismethod(func) or inspect.isclass(func):
+            return False
+        if not callable(func):
+            return False
+        func = type(func).__call__
+    return False
+
+
+def _is_async_view(view: Any) -> bool:
+    try:
+        return getattr(view, "view_is_async", False) is True
+    except Exception:  # a view mixing sync and async handlers raises on this property
+        return False
+
+
+def _decorating_an_async_view_method() -> bool:
+    """True when ``method_decorator(unit_of_work, ...)`` is applying us to an async view.
+
+    Django applies a method decorator once, when the class is decorated, to a dummy
+    function (in ``_update_method_wrapper``), then on every request to a partial of the
+    bound method. Looking at the frames of that first application lets us refuse an
+    async view when its class is decorated instead of on its first request (where
+    ``is_async_callable`` refuses it anyway, should Django change its internals).
+    """
+    from django.utils import decorators
+
+    marker = getattr(decorators, "_update_method_wrapper", None)
+    code = getattr(marker, "__code__", None)
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(6):
+        if frame is None or code is None:
+            return False
+        if frame.f_code is code:
+            multi = frame.f_back  # _multi_decorate(decorators, method)
+            method = multi.f_locals.get("method") if multi is not None else None
+            if method is not None and is_async_callable(method):
+                return True
+            dec = multi.f_back if multi is not None else None  # method_decorator's _dec(obj)
+            owner = dec.f_locals.get("obj") if dec is not None else None
+            return isinstance(owner, type) and _is_async_view(owner)
+        frame = frame.f_back
+    return False
+
+
 class UnitOfWorkDecorator:
-    """What ``unit_of_work(...)`` returns: a decorator, and a context manager for ``with``."""
+    """What ``unit_of_work(...)`` returns: a decorator, and a context manager for ``with``.
+
+    Like ``atomic``, one object decorates any number of functions and can be entered
+    again while open (a savepoint) or from several threads: its state is per entry.
+    """
 
     def __init__(
         self,
@@ -40,12 +125,12 @@ class UnitOfWorkDecorator:
         self.retries = retries
         self.rollback_if = rollback_if
         self.backoff = backoff
-        self._uow: UnitOfWork | None = None
+        self._entries = threading.local()
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
-        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        if is_async_callable(func) or _decorating_an_async_view_method():
             raise TypeError(
-                f"@unit_of_work cannot decorate the async function {func.__qualname__}(): "
+                f"@unit_of_work cannot decorate the async function {callable_name(func)}(): "
                 "Django transactions are synchronous. Put the transactional part in a sync "
                 "function decorated with @unit_of_work and call it with "
                 "asgiref.sync.sync_to_async(...)."
@@ -53,8 +138,9 @@ class UnitOfWorkDecorator:
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            if self.retries:
-                self._refuse_nested_retries(func)
+            if self.retries and self._joins_a_unit(func):
+                # The outermost unit that owns retries re-runs the whole transaction.
+                return self._run_once(func, *args, **kwargs)
             attempt = 0
             while True:
                 try:
@@ -67,7 +153,7 @@ class UnitOfWorkDecorator:
                     delay = backoff_delay(attempt + 1, *self.backoff)
                     logger.info(
                         "Retrying %s (attempt %d of %d) in %.3fs after %s: %s",
-                        func.__qualname__,
+                        callable_name(func),
                         attempt + 1,
                         self.retries + 1,
                         delay,
@@ -85,7 +171,10 @@ class UnitOfWorkDecorator:
                 uow.rollback()
         return result
 
-    def _refuse_nested_retries(self, func: Callable[..., Any]) -> None:
+    def _joins_a_unit(self, func: Callable[..., Any]) -> bool:
+        """True inside another unit of work; raise inside a transaction no unit owns."""
+        if current_uow(self.using) is not None:
+            return True
         # The atomic blocks a test case wraps around each test don't count: inside them
         # the unit of work is a savepoint that a retry can roll back and re-run.
         outer_blocks = [
@@ -93,12 +182,14 @@ class UnitOfWorkDecorator:
             for block in connections[self.using].atomic_blocks
             if not getattr(block, "_from_testcase", False)
         ]
-        if current_uow(self.using) is not None or outer_blocks:
+        if outer_blocks:
             raise UnitOfWorkError(
-                f"@unit_of_work(retries={self.retries}) on {func.__qualname__}() was called "
-                "inside another transaction; a retry would re-run only part of it. Put "
-                "retries= on the outermost @unit_of_work (and not under ATOMIC_REQUESTS)."
+                f"@unit_of_work(retries={self.retries}) on {callable_name(func)}() was called "
+                "inside a transaction that no unit of work owns (a plain atomic block, "
+                "ATOMIC_REQUESTS); a retry would re-run only part of it. Put retries= on "
+                "the outermost @unit_of_work, or call it inside a unit of work."
             )
+        return False
 
     # -- as a context manager ---------------------------------------------------------
 
@@ -108,8 +199,10 @@ class UnitOfWorkDecorator:
                 "`with unit_of_work(...)` cannot take retries= or rollback_if=: a with block "
                 "cannot be re-run. Decorate a function with @unit_of_work(...) instead."
             )
-        self._uow = UnitOfWork(self.using, savepoint=self.savepoint)
-        return self._uow.begin()
+        uow = UnitOfWork(self.using, savepoint=self.savepoint).begin()
+        entries: list[UnitOfWork] = self._entries.__dict__.setdefault("stack", [])
+        entries.append(uow)
+        return uow
 
     def __exit__(
         self,
@@ -117,9 +210,12 @@ class UnitOfWorkDecorator:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Literal[False]:
-        uow, self._uow = self._uow, None
-        assert uow is not None
-        return uow.__exit__(exc_type, exc, tb)
+        entries: list[UnitOfWork] = self._entries.__dict__.get("stack", [])
+        if not entries:
+            raise UnitOfWorkError(
+                "unit_of_work(...).__exit__() without a matching __enter__() in this thread."
+            )
+        return entries.pop().__exit__(exc_type, exc, tb)
 
 
 @overload
@@ -152,7 +248,9 @@ def unit_of_work(
     """Run a function (or a ``with`` block) in a ``UnitOfWork``.
 
     ``retries=N`` re-runs the whole function on ``ConcurrencyError``, serialization
-    failures and deadlocks, with jittered exponential backoff (outermost level only).
+    failures, deadlocks and SQLite lock errors, with jittered exponential backoff.
+    Called inside another unit of work it joins that unit as a savepoint, and the
+    outermost unit that owns retries re-runs instead.
     ``rollback_if(result)`` rolls back and still returns ``result`` when true.
     """
     decorator = UnitOfWorkDecorator(

@@ -34,6 +34,8 @@ class Handler:
     idempotent: bool
     queue: str | None
     wants_envelope: bool
+    #: Re-runs of the handler's unit on a conflict before the attempt counts as failed.
+    retries: int = 0
 
     @property
     def event_type(self) -> str:
@@ -106,8 +108,16 @@ def event_handler(
     idempotent: bool = True,
     name: str | None = None,
     queue: str | None = None,
+    retries: int = 0,
 ) -> Callable[[F], F]:
-    """Register the decorated function as a consumer of ``event_class`` events."""
+    """Register the decorated function as a consumer of ``event_class`` events.
+
+    ``retries=N`` re-runs the handler's unit of work on a conflict (``ConcurrencyError``,
+    a deadlock, a serialization failure) up to N times before the delivery attempt
+    counts as failed.
+    """
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"@event_handler(retries={retries!r}): retries must be 0 or more.")
     if not (isinstance(event_class, type) and issubclass(event_class, DomainEvent)):
         raise TypeError(
             f"@event_handler takes a DomainEvent subclass, got {event_class!r}; "
@@ -124,6 +134,7 @@ def event_handler(
             queue=queue,
             wants_envelope="envelope" in params
             or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()),
+            retries=retries,
         )
         registry.register(handler)
         func.event_handler = handler  # type: ignore[attr-defined]

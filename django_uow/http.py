@@ -27,7 +27,7 @@ from django.shortcuts import get_object_or_404
 from django.utils.http import parse_etags
 
 from .exceptions import ConcurrencyError
-from .locking import VERSION_FIELD
+from .fields import get_version
 
 __all__ = [
     "ConcurrencyErrorMiddleware",
@@ -48,7 +48,7 @@ V = TypeVar("V", bound=Callable[..., HttpResponseBase])
 
 def etag_for(obj: models.Model) -> str:
     """The strong ``ETag`` of a versioned object: ``"<app_label.model>:<pk>:<version>"``."""
-    return f'"{obj._meta.label_lower}:{obj.pk}:{getattr(obj, VERSION_FIELD)}"'
+    return f'"{obj._meta.label_lower}:{obj.pk}:{get_version(obj)}"'
 
 
 def conflict_response(error: ConcurrencyError) -> JsonResponse:
@@ -103,7 +103,7 @@ def precondition_response(
             obj,
             error="precondition_failed",
             expected_version=_version_in(if_match, obj),
-            detail=f"{obj._meta.label} pk={obj.pk!r} is at version {getattr(obj, VERSION_FIELD)}, "
+            detail=f"{obj._meta.label} pk={obj.pk!r} is at version {get_version(obj)}, "
             "not the version If-Match names. Fetch it again (ETag "
             f"{current}) and reapply your change.",
         )
@@ -141,7 +141,7 @@ def _json(status: int, obj: models.Model, **body: Any) -> JsonResponse:
             "model": obj._meta.label,
             "pk": obj.pk,
             **body,
-            "current_version": getattr(obj, VERSION_FIELD),
+            "current_version": get_version(obj),
         },
         status=status,
     )

@@ -11,7 +11,9 @@ after it, outside it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from typing import Any
 
 from django.db import router
 
@@ -22,10 +24,14 @@ from .events import Envelope, event_context
 from .exceptions import PermanentFailure, UnknownEventType
 from .handlers import Handler
 from .models import ProcessedEvent
+from .retry import backoff_delay, is_retryable
 from .tracing import span
 from .unit_of_work import UnitOfWork
 
 logger = logging.getLogger("django_uow.handlers")
+
+#: Backoff (base, cap) in seconds between re-runs of a handler with ``retries=``.
+HANDLER_RETRY_BACKOFF = (0.01, 0.5)
 
 
 def run_handler(
@@ -76,22 +82,54 @@ def _run(handler: Handler, envelope: Envelope, db: str) -> bool:
         aggregate_id=envelope.aggregate_id or None,
     )
     with context, attribution, trace:
-        if not handler.idempotent:
+        if not handler.idempotent and not handler.retries:
             handler.func(event, **kwargs)
             record_success(handler.name, envelope, using=db, only_once=False)
             return True
-        with UnitOfWork(using=db):
-            if not record_success(handler.name, envelope, using=db):
+        attempt = 0
+        while True:
+            try:
+                return _run_in_unit(handler, envelope, event, kwargs, db)
+            except BaseException as error:
+                if attempt >= handler.retries or not is_retryable(error):
+                    raise
+                attempt += 1
+                delay = backoff_delay(attempt, *HANDLER_RETRY_BACKOFF)
                 logger.info(
-                    "Skipped event %s (%s) of %s %s for handler %s: already processed",
+                    "Re-running handler %s for event %s (%s) of %s %s (run %d of %d) in "
+                    "%.3fs after %s: %s",
+                    handler.name,
                     envelope.event_id,
                     envelope.event_type,
                     envelope.aggregate_type,
                     envelope.aggregate_id,
-                    handler.name,
+                    attempt + 1,
+                    handler.retries + 1,
+                    delay,
+                    type(error).__name__,
+                    error,
                 )
-                return False
-            handler.func(event, **kwargs)
+                time.sleep(delay)
+
+
+def _run_in_unit(
+    handler: Handler, envelope: Envelope, event: Any, kwargs: dict[str, Any], db: str
+) -> bool:
+    """One run of the handler's unit of work (marking its delivery when idempotent)."""
+    with UnitOfWork(using=db):
+        if handler.idempotent and not record_success(handler.name, envelope, using=db):
+            logger.info(
+                "Skipped event %s (%s) of %s %s for handler %s: already processed",
+                envelope.event_id,
+                envelope.event_type,
+                envelope.aggregate_type,
+                envelope.aggregate_id,
+                handler.name,
+            )
+            return False
+        handler.func(event, **kwargs)
+    if not handler.idempotent:
+        record_success(handler.name, envelope, using=db, only_once=False)
     return True
 
 

@@ -1,7 +1,8 @@
 """Optimistic locking: the version-checked UPDATE and DELETE behind ``VersionedModel``.
 
 The happy path costs nothing extra: the UPDATE itself carries ``AND version = %s`` and
-sets ``version = version + 1``. Only when it matches zero rows do we look further, to
+sets ``version = version + 1`` (``version`` being the model's ``VersionField``, whatever
+its name). Only when it matches zero rows do we look further, to
 say precisely what happened.
 """
 
@@ -12,8 +13,7 @@ from typing import Any
 from django.db import models, transaction
 
 from .exceptions import ConcurrencyError
-
-VERSION_FIELD = "version"
+from .fields import get_version, version_field_of
 
 
 def model_label(instance_or_model: Any) -> str:
@@ -28,7 +28,7 @@ def conflict_error(
     current = (
         model._base_manager.using(using)
         .filter(pk=instance.pk)
-        .values_list(VERSION_FIELD, flat=True)
+        .values_list(version_field_of(model).attname, flat=True)
         .first()
     )
     return ConcurrencyError(
@@ -49,16 +49,16 @@ def versioned_update(
 ) -> int:
     """Run ``UPDATE ... SET <values>, version = v+1 WHERE pk = %s AND version = v``.
 
-    Return the number of rows updated, and bump ``instance.version`` on success.
+    Return the number of rows updated, and bump the in-memory version on success.
     """
-    expected = instance.version
-    version_field: Any = instance._meta.get_field(VERSION_FIELD)
+    version_field: Any = version_field_of(instance)
+    expected = getattr(instance, version_field.attname)
     values = [v for v in values if v[0] is not version_field]
     values.append((version_field, None, expected + 1))
-    filtered: Any = base_qs.filter(pk=pk_val, **{VERSION_FIELD: expected})
+    filtered: Any = base_qs.filter(pk=pk_val, **{version_field.attname: expected})
     updated: int = filtered._update(values)
     if updated:
-        instance.version = expected + 1
+        setattr(instance, version_field.attname, expected + 1)
     return updated
 
 
@@ -68,12 +68,13 @@ def versioned_delete_guard(instance: Any, using: str) -> None:
     Called inside the delete's transaction, before Django's collector deletes, so the
     row cannot change between the check and the DELETE.
     """
-    expected = instance.version
+    name = version_field_of(instance).attname
+    expected = getattr(instance, name)
     updated = (
         type(instance)
         ._base_manager.using(using)
-        .filter(pk=instance.pk, **{VERSION_FIELD: expected})
-        .update(**{VERSION_FIELD: expected + 1})
+        .filter(pk=instance.pk, **{name: expected})
+        .update(**{name: expected + 1})
     )
     if not updated:
         raise conflict_error(instance, using, expected, "delete")
@@ -90,4 +91,4 @@ def touch(instance: Any, using: str) -> None:
             instance, type(instance)._base_manager.using(using), instance.pk, []
         )
     if not updated:
-        raise conflict_error(instance, using, instance.version, "record events on")
+        raise conflict_error(instance, using, get_version(instance), "record events on")

@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import models, router, transaction
+from django.db import IntegrityError, models, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .context import ActiveUnit, current_uow, uow_guarding_write
+from .context import ActiveUnit, current_uow, open_units, uow_guarding_write
 from .events import DomainEvent, Envelope, StagedEvent
-from .locking import VERSION_FIELD, conflict_error, versioned_delete_guard, versioned_update
+from .fields import VersionField, get_version, version_field_of
+from .locking import conflict_error, versioned_delete_guard, versioned_update
 
 
 class OutboxStatus(models.TextChoices):
@@ -206,28 +207,30 @@ class ProcessedEvent(models.Model):
 class VersionedQuerySet(models.QuerySet[Any]):
     def update_versioned(self, **kwargs: Any) -> int:
         """``update()`` that also bumps ``version``, so in-memory copies become stale."""
-        if VERSION_FIELD in kwargs:
+        field = version_field_of(self.model)
+        if field.name in kwargs or field.attname in kwargs:
             raise TypeError(
-                f"update_versioned({VERSION_FIELD}=...) on {self.model._meta.label}: the version "
-                f"is incremented for you. Drop {VERSION_FIELD}=, or use update() to set it."
+                f"update_versioned({field.name}=...) on {self.model._meta.label}: the version "
+                f"is incremented for you. Drop {field.name}=, or use update() to set it."
             )
-        return self.update(**{VERSION_FIELD: F(VERSION_FIELD) + 1}, **kwargs)
+        return self.update(**{field.attname: F(field.attname) + 1}, **kwargs)
 
 
 class VersionedModel(models.Model):
-    """Abstract model with optimistic locking on a ``version`` field.
+    """Abstract model with optimistic locking on its ``VersionField`` (``version``).
 
     ``save()`` of an existing row is one ``UPDATE ... WHERE pk = %s AND version = %s``
-    that also increments ``version``; zero rows raises ``ConcurrencyError`` and writes
-    nothing. ``delete()`` is checked the same way. Fixture loading (``raw`` saves) stores
-    the version it is given. A ``save(update_fields=...)`` that touches only fields
-    listed in ``version_exempt_fields`` (bookkeeping such as ``last_seen``) neither
-    checks nor bumps the version.
+    that also increments the version; zero rows raises ``ConcurrencyError`` and writes
+    nothing. A new instance (``_state.adding``) is always INSERTed, never written over a
+    row it has not read: an existing pk raises ``IntegrityError``. ``delete()`` is
+    checked like a save. Fixture loading (``raw`` saves) stores the version it is given.
+    A ``save(update_fields=...)`` that touches only fields listed in
+    ``version_exempt_fields`` (bookkeeping such as ``last_seen``) neither checks nor
+    bumps the version. To keep the version under another name, write ``version = None``
+    and declare ``version_number = VersionField()``.
     """
 
-    version = models.PositiveBigIntegerField(
-        default=1, help_text=_("Incremented by every save; guards against lost updates.")
-    )
+    version = VersionField()
 
     version_exempt_fields: ClassVar[frozenset[str]] = frozenset()
 
@@ -236,13 +239,24 @@ class VersionedModel(models.Model):
     class Meta:
         abstract = True
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
+    def _uow_alias(self, using: str | None = None) -> str:
+        return using or self._state.db or router.db_for_write(type(self), instance=self)
+
+    def _uow_remember(self, using: str | None) -> None:
+        """Let an open unit of work restore this object if its savepoint rolls back."""
+        if open_units():
+            unit: ActiveUnit | None = current_uow(self._uow_alias(using))
+            if unit is not None:
+                unit._remember(self)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:  # noqa: DJ012 - beside its helpers
         update_fields = kwargs.get("update_fields")
         self._uow_skip_version = bool(
             update_fields is not None
             and self.version_exempt_fields
             and set(update_fields) <= set(self.version_exempt_fields)
         )
+        self._uow_remember(kwargs.get("using"))
         super().save(*args, **kwargs)
 
     def _save_table(self, raw: bool = False, *args: Any, **kwargs: Any) -> Any:
@@ -260,7 +274,7 @@ class VersionedModel(models.Model):
         *args: Any,
         **kwargs: Any,
     ) -> bool:
-        version_field = self._meta.get_field(VERSION_FIELD)
+        version_field = version_field_of(self)
         if (
             getattr(self, "_uow_raw", False)
             or getattr(self, "_uow_skip_version", False)
@@ -269,16 +283,38 @@ class VersionedModel(models.Model):
             return super()._do_update(  # type: ignore[return-value]
                 base_qs, using, pk_val, values, update_fields, forced_update, *args, **kwargs
             )
+        if self._state.adding and not forced_update:
+            # Never loaded, so never read: INSERT it, whatever pk it was given. Updating
+            # a row with that pk would overwrite data nobody looked at (a lost update).
+            return False
         if versioned_update(self, base_qs, pk_val, values):
             return True
-        if self._state.adding:
-            return False  # never stored: let Django INSERT (an existing pk fails loudly)
-        raise conflict_error(self, using, self.version, "save")
+        raise conflict_error(self, using, get_version(self), "save")
+
+    def _do_insert(
+        self, manager: Any, using: str, fields: Any, returning_fields: Any, raw: bool
+    ) -> Any:
+        pk = self.pk
+        try:
+            return super()._do_insert(  # type: ignore[misc]
+                manager, using, fields, returning_fields, raw
+            )
+        except IntegrityError as error:
+            if raw or pk is None:
+                raise
+            label = self._meta.label
+            raise IntegrityError(
+                f"Cannot insert {label} pk={pk!r}: a row with this pk probably already "
+                f"exists. A new {label} (not loaded from the database) is always inserted, "
+                "never written over a row it has not read; load the row and change it "
+                f"instead. Database error: {error}"
+            ) from error
 
     def delete(
         self, using: str | None = None, keep_parents: bool = False
     ) -> tuple[int, dict[str, int]]:
-        using = using or router.db_for_write(type(self), instance=self)
+        using = self._uow_alias(using)
+        self._uow_remember(using)
         with transaction.atomic(using=using, savepoint=False):
             versioned_delete_guard(self, using)
             return super().delete(using=using, keep_parents=keep_parents)
@@ -316,14 +352,13 @@ class AggregateRoot(VersionedModel):
         be stored as JSON.
         """
         staged = StagedEvent.from_event(event)
-        self._uow_staged.append(staged)
-        self.__dict__["_uow_unsaved_events"] = True
         uow: ActiveUnit | None = current_uow(self._uow_alias())
         if uow is not None:
+            uow._remember(self)
+        self._uow_staged.append(staged)
+        self.__dict__["_uow_unsaved_events"] = True
+        if uow is not None:
             uow._track_event(self, staged)
-
-    def _uow_alias(self) -> str:
-        return self._state.db or router.db_for_write(type(self), instance=self)
 
     def _uow_before_write(self, using: str | None, operation: str) -> ActiveUnit | None:
         return uow_guarding_write(self, using or self._uow_alias(), operation)

@@ -20,7 +20,7 @@ from typing import Any
 from django.db import models
 
 from .events import DomainEvent
-from .locking import VERSION_FIELD
+from .fields import version_field_of
 from .signals import events_staged
 
 
@@ -75,10 +75,11 @@ def simulate_conflict(instance: models.Model, *, by: int = 1) -> None:
     """Make ``instance`` stale: bump its row's version in the database, not in memory."""
     model = type(instance)
     using = instance._state.db or "default"
+    name = version_field_of(model).attname
     updated = (
-        model._default_manager.using(using)
+        model._base_manager.using(using)
         .filter(pk=instance.pk)
-        .update(**{VERSION_FIELD: models.F(VERSION_FIELD) + by})
+        .update(**{name: models.F(name) + by})
     )
     if not updated:
         raise LookupError(

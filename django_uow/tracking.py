@@ -14,6 +14,7 @@ from typing import Any
 from django.db import models
 
 from .events import StagedEvent
+from .fields import VersionField, version_field_or_none
 
 
 def identity_key(obj: models.Model) -> tuple[str, Any]:
@@ -25,8 +26,39 @@ def snapshot_of(obj: models.Model) -> dict[str, Any]:
     return {
         f.attname: f.value_from_object(obj)
         for f in obj._meta.concrete_fields
-        if not f.primary_key and f.name != "version"
+        if not f.primary_key and not isinstance(f, VersionField)
     }
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """An object's bookkeeping before a write or an event inside a unit of work."""
+
+    obj: models.Model
+    pk: Any
+    adding: bool
+    version: int | None
+    unsaved_events: bool
+
+    @classmethod
+    def of(cls, obj: models.Model) -> Remembered:
+        field = version_field_or_none(obj)
+        return cls(
+            obj,
+            obj.pk,
+            obj._state.adding,
+            None if field is None else getattr(obj, field.attname),
+            bool(obj.__dict__.get("_uow_unsaved_events")),
+        )
+
+    def restore(self) -> None:
+        obj = self.obj
+        obj.pk = self.pk
+        obj._state.adding = self.adding
+        field = version_field_or_none(obj)
+        if field is not None:
+            setattr(obj, field.attname, self.version)
+        obj.__dict__["_uow_unsaved_events"] = self.unsaved_events
 
 
 @dataclass(frozen=True)
@@ -36,6 +68,7 @@ class Mark:
     new: int
     deleted: int
     before_commit: int
+    remembered: int
 
 
 @dataclass
@@ -45,6 +78,9 @@ class Journal:
     new: list[models.Model] = field(default_factory=list)
     deleted: list[models.Model] = field(default_factory=list)
     before_commit: list[Callable[[], Any]] = field(default_factory=list)
+    # Objects' bookkeeping before each versioned write or event, oldest first, so a
+    # rolled-back savepoint can put back the versions its database work undid.
+    remembered: list[Remembered] = field(default_factory=list)
     identity: dict[tuple[str, Any], models.Model] = field(default_factory=dict)
     # id(obj) -> field values as loaded; None: compare nothing, save in full.
     snapshots: dict[int, dict[str, Any] | None] = field(default_factory=dict)
@@ -58,6 +94,7 @@ class Journal:
             len(self.new),
             len(self.deleted),
             len(self.before_commit),
+            len(self.remembered),
         )
 
     def rollback_to(self, mark: Mark) -> None:
@@ -75,6 +112,16 @@ class Journal:
         del self.new[mark.new :]
         del self.deleted[mark.deleted :]
         del self.before_commit[mark.before_commit :]
+        self.restore_to(mark.remembered)
+
+    def remember(self, obj: models.Model) -> None:
+        self.remembered.append(Remembered.of(obj))
+
+    def restore_to(self, position: int) -> None:
+        """Put back each object's pk, version and event flag as they were at ``position``."""
+        for entry in reversed(self.remembered[position:]):
+            entry.restore()
+        del self.remembered[position:]
 
     # -- tracking -----------------------------------------------------------------
 

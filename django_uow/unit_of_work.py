@@ -10,6 +10,7 @@ all inside the transaction. After the real COMMIT, the relay fast path runs.
 from __future__ import annotations
 
 import contextvars
+import threading
 import uuid
 from collections.abc import Callable
 from enum import Enum
@@ -23,6 +24,7 @@ from .context import current_uow as _current_unit
 from .context import open_units, pop_unit, push_unit
 from .events import DomainEvent, StagedEvent, ensure_correlation, reset_event_context
 from .exceptions import NoActiveUnitOfWork, UnitOfWorkError
+from .fields import version_field_or_none
 from .flush import flush_changes
 from .locking import touch
 from .tracking import Journal, Mark, identity_key
@@ -49,12 +51,21 @@ class _State(Enum):
     ROLLED_BACK = "rolled back"
 
 
+#: Guards the claim of a fresh UnitOfWork object by its first ``with`` entry.
+_claim_lock = threading.Lock()
+
+
 class UnitOfWork:
     """One business transaction on database ``using``; nested, a savepoint.
 
     Use it as ``with UnitOfWork() as uow:``, or call ``begin()`` and later
     ``commit()`` / ``rollback()``. An exception leaving the block rolls back and
-    propagates unchanged.
+    propagates unchanged. A unit marked for rollback (``transaction.set_rollback(True)``,
+    or a database error caught inside it) rolls back at exit, as ``atomic`` does.
+
+    Like ``atomic``, one object can be entered again while it is open (the inner entry
+    is a savepoint), again after it finished, and from several threads at once: each
+    ``with`` entry after the first runs a unit of its own, which ``as`` names.
     """
 
     def __init__(self, using: str = "default", *, savepoint: bool = True) -> None:
@@ -70,6 +81,8 @@ class UnitOfWork:
         self._token: contextvars.Token[tuple[Any, ...]] | None = None
         self._context_token: Any = None
         self._on_rollback: list[Callable[[], Any]] = []
+        self._claimed = False
+        self._entries = threading.local()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -94,9 +107,27 @@ class UnitOfWork:
         return self
 
     def __enter__(self) -> UnitOfWork:
-        return self.begin()
+        with _claim_lock:
+            first = not self._claimed and self._state is _State.NEW
+            self._claimed = True
+        # State lives per entry: a reused object runs each later entry as a unit of its own.
+        unit = self if first else UnitOfWork(self.using, savepoint=self.savepoint_enabled)
+        unit.begin()
+        entries: list[UnitOfWork] = self._entries.__dict__.setdefault("stack", [])
+        entries.append(unit)
+        return unit
 
     def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        entries: list[UnitOfWork] = self._entries.__dict__.get("stack", [])
+        unit = entries.pop() if entries else self
+        return unit._exit(exc_type, exc, tb)
+
+    def _exit(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -118,6 +149,11 @@ class UnitOfWork:
     def is_active(self) -> bool:
         return self._state is _State.ACTIVE
 
+    @property
+    def state(self) -> Literal["new", "active", "committed", "rolled back"]:
+        """Where this unit is: ``"new"``, ``"active"``, ``"committed"`` or ``"rolled back"``."""
+        return self._state.value
+
     def _require_innermost(self, action: str) -> None:
         if self._state is not _State.ACTIVE:
             raise UnitOfWorkError(f"Cannot {action}: this UnitOfWork is {self._state.value}.")
@@ -129,15 +165,25 @@ class UnitOfWork:
             )
 
     def commit(self) -> None:
-        """Write the events and commit (release the savepoint when nested)."""
+        """Write the events and commit (release the savepoint when nested).
+
+        A unit marked for rollback (``transaction.set_rollback(True)``, or a database
+        error caught inside it) rolls back instead, without raising, as ``atomic`` does.
+        """
         self._require_innermost("commit")
         assert self._atomic is not None
+        if self._marked_for_rollback():
+            self._finish_with_rollback(None, None, None)
+            return
         if self.is_root:
             try:
                 self._flush_and_stage()
             except BaseException as error:
                 self._finish_with_rollback(type(error), error, error.__traceback__)
                 raise
+            if self._marked_for_rollback():  # a hook caught a database error
+                self._finish_with_rollback(None, None, None)
+                return
         self._pop()
         try:
             self._atomic.__exit__(None, None, None)
@@ -149,6 +195,9 @@ class UnitOfWork:
             self._parent._on_rollback.extend(self._on_rollback)
         else:
             self._after_commit()
+
+    def _marked_for_rollback(self) -> bool:
+        return bool(transaction.get_connection(self.using).needs_rollback)
 
     def rollback(self) -> None:
         """Roll back now; a surrounding ``with`` block then exits without raising."""
@@ -183,6 +232,7 @@ class UnitOfWork:
         if self._mark is not None:
             self._journal.rollback_to(self._mark)
         else:
+            self._journal.restore_to(0)
             self._discard_pending_events()
         for callback in self._on_rollback:
             callback()
@@ -227,7 +277,7 @@ class UnitOfWork:
 
     def _outbox_rows(self) -> list[OutboxEvent]:
         # Imported here: `import django_uow` (which imports this module) must not load models.
-        from .models import OutboxEvent, VersionedModel
+        from .models import OutboxEvent
 
         rows: list[OutboxEvent] = []
         touched: set[int] = set()
@@ -241,7 +291,8 @@ class UnitOfWork:
                 aggregate_type = owner._meta.label_lower
                 pk = owner.pk if owner.pk is not None else owner.__dict__.get("_uow_deleted_pk")
                 aggregate_id = "" if pk is None else str(pk)
-                version = owner.version if isinstance(owner, VersionedModel) else None
+                field = version_field_or_none(owner)
+                version = None if field is None else getattr(owner, field.attname)
             rows.append(
                 OutboxEvent(
                     event_id=staged.event_id,
@@ -354,6 +405,9 @@ class UnitOfWork:
 
     def _is_tracked(self, obj: models.Model) -> bool:
         return self._journal.is_tracked(obj)
+
+    def _remember(self, obj: models.Model) -> None:
+        self._journal.remember(obj)
 
     def _track_written(self, obj: models.Model) -> None:
         self._journal.track(obj)

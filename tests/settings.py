@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "django_uow",
     "tests.testapp",
     "tests.quickstart",
+    "tests.allocation",
 ]
 
 MIDDLEWARE = [

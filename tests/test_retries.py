@@ -162,17 +162,20 @@ def test_without_retries_a_conflict_propagates_at_once() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_retries_are_refused_inside_a_unit_of_work() -> None:
+def test_retries_inside_a_unit_of_work_join_it() -> None:
+    """The outer unit owns the transaction: the inner function runs once, as a savepoint
+    (tests/test_retries_compose.py covers who re-runs on a conflict)."""
     calls: list[int] = []
 
     @unit_of_work(retries=3)
     def inner() -> None:
         calls.append(1)
+        Note.objects.create(text="inner")
 
-    with pytest.raises(UnitOfWorkError, match=r"inner\(\) was called inside another transaction"):
-        with UnitOfWork():
-            inner()
-    assert calls == []
+    with UnitOfWork():
+        inner()
+    assert calls == [1]
+    assert Note.objects.count() == 1
 
 
 @pytest.mark.django_db(transaction=True)

@@ -251,13 +251,14 @@ def test_async_function_is_refused_at_decoration_time() -> None:
         unit_of_work(view)
 
 
-def test_nested_retries_are_refused(transactional_db: None) -> None:
+def test_nested_retries_are_refused_inside_a_plain_atomic_block(transactional_db: None) -> None:
     @unit_of_work(retries=3)
     def inner() -> None:
         pass
 
-    with pytest.raises(UnitOfWorkError, match=r"retries=3.*inner\(\).*outermost"), UnitOfWork():
-        inner()
+    with pytest.raises(UnitOfWorkError, match=r"retries=3.*inner\(\).*outermost"):
+        with transaction.atomic():
+            inner()
     with pytest.raises(TypeError, match="cannot take retries"), unit_of_work(retries=2):
         pass
 

@@ -1,0 +1,154 @@
+"""``unit_of_work`` decorates any sync callable and refuses every async one up front."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import pytest
+from asgiref.sync import markcoroutinefunction
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+from django.utils.decorators import method_decorator
+from django.views import View
+
+from django_uow import unit_of_work
+from django_uow.decorator import callable_name
+from django_uow.testing import simulate_conflict
+from tests.testapp.models import Counter
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def bump(counter_id: int, by: int, attempts: list[int]) -> int:
+    """Increment a counter; the first attempt finds its copy stale."""
+    attempts.append(1)
+    counter = Counter.objects.get(pk=counter_id)
+    if len(attempts) == 1:
+        simulate_conflict(counter)
+    counter.value += by
+    counter.save()
+    return counter.value
+
+
+class Bumper:
+    def __init__(self) -> None:
+        self.attempts: list[int] = []
+
+    def __call__(self, counter_id: int) -> int:
+        return bump(counter_id, 1, self.attempts)
+
+    def method(self, counter_id: int) -> int:
+        return bump(counter_id, 1, self.attempts)
+
+
+@pytest.fixture
+def counter() -> Counter:
+    return Counter.objects.create(name="c")
+
+
+@pytest.mark.parametrize("kind", ["partial", "callable object", "bound method"])
+def test_retries_work_for_any_callable(
+    kind: str, counter: Counter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_uow.retry")
+    bumper = Bumper()
+    target: Any = {
+        "partial": functools.partial(bump, by=1, attempts=bumper.attempts),
+        "callable object": bumper,
+        "bound method": bumper.method,
+    }[kind]
+    wrapped = unit_of_work(retries=2, backoff=(0.0, 0.0))(target)
+
+    assert wrapped(counter.pk) == 1
+    assert len(bumper.attempts) == 2
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "django_uow.retry"]
+    assert line.startswith(f"Retrying {callable_name(target)} (attempt 2 of 3)")
+
+
+def test_callable_names_are_safe_and_useful() -> None:
+    assert callable_name(bump) == "bump"
+    assert callable_name(functools.partial(functools.partial(bump, by=1))) == "bump"
+    assert callable_name(Bumper()) == "Bumper"
+    assert callable_name(Bumper().method) == "Bumper.method"
+
+    assert callable_name(functools.partial(Bumper())) == "Bumper"
+    assert callable_name(object()) == "object"
+
+
+# -- async callables are refused when decorated ----------------------------------------
+
+
+class AsyncView(View):
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse("ok")
+
+
+class AsyncCallable:
+    async def __call__(self) -> None:
+        pass
+
+
+async def async_function() -> None:
+    pass
+
+
+def sync_marked_as_async(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")
+
+
+ASYNC_TARGETS: dict[str, Any] = {
+    "async def": async_function,
+    "partial of async def": functools.partial(async_function),
+    "asgiref-marked": markcoroutinefunction(sync_marked_as_async),
+    "as_view() of an async view": AsyncView.as_view(),
+    "object with async __call__": AsyncCallable(),
+}
+
+
+@pytest.mark.parametrize("name", list(ASYNC_TARGETS))
+def test_async_callables_are_refused_at_decoration(name: str) -> None:
+    target = ASYNC_TARGETS[name]
+    with pytest.raises(TypeError, match="sync_to_async"):
+        unit_of_work(target)
+    with pytest.raises(TypeError, match="sync_to_async"):
+        unit_of_work(retries=2)(target)
+
+
+def test_method_decorator_on_an_async_views_dispatch_is_refused() -> None:
+    with pytest.raises(TypeError, match="sync_to_async"):
+
+        @method_decorator(unit_of_work, name="dispatch")
+        class Decorated(AsyncView):
+            pass
+
+
+def test_method_decorator_on_a_sync_views_dispatch_runs_in_a_unit() -> None:
+    seen: list[bool] = []
+
+    @method_decorator(unit_of_work, name="dispatch")
+    class SyncView(View):
+        def get(self, request: HttpRequest) -> HttpResponse:
+            seen.append(connection.in_atomic_block)
+            return HttpResponse("ok")
+
+    request = HttpRequest()
+    request.method = "GET"
+    assert SyncView.as_view()(request).status_code == 200
+    assert seen == [True]
+
+
+def test_one_decorator_object_decorates_many_functions() -> None:
+    unit = unit_of_work(retries=1)
+
+    @unit
+    def first() -> bool:
+        return connection.in_atomic_block
+
+    @unit
+    def second() -> bool:
+        return first()
+
+    assert second() is True
+    assert not connection.in_atomic_block
