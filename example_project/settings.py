@@ -9,6 +9,7 @@ beat; ``DEMO_SERVICES=1`` picks local defaults for all three.
 from datetime import timedelta
 from pathlib import Path
 
+import django
 import environ
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -32,8 +33,13 @@ _default_db = (
 )
 DATABASES = {"default": env.db("DATABASE_URL", default=_default_db)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
     # SQLite has one writer at a time: wait for the lock instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    _options["timeout"] = 20
+    if django.VERSION >= (5, 1):
+        # Start each transaction as a writer (BEGIN IMMEDIATE): one that has read and then
+        # writes would otherwise be refused at once with "database is locked".
+        _options["transaction_mode"] = "IMMEDIATE"
 
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0" if DEMO_SERVICES else "")
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
