@@ -56,7 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--soak-seconds",
         type=float,
         default=None,
-        help="soak: seconds of steady writes (default 180, 20 with --quick)",
+        help="soak: seconds of steady writes (default 180, 18 with --quick)",
     )
     parser.add_argument(
         "--soak-rate",

@@ -152,7 +152,7 @@ def split(
 
 
 def run_hotagg(cfg: Config, results: Results) -> None:
-    per_writer = cfg.scale(250, 25)
+    per_writer = cfg.scale(250, 20)
     reason = relay_available()
     if reason:
         results.add(Row("hotagg", "hotagg.p95", "hot aggregate p95", "ms", not_measured=reason))

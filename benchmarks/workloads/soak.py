@@ -43,7 +43,7 @@ class Plan:
     """Sizes and times of one soak run (full or quick)."""
 
     def __init__(self, cfg: Config) -> None:
-        self.seconds = float(cfg.soak_seconds or cfg.scale(180, 20))
+        self.seconds = float(cfg.soak_seconds or cfg.scale(180, 18))
         self.rate = float(cfg.soak_rate or 20)
         self.restart_after = float(cfg.scale(5, 2))
         self.deadline = float(cfg.scale(20, 5)) if handler_deadline_supported() else None
