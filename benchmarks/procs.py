@@ -88,6 +88,12 @@ class Service:
         total = sum(_rss_kib(pid) for pid in descendants(self.pid))
         return round(total / 1024, 1) if total else None  # None: not yet (or no longer) mapped
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the process and its live descendants."""
+        if not self.alive() or self.pid is None:
+            return 0.0
+        return sum(_cpu_seconds(pid) for pid in descendants(self.pid))
+
     def tail(self, size: int = 1500) -> str:
         self.log.flush()
         self.log.seek(0, os.SEEK_END)
@@ -129,6 +135,16 @@ def descendants(root: int) -> list[int]:
         found.append(pid)
         stack.extend(children.get(pid, []))
     return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[-1].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat; 12 and 13 after the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kib(pid: int) -> int:

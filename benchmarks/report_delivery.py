@@ -56,7 +56,15 @@ def hotagg_section(results: Results) -> list[str]:
             "Where the time goes (from the outbox's `dispatched_at`): commit → marked "
             f"dispatched p50 {_ms(hot['relay_p50_ms'])}, p95 {_ms(hot['relay_p95_ms'])}; "
             f"dispatched → handler ran p50 {_ms(hot['queue_p50_ms'])}, p95 "
-            f"{_ms(hot['queue_p95_ms'])}.",
+            f"{_ms(hot['queue_p95_ms'])}."
+            + (
+                f" {hot['queued_at_last_commit']} tasks (relay and handler tasks) were queued "
+                "for the worker at the last commit; the worker used "
+                f"{hot['worker_cpu_share']:.0%} of one core from the first commit to the "
+                "last handler."
+                if "worker_cpu_share" in hot
+                else ""
+            ),
         ]
     return lines + _why(results, "hotagg.p95")
 

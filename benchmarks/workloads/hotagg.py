@@ -171,11 +171,15 @@ def run_hotagg(cfg: Config, results: Results) -> None:
         if not redis.hexists(HOT_HANDLED_KEY, "warm-up"):
             raise RuntimeError(f"the Celery worker handled nothing in 60 s: {worker.tail()}")
         redis.delete(HOT_HANDLED_KEY, HOT_RUNS_KEY)
+        cpu0, wall0 = worker.cpu_seconds(), time.monotonic()
         committed, stats = run_writers(wallet_id, per_writer, budget=cfg.scale(120, 30))
+        stats["queued_at_last_commit"] = int(redis.llen("celery"))
         bound = cfg.scale(60, 8)
         t0 = time.monotonic()
         wait_handled(redis, len(committed), bound, worker)
         waited = time.monotonic() - t0
+        busy = (worker.cpu_seconds() - cpu0) / max(time.monotonic() - wall0, 1e-9)
+        stats["worker_cpu_share"] = round(busy, 2)  # of one core, writes and drain
         handled = {k.decode(): float(v) for k, v in redis.hgetall(HOT_HANDLED_KEY).items()}
         runs = {k.decode(): int(v) for k, v in redis.hgetall(HOT_RUNS_KEY).items()}
         left = outbox_left()
@@ -259,8 +263,13 @@ def report(
         )
     if delays and p95 >= TARGET_P95_MS:
         why.append(
-            f"p95 {p95:.0f} ms: the handlers ran behind the commits (mean {summary['mean_ms']} "
-            f"ms, max {summary['max_ms']} ms at {stats['rate']} commits/s)"
+            f"p95 {p95:.0f} ms at {stats['rate']} commits/s: commit → dispatched p50 "
+            f"{stats.get('relay_p50_ms')} ms, p95 {stats.get('relay_p95_ms')} ms; dispatched → "
+            f"handler p50 {stats.get('queue_p50_ms')} ms, p95 {stats.get('queue_p95_ms')} ms; "
+            f"{stats['queued_at_last_commit']} tasks were queued for the worker at the last "
+            f"commit, and the worker used {stats['worker_cpu_share']:.0%} of one core "
+            f"with the machine's load average at {stats['load_average'][0]:g} → "
+            f"{stats['load_average'][1]:g} on 2 cores"
         )
     results.target(
         "hotagg.p95",
