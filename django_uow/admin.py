@@ -51,7 +51,8 @@ from .deliveries import ConsumerLag, consumer_lag
 from .events import registry
 from .handlers import registry as handler_registry
 from .models import AggregateRoot, OutboxEvent, ProcessedEvent
-from .status import outbox_status
+from .relay.redelivery import redeliver
+from .status import outbox_status, snapshot
 from .waiting import WaitReason, failing_heads, wait_reasons
 
 logger = logging.getLogger("django_uow.admin")
@@ -77,6 +78,9 @@ ERROR_PAGE_CHARS = 4_000
 TRACEBACK_PAGE_CHARS = 16_000
 #: Handler deliveries listed on an event's page.
 DELIVERIES_LIMIT = 100
+#: Deliveries "Re-run" takes at once: each runs its handler (or publishes it) right away,
+#: inside the request. More is a job for ``manage.py redeliver --failed``.
+RERUN_LIMIT = 100
 
 
 def aggregate_types() -> list[str]:
@@ -278,10 +282,10 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "event_type",
         "aggregate",
         "status_label",
+        "waiting",
         "attempts",
         "age",
         "dispatched_at",
-        "waiting",
     )
     list_filter = (
         "status",
@@ -428,15 +432,17 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         using = router.db_for_read(OutboxEvent)
-        status = outbox_status(using)
+        with snapshot(using):  # the box's numbers agree with each other
+            status = outbox_status(using)
+            status["blocked_aggregates"] = failing_heads(using).count()
+            lag = consumer_lag(router.db_for_read(ProcessedEvent))
         status["lag_display"] = format_duration(status["lag_seconds"])
-        status["blocked_aggregates"] = failing_heads(using).count()
         deliveries = reverse(f"{self.admin_site.name}:django_uow_processedevent_changelist")
         context = {
             **(extra_context or {}),
             "outbox_status": status,
             "blocked_url": self._url("blocked"),
-            "consumer_lag": consumer_lag_context(consumer_lag(router.db_for_read(ProcessedEvent))),
+            "consumer_lag": consumer_lag_context(lag),
             "deliveries_url": deliveries,
             "failed_deliveries_url": deliveries + "?" + urlencode({"status__exact": "failed"}),
         }
@@ -868,7 +874,6 @@ class ProcessedEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "attempts",
         "last_attempt_at",
         "error_preview",
-        "processed_at",
     )
     list_filter = (
         "status",
@@ -885,7 +890,8 @@ class ProcessedEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     if hasattr(admin, "ShowFacets"):
         show_facets = admin.ShowFacets.NEVER
     sortable_by = ("short_event_id", "last_attempt_at")
-    actions: list[str] = []
+    change_form_template = "admin/django_uow/processedevent/change_form.html"
+    actions = ["rerun"]
     fieldsets = (
         (
             None,
@@ -991,3 +997,152 @@ class ProcessedEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         lag = consumer_lag(router.db_for_read(ProcessedEvent))
         context = {**(extra_context or {}), "consumer_lag": consumer_lag_context(lag)}
         return super().changelist_view(request, context)
+
+    # -- re-run -----------------------------------------------------------------------------
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        opts = self.opts
+        context = {
+            **(extra_context or {}),
+            "rerun_url": reverse(
+                f"{self.admin_site.name}:{opts.app_label}_{opts.model_name}_rerun",
+                args=[object_id],
+            ),
+            "can_run_actions": self.has_change_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, context)
+
+    def get_urls(self) -> list[URLPattern]:
+        name = f"{self.opts.app_label}_{self.opts.model_name}"
+        custom = [
+            path(
+                "<path:object_id>/rerun/",
+                self.admin_site.admin_view(self.rerun_view),
+                name=f"{name}_rerun",
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def rerun_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: "Re-run" for one delivery, from its page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404(gettext("No handler delivery with id %(id)s.") % {"id": object_id})
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        self.rerun(request, ProcessedEvent.objects.using(obj._state.db).filter(pk=obj.pk))
+        return HttpResponseRedirect(
+            reverse(f"{self.admin_site.name}:django_uow_processedevent_change", args=[obj.pk])
+        )
+
+    @admin.action(description=_("Re-run"), permissions=["change"])
+    def rerun(self, request: HttpRequest, queryset: QuerySet[ProcessedEvent]) -> None:
+        """Run each selected delivery again (``django_uow.relay.redelivery.redeliver``).
+
+        With Celery the handler task is published again; otherwise the handler runs now.
+        An idempotent handler whose delivery already succeeded is skipped.
+        """
+        rows = list(
+            queryset.order_by("pk").values_list("pk", "event_id", "handler")[: RERUN_LIMIT + 1]
+        )
+        if len(rows) > RERUN_LIMIT:
+            self.message_user(
+                request,
+                gettext(
+                    "Select at most %(limit)d deliveries to re-run at once; for more, run "
+                    "manage.py redeliver --failed (optionally with --handler)."
+                )
+                % {"limit": RERUN_LIMIT},
+                messages.ERROR,
+            )
+            return
+        counts: dict[str, int] = {}
+        errors: list[str] = []
+        logged: list[tuple[int, str, str, str]] = []
+        for pk, event_id, handler in rows:
+            try:
+                outcome = redeliver(event_id, handler, using=queryset.db)
+            except LookupError as exc:
+                result, error = "unavailable", str(exc)
+            else:
+                result, error = outcome.outcome, outcome.error
+            counts[result] = counts.get(result, 0) + 1
+            if error:
+                errors.append(f"{handler} {event_id}: {cap_text(error, ERROR_PREVIEW_CHARS)}")
+            logged.append((pk, str(event_id), handler, result))
+        self._log_reruns(request, logged)
+        for result, count in sorted(counts.items()):
+            text, level = _rerun_message(result, count)
+            self.message_user(request, text, level)
+        for error in errors[:5]:
+            self.message_user(request, error, messages.WARNING)
+
+    def _log_reruns(self, request: HttpRequest, rows: Sequence[tuple[int, str, str, str]]) -> None:
+        content_type = ContentType.objects.get_for_model(ProcessedEvent)
+        user_id: Any = request.user.pk
+        LogEntry.objects.bulk_create(
+            LogEntry(
+                user_id=user_id,
+                content_type_id=content_type.pk,
+                object_id=str(pk),
+                object_repr=f"{handler} <- {event_id}"[:200],
+                action_flag=CHANGE,
+                change_message=gettext("Re-run: %(result)s.") % {"result": result},
+            )
+            for pk, event_id, handler, result in rows
+        )
+        for _pk, event_id, handler, result in rows:
+            logger.info(
+                "Handler %s re-run for event %s in the admin by %s: %s",
+                handler,
+                event_id,
+                request.user,
+                result,
+                extra={"event_id": event_id, "handler": handler},
+            )
+
+
+def _rerun_message(result: str, count: int) -> tuple[str, int]:
+    """The message for ``count`` deliveries whose re-run ended with ``result``."""
+    if result == "published":
+        text = ngettext(
+            "%(count)d delivery was published again.",
+            "%(count)d deliveries were published again.",
+            count,
+        )
+        return text % {"count": count}, messages.SUCCESS
+    if result == "succeeded":
+        text = ngettext(
+            "%(count)d delivery ran again and succeeded.",
+            "%(count)d deliveries ran again and succeeded.",
+            count,
+        )
+        return text % {"count": count}, messages.SUCCESS
+    if result == "skipped":
+        text = ngettext(
+            "%(count)d delivery was skipped: its handler already succeeded.",
+            "%(count)d deliveries were skipped: their handlers already succeeded.",
+            count,
+        )
+        return text % {"count": count}, messages.WARNING
+    if result == "failed":
+        text = ngettext(
+            "%(count)d delivery ran again and failed.",
+            "%(count)d deliveries ran again and failed.",
+            count,
+        )
+        return text % {"count": count}, messages.ERROR
+    text = ngettext(
+        "%(count)d delivery could not be re-run: its event or handler is gone.",
+        "%(count)d deliveries could not be re-run: their events or handlers are gone.",
+        count,
+    )
+    return text % {"count": count}, messages.ERROR

@@ -169,11 +169,12 @@ def snapshot(using: str) -> Iterator[None]:
     On PostgreSQL and MySQL/MariaDB a new transaction is ``REPEATABLE READ, READ ONLY``
     (Django runs MySQL sessions at ``READ COMMITTED``, where each statement would see
     its own snapshot). Inside an already open transaction (a test case, a caller's
-    ``atomic``) the reads join it and see what its isolation level gives them.
+    ``atomic``) the reads join it, with no savepoint (they only read), and see what its
+    isolation level gives them.
     """
     connection = connections[using]
     outermost = not connection.in_atomic_block
-    with transaction.atomic(using=using):
+    with transaction.atomic(using=using, savepoint=False):
         if outermost and connection.vendor in SNAPSHOT_VENDORS:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from io import StringIO
 from typing import Any
 
 import pytest
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.db import connection
@@ -255,3 +256,134 @@ def test_outbox_status_text_with_nothing_owed() -> None:
     lines = out.getvalue().splitlines()
     assert "consumer lag: 0.0s (0 handler deliveries waiting, oldest published: -)" in lines
     assert "failed handler deliveries: 0" in lines
+
+
+# -- re-run ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def behaviour() -> Iterator[dict[Any, Any]]:
+    from tests.testapp import handlers
+
+    handlers.BEHAVIOUR.clear()
+    yield handlers.BEHAVIOUR
+    handlers.BEHAVIOUR.clear()
+
+
+def failed_order_delivery(behaviour: dict[Any, Any]) -> ProcessedEvent:
+    """A real dead letter: the inline relay ran a handler that failed for good."""
+    from decimal import Decimal
+
+    from django_uow import UnitOfWork
+    from django_uow.relay import relay_batch
+    from tests.testapp.models import Order
+
+    with UnitOfWork():
+        order = Order.objects.create(total=Decimal("9.50"))
+        order.place()
+        order.save()
+    behaviour[order.pk] = "permanent"
+    relay_batch()
+    delivery = ProcessedEvent.objects.get(handler="testapp.record_placed")
+    assert delivery.status == DeliveryStatus.FAILED
+    behaviour.clear()  # the cause is fixed
+    return delivery
+
+
+def rerun(client: Client, *rows: ProcessedEvent) -> Any:
+    return client.post(
+        reverse(DELIVERIES),
+        {"action": "rerun", "_selected_action": [r.pk for r in rows]},
+        follow=True,
+    )
+
+
+@pytest.fixture
+def operator_client() -> Client:
+    return staff_client("view_processedevent", "change_processedevent")
+
+
+def test_rerun_runs_the_failed_handler_again(
+    operator_client: Client, behaviour: dict[Any, Any]
+) -> None:
+    from tests.testapp.models import Effect
+
+    delivery = failed_order_delivery(behaviour)
+    response = rerun(operator_client, delivery)
+    assert "1 delivery ran again and succeeded." in response.content.decode()
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.SUCCEEDED
+    assert Effect.objects.filter(event_id=delivery.event_id, handler="placed").count() == 1
+    entry = LogEntry.objects.get()
+    assert (entry.object_id, entry.action_flag) == (str(delivery.pk), CHANGE)
+    assert entry.change_message == "Re-run: succeeded."
+
+    again = rerun(operator_client, delivery)  # idempotent: no second effect
+    assert "1 delivery was skipped: its handler already succeeded." in again.content.decode()
+    assert Effect.objects.filter(event_id=delivery.event_id).count() == 1
+
+
+def test_rerun_that_fails_again_says_so(operator_client: Client, behaviour: dict[Any, Any]) -> None:
+    delivery = failed_order_delivery(behaviour)
+    event = OutboxEvent.objects.get(event_id=delivery.event_id)
+    behaviour[event.payload["order_id"]] = "raise"
+    page = rerun(operator_client, delivery).content.decode()
+    assert "1 delivery ran again and failed." in page
+    assert "ValueError: handler refused order" in page
+    delivery.refresh_from_db()
+    assert delivery.status != DeliveryStatus.SUCCEEDED and delivery.attempts >= 2
+
+
+def test_rerun_button_on_the_delivery_page(
+    operator_client: Client, behaviour: dict[Any, Any]
+) -> None:
+    delivery = failed_order_delivery(behaviour)
+    change = reverse("admin:django_uow_processedevent_change", args=[delivery.pk])
+    assert "delivery-rerun-button" in operator_client.get(change).content.decode()
+    rerun_url = reverse("admin:django_uow_processedevent_rerun", args=[delivery.pk])
+    assert operator_client.get(rerun_url).status_code == 405
+    response = operator_client.post(rerun_url, follow=True)
+    assert response.redirect_chain[-1][0] == change
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.SUCCEEDED
+
+
+def test_viewer_cannot_rerun(behaviour: dict[Any, Any]) -> None:
+    delivery = failed_order_delivery(behaviour)
+    viewer = staff_client("view_processedevent")
+    listing = viewer.get(reverse(DELIVERIES)).content.decode()
+    assert 'name="action"' not in listing
+    change = reverse("admin:django_uow_processedevent_change", args=[delivery.pk])
+    assert "delivery-rerun-button" not in viewer.get(change).content.decode()
+    assert rerun(viewer, delivery).status_code == 200  # the action is not offered: ignored
+    rerun_url = reverse("admin:django_uow_processedevent_rerun", args=[delivery.pk])
+    assert viewer.post(rerun_url).status_code == 403
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.FAILED
+    assert not LogEntry.objects.exists()
+
+
+def test_rerun_refuses_a_large_selection(
+    operator_client: Client, behaviour: dict[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import django_uow.admin
+
+    monkeypatch.setattr(django_uow.admin, "RERUN_LIMIT", 1)
+    delivery = failed_order_delivery(behaviour)
+    other = ProcessedEvent.objects.create(
+        event_id=uuid.uuid4(), handler="testapp.gone", status=DeliveryStatus.FAILED
+    )
+    page = rerun(operator_client, delivery, other).content.decode()
+    assert "Select at most 1 deliveries to re-run at once" in page
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.FAILED
+    assert not LogEntry.objects.exists()
+
+
+def test_rerun_of_a_delivery_whose_event_is_gone(operator_client: Client) -> None:
+    orphan = ProcessedEvent.objects.create(
+        event_id=uuid.uuid4(), handler="testapp.record_placed", status=DeliveryStatus.FAILED
+    )
+    page = rerun(operator_client, orphan).content.decode()
+    assert "1 delivery could not be re-run: its event or handler is gone." in page
+    assert "is not in the outbox" in page

@@ -174,3 +174,65 @@ def test_retry_a_failed_event_from_the_admin(
     assert page.inner_text("#outbox-count-failed") == "0"
     assert page.locator("#result_list tbody tr").count() == 0
     page.close()
+
+
+def test_rerun_a_failed_handler_delivery_from_the_admin(
+    browser: Any, live_server: Any, tmp_path: Path
+) -> None:
+    from decimal import Decimal
+
+    from django_uow import UnitOfWork
+    from django_uow.models import ProcessedEvent
+    from django_uow.relay import relay_batch
+    from tests.testapp import handlers
+    from tests.testapp.models import Effect, Order
+
+    User.objects.create_superuser("admin", "admin@example.com", "secret-pw")
+    with UnitOfWork():
+        order = Order.objects.create(total=Decimal("9.50"))
+        order.place()
+        order.save()
+    handlers.BEHAVIOUR[order.pk] = "permanent"
+    try:
+        relay_batch()  # the inline publisher runs the handler: a dead letter
+    finally:
+        handlers.BEHAVIOUR.clear()  # the cause is fixed
+    delivery = ProcessedEvent.objects.get(handler="testapp.record_placed")
+    assert delivery.status == "failed"
+
+    page = browser.new_page(viewport={"width": 1500, "height": 900})
+    page.set_default_timeout(15_000)
+    page.goto(f"{live_server.url}/admin/login/?next=/admin/django_uow/outboxevent/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "secret-pw")
+    page.click("input[type=submit]")
+
+    # The outbox page links to the failed handler deliveries.
+    page.wait_for_selector("#outbox-status")
+    assert page.inner_text("#outbox-count-failed-deliveries") == "1"
+    page.click("#outbox-failed-deliveries-link")
+    page.wait_for_url("**status__exact=failed**")
+    rows = page.locator("#result_list tbody tr")
+    assert rows.count() == 1
+    assert "testapp.record_placed" in rows.first.inner_text()
+    assert "PermanentFailure" in rows.first.inner_text()
+    page.screenshot(path=str(tmp_path / "deliveries-failed.png"), full_page=True)
+
+    rows.first.locator("input.action-select").check()
+    page.select_option("select[name=action]", "rerun")
+    page.click("button[name=index]")
+    page.wait_for_selector("ul.messagelist")
+    assert "1 delivery ran again and succeeded." in page.inner_text("ul.messagelist")
+    assert page.locator("#result_list tbody tr").count() == 0  # nothing failed any more
+
+    delivery.refresh_from_db()
+    assert delivery.status == "succeeded"
+    assert Effect.objects.filter(event_id=delivery.event_id, handler="placed").count() == 1
+
+    # The event's page lists the delivery, now succeeded.
+    event = OutboxEvent.objects.get(event_id=delivery.event_id)
+    page.goto(f"{live_server.url}/admin/django_uow/outboxevent/{event.pk}/change/")
+    table = page.inner_text("#outbox-deliveries")
+    assert "testapp.record_placed" in table and "succeeded" in table
+    page.screenshot(path=str(tmp_path / "event-deliveries.png"), full_page=True)
+    page.close()
