@@ -20,6 +20,7 @@ from .exceptions import (
     RelayError,
     RetryAfter,
     UnitOfWorkError,
+    UnitOfWorkTimeout,
     UnknownEventType,
 )
 from .fields import VersionField
@@ -48,6 +49,7 @@ __all__ = [
     "RetryAfter",
     "UnitOfWork",
     "UnitOfWorkError",
+    "UnitOfWorkTimeout",
     "UnknownEventType",
     "VersionField",
     "VersionedModel",

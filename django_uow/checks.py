@@ -317,6 +317,18 @@ def _check_rabbitmq_exchange(value: Any) -> list[Message]:
     ]
 
 
+def _check_timeout(value: Any) -> list[Message]:
+    if value is None or (_is_number(value) and value > 0):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['TIMEOUT'] must be a number of seconds > 0 or None, not {value!r}.",
+            "It is the default time limit of every outermost unit of work; None: no limit.",
+            34,
+        )
+    ]
+
+
 def _check_health(value: Any) -> list[Message]:
     keys = set(DEFAULTS["HEALTH"])
     if isinstance(value, dict) and set(value) <= keys:
@@ -411,6 +423,7 @@ VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "CELERY_RELAY_TASK": _check_celery_relay_task,
     "NOTIFY": _check_notify,
     "HEALTH": _check_health,
+    "TIMEOUT": _check_timeout,
     "RABBITMQ_URL": _check_rabbitmq_url,
     "RABBITMQ_EXCHANGE": _check_rabbitmq_exchange,
     "HANDLER_DEADLINE": _check_handler_deadline_value,

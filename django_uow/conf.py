@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "STREAM_MAXLEN": 100_000,
     # Thresholds of django_uow.views.health: past them it answers 503 (None: never).
     "HEALTH": {"MAX_LAG": None, "MAX_FAILED": None},
+    # Default time limit (seconds) of every outermost unit of work; None: no limit.
+    "TIMEOUT": None,
     "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672//",
     "RABBITMQ_EXCHANGE": "django_uow",
     "CELERY_QUEUE": None,
@@ -163,6 +165,11 @@ class UowSettings:
     def STREAM_MAXLEN(self) -> int | None:
         value = self._get("STREAM_MAXLEN")
         return None if value is None else int(value)
+
+    @property
+    def TIMEOUT(self) -> float | None:
+        value = self._get("TIMEOUT")
+        return None if value is None else float(value)
 
     @property
     def HEALTH(self) -> dict[str, Any]:

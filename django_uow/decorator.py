@@ -117,14 +117,28 @@ class UnitOfWorkDecorator:
         retries: int = 0,
         rollback_if: Callable[[Any], bool] | None = None,
         backoff: tuple[float, float] = (0.01, 0.5),
+        timeout: float | None = None,
+        retry_on: tuple[type[BaseException], ...] = (),
     ) -> None:
         if retries < 0:
             raise ValueError(f"unit_of_work(retries={retries}): retries must be 0 or more.")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"unit_of_work(timeout={timeout!r}): a time limit is seconds > 0.")
+        if not (
+            isinstance(retry_on, tuple)
+            and all(isinstance(c, type) and issubclass(c, BaseException) for c in retry_on)
+        ):
+            raise TypeError(
+                f"unit_of_work(retry_on={retry_on!r}): pass a tuple of exception classes, "
+                "e.g. retry_on=(UnitOfWorkTimeout,)."
+            )
         self.using = using
         self.savepoint = savepoint
         self.retries = retries
         self.rollback_if = rollback_if
         self.backoff = backoff
+        self.timeout = timeout
+        self.retry_on = retry_on
         self._entries = threading.local()
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
@@ -146,7 +160,8 @@ class UnitOfWorkDecorator:
                 try:
                     return self._run_once(func, *args, **kwargs)
                 except BaseException as error:
-                    if attempt >= self.retries or not is_retryable(error):
+                    retryable = is_retryable(error) or isinstance(error, self.retry_on)
+                    if attempt >= self.retries or not retryable:
                         raise
                     attempt += 1
                     # The n-th retry waits up to base * 2**n (capped).
@@ -165,7 +180,10 @@ class UnitOfWorkDecorator:
         return wrapper
 
     def _run_once(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        with UnitOfWork(self.using, savepoint=self.savepoint) as uow:
+        label = f"@unit_of_work {callable_name(func)}()"
+        with UnitOfWork(
+            self.using, savepoint=self.savepoint, timeout=self.timeout, label=label
+        ) as uow:
             result = func(*args, **kwargs)
             if self.rollback_if is not None and self.rollback_if(result):
                 uow.rollback()
@@ -199,7 +217,7 @@ class UnitOfWorkDecorator:
                 "`with unit_of_work(...)` cannot take retries= or rollback_if=: a with block "
                 "cannot be re-run. Decorate a function with @unit_of_work(...) instead."
             )
-        uow = UnitOfWork(self.using, savepoint=self.savepoint).begin()
+        uow = UnitOfWork(self.using, savepoint=self.savepoint, timeout=self.timeout).begin()
         entries: list[UnitOfWork] = self._entries.__dict__.setdefault("stack", [])
         entries.append(uow)
         return uow
@@ -232,6 +250,8 @@ def unit_of_work(
     retries: int = 0,
     rollback_if: Callable[[Any], bool] | None = None,
     backoff: tuple[float, float] = (0.01, 0.5),
+    timeout: float | None = None,
+    retry_on: tuple[type[BaseException], ...] = (),
 ) -> UnitOfWorkDecorator: ...
 
 
@@ -244,6 +264,8 @@ def unit_of_work(
     retries: int = 0,
     rollback_if: Callable[[Any], bool] | None = None,
     backoff: tuple[float, float] = (0.01, 0.5),
+    timeout: float | None = None,
+    retry_on: tuple[type[BaseException], ...] = (),
 ) -> Callable[P, R] | UnitOfWorkDecorator:
     """Run a function (or a ``with`` block) in a ``UnitOfWork``.
 
@@ -252,9 +274,17 @@ def unit_of_work(
     Called inside another unit of work it joins that unit as a savepoint, and the
     outermost unit that owns retries re-runs instead.
     ``rollback_if(result)`` rolls back and still returns ``result`` when true.
+    ``timeout=s`` limits the unit's time, enforced by the database (``UnitOfWorkTimeout``);
+    ``retry_on=(...)`` adds exception classes ``retries=`` re-runs on.
     """
     decorator = UnitOfWorkDecorator(
-        using=using, savepoint=savepoint, retries=retries, rollback_if=rollback_if, backoff=backoff
+        using=using,
+        savepoint=savepoint,
+        retries=retries,
+        rollback_if=rollback_if,
+        backoff=backoff,
+        timeout=timeout,
+        retry_on=retry_on,
     )
     if func is not None:
         if isinstance(func, str):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, OperationalError
 from django.db.transaction import TransactionManagementError
 
 
@@ -48,6 +48,24 @@ class ConcurrencyError(UnitOfWorkError, DatabaseError):
             f"Cannot {operation} {model_label} pk={pk!r}: expected version {expected_version}, "
             f"but {found} (someone else wrote it first). Nothing was written; reload the object "
             "and apply the change again, or use @unit_of_work(retries=N) to re-run the operation."
+        )
+
+
+class UnitOfWorkTimeout(UnitOfWorkError, OperationalError):
+    """Raised when a unit of work ran past its time limit (``timeout=``); it was rolled back.
+
+    The database stopped a statement or a lock wait that went past the limit, or the
+    unit itself found its time spent when it was about to commit. Nothing was written.
+    Not retried as a conflict unless ``@unit_of_work(retries=N, retry_on=(UnitOfWorkTimeout,))``.
+    """
+
+    def __init__(self, unit: str, limit: float, reason: str) -> None:
+        self.unit = unit
+        self.limit = limit
+        super().__init__(
+            f"{unit} ran past its time limit of {limit:g}s ({reason}) and was rolled back; "
+            "nothing was written. Move slow work (HTTP calls, email) out of the unit, into "
+            "an event handler, or give it a larger timeout=."
         )
 
 

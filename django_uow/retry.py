@@ -12,7 +12,7 @@ import re
 
 from django.db import DatabaseError, OperationalError
 
-from .exceptions import ConcurrencyError, HandlerFailed
+from .exceptions import ConcurrencyError, HandlerFailed, UnitOfWorkTimeout
 
 #: SQLSTATEs of PostgreSQL serialization failures and deadlocks.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
@@ -46,7 +46,13 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
 
 
 def is_retryable(error: BaseException) -> bool:
-    """True for version conflicts, serialization failures, deadlocks and SQLite lock errors."""
+    """True for version conflicts, serialization failures, deadlocks and SQLite lock errors.
+
+    A unit that ran past its time limit is not a conflict: retrying it would hold the
+    same locks as long again (``retry_on=`` opts in).
+    """
+    if isinstance(error, UnitOfWorkTimeout):
+        return False
     if isinstance(error, ConcurrencyError):
         return True
     if not isinstance(error, DatabaseError):

@@ -11,22 +11,25 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from enum import Enum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from django.db import models, transaction
+from django.db import connections, models, transaction
 
 from . import signals
+from .conf import uow_settings
 from .context import current_uow as _current_unit
 from .context import open_units, pop_unit, push_unit
 from .events import DomainEvent, StagedEvent, ensure_correlation, reset_event_context
-from .exceptions import NoActiveUnitOfWork, UnitOfWorkError
+from .exceptions import NoActiveUnitOfWork, UnitOfWorkError, UnitOfWorkTimeout
 from .fields import version_field_or_none
 from .flush import flush_changes
 from .locking import touch
+from .timeouts import Restore, apply_limits, is_timeout
 from .tracking import Journal, Mark, identity_key
 
 if TYPE_CHECKING:
@@ -68,9 +71,24 @@ class UnitOfWork:
     ``with`` entry after the first runs a unit of its own, which ``as`` names.
     """
 
-    def __init__(self, using: str = "default", *, savepoint: bool = True) -> None:
+    def __init__(
+        self,
+        using: str = "default",
+        *,
+        savepoint: bool = True,
+        timeout: float | None = None,
+        label: str | None = None,
+    ) -> None:
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"UnitOfWork(timeout={timeout!r}): a time limit is seconds > 0.")
         self.using = using
         self.savepoint_enabled = savepoint
+        self.timeout = timeout
+        self.label = label or f"UnitOfWork on {using!r}"
+        #: The time limit in force for this unit (its own, or the root's), and its end.
+        self.limit: float | None = None
+        self._deadline: float | None = None
+        self._restore_limits: Restore | None = None
         self.id = uuid.uuid4()
         self._state = _State.NEW
         self._parent: UnitOfWork | None = None
@@ -100,6 +118,11 @@ class UnitOfWork:
             self._mark = self._journal.mark()
         self._atomic = transaction.atomic(using=self.using, savepoint=self.savepoint_enabled)
         self._atomic.__enter__()
+        try:
+            self._start_clock()
+        except BaseException:
+            self._atomic.__exit__(None, None, None)
+            raise
         self._token = push_unit(self)
         if self._parent is None:
             self._context_token = ensure_correlation(str(self.id))
@@ -111,7 +134,16 @@ class UnitOfWork:
             first = not self._claimed and self._state is _State.NEW
             self._claimed = True
         # State lives per entry: a reused object runs each later entry as a unit of its own.
-        unit = self if first else UnitOfWork(self.using, savepoint=self.savepoint_enabled)
+        unit = (
+            self
+            if first
+            else UnitOfWork(
+                self.using,
+                savepoint=self.savepoint_enabled,
+                timeout=self.timeout,
+                label=self.label,
+            )
+        )
         unit.begin()
         entries: list[UnitOfWork] = self._entries.__dict__.setdefault("stack", [])
         entries.append(unit)
@@ -135,11 +167,61 @@ class UnitOfWork:
     ) -> Literal[False]:
         if self._state is not _State.ACTIVE:
             return False  # finished early by commit() or rollback()
-        if exc_type is None:
-            self.commit()
-        else:
-            self._finish_with_rollback(exc_type, exc, tb)
+        try:
+            if exc_type is None:
+                self.commit()
+            else:
+                self._finish_with_rollback(exc_type, exc, tb)
+        except BaseException as error:
+            timeout = self._as_timeout(error)
+            if timeout is not None:
+                raise timeout from error
+            raise
+        timeout = self._as_timeout(exc)
+        if timeout is not None:
+            raise timeout from exc
         return False
+
+    # -- time limits ----------------------------------------------------------------
+
+    def _start_clock(self) -> None:
+        """Set the database's limits for this unit: the root's, or a nested one's lower one."""
+        parent_limit = self._parent.limit if self._parent is not None else None
+        parent_deadline = self._parent._deadline if self._parent is not None else None
+        wanted = self.timeout
+        if self._parent is None and wanted is None:
+            wanted = uow_settings.TIMEOUT
+        self.limit, self._deadline = parent_limit, parent_deadline
+        if wanted is None:
+            return
+        now = time.monotonic()
+        if parent_deadline is not None and now + wanted >= parent_deadline:
+            return  # a nested unit inherits the root's limit and cannot raise it
+        self.limit, self._deadline = wanted, now + wanted
+        self._restore_limits = apply_limits(connections[self.using], wanted)
+
+    def _end_clock(self) -> None:
+        restore, self._restore_limits = self._restore_limits, None
+        if restore is None or connections[self.using].needs_rollback:
+            return  # a broken transaction runs no statement; its end resets the limits
+        if self._parent is not None and self._parent.limit is not None:
+            apply_limits(connections[self.using], self._parent.limit)  # the root's again
+        else:
+            restore()
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
+
+    def _as_timeout(self, error: BaseException | None) -> UnitOfWorkTimeout | None:
+        """The ``UnitOfWorkTimeout`` that ``error`` means for this unit, if any."""
+        if error is None or self.limit is None or isinstance(error, UnitOfWorkTimeout):
+            return None
+        if self._restore_limits is None and self._parent is not None:
+            return None  # the unit that set the limit reports it
+        vendor = connections[self.using].vendor
+        if not is_timeout(error, vendor):
+            return None
+        return UnitOfWorkTimeout(self.label, self.limit, f"the database stopped it: {error}")
 
     @property
     def is_root(self) -> bool:
@@ -175,6 +257,13 @@ class UnitOfWork:
         if self._marked_for_rollback():
             self._finish_with_rollback(None, None, None)
             return
+        if self._restore_limits is not None and self._past_deadline():
+            transaction.set_rollback(True, using=self.using)
+            self._finish_with_rollback(None, None, None)
+            assert self.limit is not None
+            raise UnitOfWorkTimeout(
+                self.label, self.limit, "its time was spent when it was about to commit"
+            )
         if self.is_root:
             try:
                 self._flush_and_stage()
@@ -188,8 +277,10 @@ class UnitOfWork:
         try:
             self._atomic.__exit__(None, None, None)
         except BaseException:
+            self._end_clock()
             self._after_rollback()
             raise
+        self._end_clock()
         self._state = _State.COMMITTED
         if self._parent is not None:
             self._parent._on_rollback.extend(self._on_rollback)
@@ -219,6 +310,7 @@ class UnitOfWork:
             else:
                 self._atomic.__exit__(exc_type, exc, tb)
         finally:
+            self._end_clock()  # after the transaction (or savepoint) is over
             self._after_rollback()
 
     def _pop(self) -> None:
