@@ -6,6 +6,7 @@ without spending an attempt. Whatever handler code raises is a handler failure.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -164,7 +165,13 @@ def test_a_relay_process_survives_unstorable_error_text(claim_mode: str) -> None
             "--once",
         ],
         cwd=ROOT,
-        env={**os.environ, "UOW_HANDLER_ERROR": "unstorable", "PYTHONIOENCODING": "utf-8"},
+        env={
+            **os.environ,
+            "UOW_HANDLER_ERROR": "unstorable",
+            "PYTHONIOENCODING": "utf-8",
+            # No retry may become due within the drain: one attempt each, whatever the jitter.
+            "UOW_EXTRA": json.dumps({"BACKOFF": [60.0, 60.0]}),
+        },
         capture_output=True,
         text=True,
         timeout=120,

@@ -262,3 +262,43 @@ def test_celery_relay_task_delivers_what_waited(settings: Any) -> None:
     # No beat, no sweep: only the relay tasks sent by the commits ran.
     assert list(OutboxEvent.objects.exclude(status=D).values_list("id", "status")) == []
     assert Effect.objects.filter(handler="bumped").count() == 100
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("claim_mode", ["one-statement", "portable"], indirect=True)
+def test_follow_up_waits_for_a_claim_that_locked_the_row_without_leasing_it(
+    claim_mode: str,
+) -> None:
+    # A commit's own claim locks its event as a candidate, finds an earlier event of the
+    # aggregate owed outside its batch, and leases nothing. If the relay acknowledging that
+    # earlier event skipped the locked row, nobody would deliver it: it must wait instead.
+    import threading
+
+    from django.db import connections, transaction
+
+    a1, a2 = make_rows([("1", "a1"), ("1", "a2")])
+    claims.claim_batch(
+        using="default", relay_id="r1", limit=1, lease=60, ordered=True, event_ids=[a1.event_id]
+    )
+    claims.acknowledge(using="default", relay_id="r1", ids=[a1.id])
+    locked, release = threading.Event(), threading.Event()
+
+    def other_claim() -> None:
+        try:
+            with transaction.atomic():
+                list(OutboxEvent.objects.select_for_update().filter(id=a2.id))
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other_claim)
+    thread.start()
+    assert locked.wait(10)
+    threading.Timer(0.3, release.set).start()
+    publisher = RecordingPublisher()
+    result = follow_up([("testapp.order", "1")], publishers=[publisher], relay_id="r1")
+    thread.join(10)
+    assert publisher.reasons() == ["a2"]
+    assert result.dispatched == 1

@@ -121,6 +121,12 @@ def claim_batch(
     ``event_ids`` restricts the claim to those events (the fast path); ``aggregates``
     to the events of those ``(aggregate_type, aggregate_id)`` keys (a relay going on
     to what waited behind the events it just acknowledged).
+
+    A claim restricted to ``aggregates`` waits for rows another claim has locked instead
+    of skipping them: a commit's own claim locks its event as a candidate and may lease
+    nothing (an earlier event of the aggregate is owed outside its batch); skipping that
+    row would leave it to nobody. The wait lasts one claim statement, and every claim
+    locks rows in the same ``(available_at, id)`` order.
     """
     if limit <= 0 or (event_ids is not None and not event_ids):
         return []
@@ -143,9 +149,9 @@ def claim_batch(
             now=now,
         )
     t = _quote(using, OutboxEvent._meta.db_table)
-    lock = (
-        " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-    )
+    lock = ""
+    if connection.features.has_select_for_update_skip_locked:
+        lock = " FOR UPDATE" if aggregates is not None else " FOR UPDATE SKIP LOCKED"
     params: list[Any] = []
 
     where = [
@@ -259,7 +265,8 @@ def claim_portable(
                 )
             )
             due = due.filter(Q(aggregate_id="") | ~Exists(stuck))
-        skip_locked = connection.features.has_select_for_update_skip_locked
+        # See claim_batch: a follow-up waits for a row another claim has locked.
+        skip_locked = connection.features.has_select_for_update_skip_locked and aggregates is None
         candidates = list(
             due.order_by("available_at", "id")
             .select_for_update(skip_locked=skip_locked)
