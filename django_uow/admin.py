@@ -88,11 +88,29 @@ def aggregate_types() -> list[str]:
     return sorted(m._meta.label_lower for m in apps.get_models() if issubclass(m, AggregateRoot))
 
 
+def header_match(header: str, value: str) -> Q:
+    """Events whose audit ``header`` is ``value`` (a user pk is stored as a number)."""
+    key = f"headers__{header}"
+    if value == "none":  # the header is null, or absent
+        return Q(**{key: None}) | Q(**{f"{key}__isnull": True})
+    match = Q(**{key: value})
+    if value.isdigit():
+        match |= Q(**{key: int(value)})
+    return match
+
+
+#: Search prefixes for the audit headers: ``actor:7``, ``request:<id>``.
+HEADER_SEARCHES = {"actor": "actor", "request": "request_id"}
+
+
 def search_filter(term: str) -> Q:
     """Exact-match search: a UUID hits the unique ``event_id`` index, anything else the
-    ``(aggregate_type, aggregate_id)`` index; ``app_label.model:id`` names both."""
+    ``(aggregate_type, aggregate_id)`` index; ``app_label.model:id`` names both;
+    ``actor:7`` and ``request:<id>`` match the audit headers."""
     term = term.strip()
     label, sep, agg_id = term.partition(":")
+    if sep and label in HEADER_SEARCHES and agg_id:
+        return header_match(HEADER_SEARCHES[label], agg_id.strip())
     if sep and "." in label and agg_id:
         return Q(aggregate_type=label.lower(), aggregate_id=agg_id)
     ids = {term}
@@ -183,16 +201,7 @@ class _HeaderFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
-        if not value:
-            return queryset
-        key = f"headers__{self.header}"
-        if value == "none":  # the header is null, or absent
-            return queryset.filter(Q(**{key: None}) | Q(**{f"{key}__isnull": True}))
-        # JSON equality: a user pk is stored as a number (or a string for UUID pks).
-        match = Q(**{key: value})
-        if value.isdigit():
-            match |= Q(**{key: int(value)})
-        return queryset.filter(match)
+        return queryset.filter(header_match(self.header, value)) if value else queryset
 
 
 class ActorFilter(_HeaderFilter):
@@ -298,7 +307,8 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     # Only consulted to show the search box: get_search_results() does exact matches.
     search_fields = ("=event_id", "=aggregate_id")
     search_help_text = _(
-        "Exact event id, aggregate id, or app_label.model:aggregate_id (e.g. shop.order:42)."
+        "Exact event id, aggregate id, app_label.model:aggregate_id (e.g. shop.order:42), "
+        "actor:<user pk> or request:<request id>."
     )
     sortable_by = ("short_event_id", "age")
     ordering = ("-id",)

@@ -182,3 +182,22 @@ def test_a_user_admin_links_to_the_events_the_user_caused(staff: Client) -> None
     link = EventsCausedAdminMixin().events_caused(ada)
     assert f'href="/admin/django_uow/outboxevent/?actor={ada.pk}"' in link
     assert staff.get(f"/admin/django_uow/outboxevent/?actor={ada.pk}").status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_admin_search_finds_events_by_actor_and_request(staff: Client) -> None:
+    ada = User.objects.create_user("ada")
+    other = Client()
+    other.force_login(ada)
+    note(other, new_order(), x_request_id="req-search")
+    note(Client(), new_order(), x_request_id="req-anon")
+    events = {
+        r.headers["request_id"]: str(r.event_id)[:8] for r in OutboxEvent.objects.order_by("id")
+    }
+    url = "/admin/django_uow/outboxevent/"
+    by_actor = staff.get(url, {"q": f"actor:{ada.pk}"}).content.decode()
+    assert events["req-search"] in by_actor and events["req-anon"] not in by_actor
+    by_request = staff.get(url, {"q": "request:req-anon"}).content.decode()
+    assert events["req-anon"] in by_request and events["req-search"] not in by_request
+    anonymous = staff.get(url, {"q": "actor:none"}).content.decode()
+    assert events["req-anon"] in anonymous and events["req-search"] not in anonymous
