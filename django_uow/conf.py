@@ -100,10 +100,8 @@ class UowSettings:
 
     @property
     def RELAY_ON_COMMIT(self) -> RelayOnCommit:
-        value = self._get("RELAY_ON_COMMIT")
-        if value is True:
-            return "celery"
-        return value  # type: ignore[no-any-return]
+        value: RelayOnCommit | Literal[True] = self._get("RELAY_ON_COMMIT")
+        return "celery" if value is True else value
 
     @property
     def PUBLISHERS(self) -> list[str]:
@@ -124,7 +122,8 @@ class UowSettings:
 
     @property
     def ORDERING(self) -> Literal["aggregate", "none"]:
-        return self._get("ORDERING")  # type: ignore[no-any-return]
+        ordering: Literal["aggregate", "none"] = self._get("ORDERING")
+        return ordering
 
     @property
     def RETENTION(self) -> timedelta:
@@ -185,7 +184,8 @@ class UowSettings:
 
     @property
     def CELERY_QUEUE(self) -> str | None:
-        return self._get("CELERY_QUEUE")  # type: ignore[no-any-return]
+        queue: str | None = self._get("CELERY_QUEUE")
+        return queue
 
     @property
     def CELERY_RELAY_TASK(self) -> str:

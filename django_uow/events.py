@@ -102,7 +102,8 @@ class DomainEvent(metaclass=_EventMeta):
         if version is not None and version != cls.event_version:
             data = cls.upcast(data, version)
         try:
-            return decoding.build_dataclass(cls, data)  # type: ignore[no-any-return]
+            event: E = decoding.build_dataclass(cls, data)
+            return event
         except decoding.Misfit as exc:
             raise EventDecodeError(event_type_of(cls), exc.detail) from None
 

@@ -73,7 +73,8 @@ def version_field_or_none(model: Any) -> VersionField | None:
 
 def get_version(instance: Any) -> int:
     """The in-memory version of ``instance``."""
-    return getattr(instance, version_field_of(instance).attname)  # type: ignore[no-any-return]
+    version: int = getattr(instance, version_field_of(instance).attname)
+    return version
 
 
 def set_version(instance: Any, value: int) -> None:

@@ -84,4 +84,5 @@ def _as_datetime(value: Any) -> datetime | None:
         value = parse_datetime(value)
     if value is not None and timezone.is_naive(value):
         value = value.replace(tzinfo=UTC)
-    return value  # type: ignore[no-any-return]
+    aware: datetime | None = value
+    return aware

@@ -334,7 +334,8 @@ class AggregateRoot(VersionedModel):
     @property
     def _uow_staged(self) -> list[StagedEvent]:
         try:
-            return self.__dict__["_uow_staged_events"]  # type: ignore[no-any-return]
+            existing: list[StagedEvent] = self.__dict__["_uow_staged_events"]
+            return existing
         except KeyError:
             staged: list[StagedEvent] = []
             self.__dict__["_uow_staged_events"] = staged

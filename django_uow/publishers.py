@@ -330,7 +330,8 @@ def load_publisher(path: str) -> Publisher:
         raise ImproperlyConfigured(
             f"DJANGO_UOW['PUBLISHERS'] entry {path!r} has no publish(envelopes) method."
         )
-    return publisher  # type: ignore[no-any-return]
+    loaded: Publisher = publisher
+    return loaded
 
 
 def get_publishers() -> list[Publisher]:

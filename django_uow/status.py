@@ -106,7 +106,8 @@ def as_datetime(value: Any, using: str) -> datetime | None:
         value = parse_datetime(value)
     if value is not None and timezone.is_naive(value):
         value = timezone.make_aware(value, UTC)
-    return value  # type: ignore[no-any-return]
+    aware: datetime | None = value
+    return aware
 
 
 def outbox_status(

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from enum import Enum
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 from django.db import connections, models, transaction
 
@@ -522,24 +522,24 @@ class Repository(Generic[M]):
 
     def _cached(self, pk: Any) -> M | None:
         key = (self.model._meta.label, self.model._meta.pk.to_python(pk))
-        return self.uow._journal.identity.get(key)  # type: ignore[return-value]
+        return cast("M | None", self.uow._journal.identity.get(key))
 
     def get(self, pk: Any) -> M:
         """The instance for ``pk``: from the identity map, or loaded once."""
         cached = self._cached(pk)
         if cached is not None:
             return cached
-        return self.uow._journal.load(self._queryset().get(pk=pk))  # type: ignore[return-value]
+        return cast(M, self.uow._journal.load(self._queryset().get(pk=pk)))
 
     def get_for_update(self, pk: Any) -> M:
         """Like ``get`` but locks the row (``SELECT ... FOR UPDATE``) until commit."""
         row = self._queryset().select_for_update().get(pk=pk)
         cached = self._cached(pk)
-        return cached if cached is not None else self.uow._journal.load(row)  # type: ignore[return-value]
+        return cached if cached is not None else cast(M, self.uow._journal.load(row))
 
     def filter(self, *args: Any, **kwargs: Any) -> list[M]:
         journal = self.uow._journal
-        return [journal.load(obj) for obj in self._queryset().filter(*args, **kwargs)]  # type: ignore[misc]
+        return [cast(M, journal.load(obj)) for obj in self._queryset().filter(*args, **kwargs)]
 
     def add(self, obj: M) -> M:
         self.uow.add(obj)
