@@ -47,10 +47,13 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
+from .admin_deadletters import group_action_view, groups_view
+from .admin_lookups import StrictLookupsMixin
 from .deliveries import ConsumerLag, consumer_lag
 from .events import registry
 from .handlers import registry as handler_registry
 from .models import AggregateRoot, OutboxEvent, ProcessedEvent
+from .redaction import MASK, redact, redactor
 from .relay.redelivery import redeliver
 from .status import outbox_status, snapshot
 from .waiting import WaitReason, failing_heads, wait_reasons
@@ -71,6 +74,8 @@ COUNT_CAP = 10_000
 HEAVY_FIELDS = ("payload", "headers", "last_error")
 #: Blocking heads listed on the blocked-aggregates page.
 BLOCKED_LIMIT = 500
+#: Characters of a stored error shown on an event's page; the rest behind a link.
+LAST_ERROR_PAGE_CHARS = 2_000
 #: Characters of a stored error shown in a list; the event's page shows the rest.
 ERROR_PREVIEW_CHARS = 300
 #: Characters of a stored error, and of a traceback, shown on a page.
@@ -283,7 +288,7 @@ class LightChangeList(CappedChangeList):
 
 
 @admin.register(OutboxEvent)
-class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class OutboxEventAdmin(StrictLookupsMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     change_list_template = "admin/django_uow/outboxevent/change_list.html"
     change_form_template = "admin/django_uow/outboxevent/change_form.html"
     list_display = (
@@ -441,6 +446,8 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
+        if self.refused_lookup(request) is not None:
+            return HttpResponseRedirect(request.path + "?e=1")  # before any query
         using = router.db_for_read(OutboxEvent)
         with snapshot(using):  # the box's numbers agree with each other
             status = outbox_status(using)
@@ -452,6 +459,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             **(extra_context or {}),
             "outbox_status": status,
             "blocked_url": self._url("blocked"),
+            "deadletters_url": self._url("deadletters"),
             "consumer_lag": consumer_lag_context(lag),
             "deliveries_url": deliveries,
             "failed_deliveries_url": deliveries + "?" + urlencode({"status__exact": "failed"}),
@@ -461,7 +469,7 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     # -- change page ----------------------------------------------------------------------
 
     def _json_display(self, obj: OutboxEvent, field: str) -> SafeString:
-        text = pretty_json(getattr(obj, field))
+        text = pretty_json(redact(getattr(obj, field)))
         raw_url = self._url("raw", obj.pk) + f"?field={field}"
         if len(text) <= JSON_PREVIEW_CHARS:
             return format_html(
@@ -489,9 +497,24 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description=_("last error"))
     def last_error_display(self, obj: OutboxEvent) -> SafeString | str:
+        """The error cut to ``LAST_ERROR_PAGE_CHARS``; the whole text is behind a link
+        that needs the change permission (it may quote data)."""
         if not obj.last_error:
             return "-"
-        return format_html('<pre class="uow-error">{}</pre>', obj.last_error)
+        error = obj.last_error
+        if len(error) <= LAST_ERROR_PAGE_CHARS:
+            return format_html('<pre class="uow-error">{}</pre>', error)
+        return format_html(
+            '<pre class="uow-error">{}\n\u2026</pre><p class="uow-truncated">{} {}</p>',
+            error[:LAST_ERROR_PAGE_CHARS],
+            gettext("Showing the first %(shown)s of %(total)s characters.")
+            % {"shown": f"{LAST_ERROR_PAGE_CHARS:,}", "total": f"{len(error):,}"},
+            format_html(
+                '<a href="{}" id="uow-full-error">{}</a>',
+                self._url("error", obj.pk),
+                gettext("Full error (needs the change permission)"),
+            ),
+        )
 
     @admin.display(description=_("handler deliveries"))
     def deliveries_display(self, obj: OutboxEvent) -> SafeString | str:
@@ -577,6 +600,17 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         name = f"{self.opts.app_label}_{self.opts.model_name}"
         custom = [
             path("blocked/", wrap(self.blocked_view), name=f"{name}_blocked"),
+            path(
+                "dead-letters/",
+                wrap(lambda request: groups_view(self, request)),
+                name=f"{name}_deadletters",
+            ),
+            path(
+                "dead-letters/<str:key>/<str:action>/",
+                wrap(lambda request, key, action: group_action_view(self, request, key, action)),
+                name=f"{name}_deadletter_action",
+            ),
+            path("<path:object_id>/error/", wrap(self.full_error_view), name=f"{name}_error"),
             path("<path:object_id>/raw/", wrap(self.raw_json_view), name=f"{name}_raw"),
             path("<path:object_id>/timeline/", wrap(self.timeline_view), name=f"{name}_timeline"),
             path("<path:object_id>/retry/", wrap(self.retry_view), name=f"{name}_retry"),
@@ -604,11 +638,18 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             raise Http404(gettext("field must be 'payload' or 'headers'."))
         obj = self._viewable(request, object_id)
         return JsonResponse(
-            getattr(obj, field),
+            redact(getattr(obj, field)),
             encoder=DjangoJSONEncoder,
             safe=False,
             json_dumps_params={"indent": 2, "ensure_ascii": False},
         )
+
+    def full_error_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The whole ``last_error`` as plain text, for staff with the change permission."""
+        obj = self._viewable(request, object_id)
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        return HttpResponse(obj.last_error, content_type="text/plain; charset=utf-8")
 
     def timeline_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Every event of this event's aggregate, in the order they were written."""
@@ -627,6 +668,11 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             )
         else:
             rows = [obj]
+        secret = redactor()
+        for row in rows:  # the audit headers the timeline shows, masked when listed
+            for header in ("actor", "request_id"):
+                if getattr(row, header, None) is not None and secret.key_is_secret(header):
+                    setattr(row, header, MASK)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -867,7 +913,7 @@ def delivery_status_html(status: str, label: str) -> SafeString:
 
 
 @admin.register(ProcessedEvent)
-class ProcessedEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ProcessedEventAdmin(StrictLookupsMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     """Handler deliveries (the inbox): how each handler fared with each event.
 
     Read-only like the outbox: rows are never added, edited or deleted here (deleting a
@@ -1004,6 +1050,8 @@ class ProcessedEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
+        if self.refused_lookup(request) is not None:
+            return HttpResponseRedirect(request.path + "?e=1")  # before any query
         lag = consumer_lag(router.db_for_read(ProcessedEvent))
         context = {**(extra_context or {}), "consumer_lag": consumer_lag_context(lag)}
         return super().changelist_view(request, context)

@@ -406,6 +406,21 @@ def _check_fast_path_cooldown(value: Any) -> list[Message]:
     ]
 
 
+def _check_redact(value: Any) -> list[Message]:
+    if isinstance(value, list | tuple) and all(
+        isinstance(key, str) and key.strip(". ") for key in value
+    ):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['REDACT'] must be a list of key names or dotted paths, not {value!r}.",
+            "For example DJANGO_UOW = {'REDACT': ['ssn', 'customer.card.number']}; the list "
+            "extends the built-in one (authorization, password, token...).",
+            50,
+        )
+    ]
+
+
 VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "RELAY_ON_COMMIT": _check_relay_on_commit,
     "PUBLISHERS": _check_publishers,
@@ -430,6 +445,7 @@ VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "INBOX_RETENTION": _check_inbox_retention_value,
     "FAST_PATH_TIMEOUT": _check_fast_path_timeout,
     "FAST_PATH_COOLDOWN": _check_fast_path_cooldown,
+    "REDACT": _check_redact,
 }
 
 

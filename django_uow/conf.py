@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
     "FAST_PATH_TIMEOUT": 0.2,
     # Seconds commits skip the fast path after a broker failure (the circuit breaker).
     "FAST_PATH_COOLDOWN": 5.0,
+    # Payload/header keys (names or dotted paths) masked wherever events are shown, on
+    # top of django_uow.redaction.DEFAULT_KEYS (authorization, password, token...).
+    "REDACT": [],
 }
 
 RelayOnCommit = Literal["celery", "inline", False]
@@ -210,6 +213,10 @@ class UowSettings:
     @property
     def FAST_PATH_COOLDOWN(self) -> float:
         return float(self._get("FAST_PATH_COOLDOWN"))
+
+    @property
+    def REDACT(self) -> list[str]:
+        return [str(key) for key in self._get("REDACT")]
 
 
 def as_timedelta(value: Any) -> timedelta:

@@ -24,6 +24,7 @@ from typing import Any, Literal, Union
 from django.utils import dateparse
 
 from .encoding import key_path
+from .redaction import redact_field
 
 
 class Misfit(Exception):
@@ -43,7 +44,9 @@ def _shown(value: Any) -> str:
 
 
 def _misfit(path: str, expected: str, value: Any) -> Misfit:
-    return Misfit(f"payload field {path!r} is not a valid {expected}: {_shown(value)}")
+    # The message lands in last_error and log lines: a secret field's value stays out.
+    shown = _shown(redact_field(path, value))
+    return Misfit(f"payload field {path!r} is not a valid {expected}: {shown}")
 
 
 def type_name(tp: Any) -> str:
