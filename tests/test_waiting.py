@@ -359,3 +359,14 @@ def test_report_reads_one_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
     assert report["blocked_aggregates"] == 0
     assert OutboxEvent.objects.count() == 2  # committed, and seen by the next read
     assert outbox_report()["blocked_aggregates"] == 1
+
+
+def test_event_page_escapes_and_caps_its_own_last_error(admin_client: Client) -> None:
+    hostile = "<script>alert(1)</script>\ufffd" + "q" * 1_000_000
+    failed = event(status=Status.FAILED, last_error=hostile)
+    page = admin_client.get(
+        reverse("admin:django_uow_outboxevent_change", args=[failed.pk])
+    ).content.decode()
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;\ufffd" in page
+    assert len(page) < 60_000
