@@ -236,3 +236,68 @@ def test_rerun_a_failed_handler_delivery_from_the_admin(
     assert "testapp.record_placed" in table and "succeeded" in table
     page.screenshot(path=str(tmp_path / "event-deliveries.png"), full_page=True)
     page.close()
+
+
+def test_retry_one_dead_letter_group_and_discard_another(
+    browser: Any, live_server: Any, tmp_path: Path
+) -> None:
+    User.objects.create_superuser("admin", "admin@example.com", "secret-pw")
+
+    def dead(aggregate_id: str, error: str) -> OutboxEvent:
+        return OutboxEvent.objects.create(
+            event_id=uuid.uuid4(),
+            event_type="orders.cancelled",
+            aggregate_type="testapp.order",
+            aggregate_id=aggregate_id,
+            payload={"order_id": int(aggregate_id), "reason": "x"},
+            status=Status.FAILED,
+            attempts=10,
+            last_error=error,
+        )
+
+    retried = [
+        dead("1", "ConnectionError: broker 10.0.0.1 refused"),
+        dead("2", "ConnectionError: broker 10.0.0.2 refused"),
+    ]
+    discarded = [
+        dead("3", "KeyError: 'sku-3'"),
+        dead("4", "KeyError: 'sku-4'"),
+        dead("5", "KeyError: 'sku-5'"),
+    ]
+
+    page = browser.new_page(viewport={"width": 1500, "height": 900})
+    page.set_default_timeout(15_000)
+    page.goto(f"{live_server.url}/admin/login/?next=/admin/django_uow/outboxevent/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "secret-pw")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#outbox-status")
+    page.click("#outbox-deadletters-link")
+    page.wait_for_selector("#outbox-deadletters")
+    groups = page.locator("#outbox-deadletters tr.uow-group")
+    assert groups.count() == 2
+    page.screenshot(path=str(tmp_path / "dead-letters.png"), full_page=True)
+
+    # Retry the ConnectionError group: a confirmation page, then the message.
+    page.locator("tr.uow-group", has_text="ConnectionError").locator("a.uow-retry").click()
+    page.wait_for_selector("#uow-confirm")
+    page.click("#uow-confirm")
+    page.wait_for_selector("ul.messagelist")
+    assert "2 failed events will be relayed again." in page.inner_text("ul.messagelist")
+    assert page.locator("#outbox-deadletters tr.uow-group").count() == 1
+
+    # Discard the KeyError group.
+    page.locator("tr.uow-group", has_text="KeyError").locator("a.uow-discard").click()
+    page.wait_for_selector("#uow-confirm")
+    page.click("#uow-confirm")
+    page.wait_for_selector("ul.messagelist")
+    assert "3 failed events were discarded." in page.inner_text("ul.messagelist")
+    assert page.locator("#outbox-deadletters tr.uow-group").count() == 0
+    page.close()
+
+    for row in retried:
+        row.refresh_from_db()
+        assert (row.status, row.attempts) == (Status.PENDING, 0)
+    for row in discarded:
+        row.refresh_from_db()
+        assert row.status == Status.DISCARDED and row.discarded_at is not None
