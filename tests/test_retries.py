@@ -324,17 +324,28 @@ def test_deadlock_victim_is_retried(caplog: pytest.LogCaptureFixture) -> None:
     second = Note.objects.create(text="")
     both_locked_one = threading.Barrier(2, timeout=TIMEOUT)
     attempts = {"x": 0, "y": 0}
+    # The victim's retry waits for the other writer's commit: otherwise, on a loaded
+    # machine, the retry can take a row before the survivor does and deadlock it in turn.
+    committed = {"x": threading.Event(), "y": threading.Event()}
 
     def writer(name: str, order: list[int]) -> Callable[[], None]:
+        other = "y" if name == "x" else "x"
+
         @unit_of_work(retries=3, backoff=(0.0, 0.01))
         def write() -> None:
             attempts[name] += 1
+            if attempts[name] > 1:
+                assert committed[other].wait(TIMEOUT), "the surviving writer never committed"
             Note.objects.filter(pk=order[0]).update(text=Concat(F("text"), Value(name)))
             if attempts[name] == 1:
                 both_locked_one.wait()  # each holds one row and wants the other's
             Note.objects.filter(pk=order[1]).update(text=Concat(F("text"), Value(name)))
 
-        return write
+        def write_then_say_so() -> None:
+            write()
+            committed[name].set()
+
+        return write_then_say_so
 
     x = in_thread(writer("x", [first.pk, second.pk]))
     y = in_thread(writer("y", [second.pk, first.pk]))
