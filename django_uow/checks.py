@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import re
 import string
 from collections.abc import Callable
 from datetime import timedelta
@@ -25,6 +26,9 @@ CELERY_PUBLISHER = "django_uow.publishers.CeleryPublisher"
 STREAM_KEY_FIELDS = frozenset({"aggregate_type", "event_type"})
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 AMQP_SCHEMES = ("amqp://", "pyamqp://")
+NATS_SCHEMES = ("nats://", "tls://")
+NATS_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]+")
+NATS_SUBJECT_TOKEN = re.compile(r"[^\s*>.]+")
 
 Message = checks.CheckMessage
 
@@ -317,6 +321,46 @@ def _check_rabbitmq_exchange(value: Any) -> list[Message]:
     ]
 
 
+def _check_nats_url(value: Any) -> list[Message]:
+    if isinstance(value, str) and value.startswith(NATS_SCHEMES):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['NATS_URL'] must be a nats:// URL, not {value!r}.",
+            "For example 'nats://127.0.0.1:4222' (tls:// for TLS).",
+            60,
+        )
+    ]
+
+
+def _check_nats_stream(value: Any) -> list[Message]:
+    if isinstance(value, str) and NATS_STREAM_NAME.fullmatch(value):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['NATS_STREAM'] must be a JetStream stream name, not {value!r}.",
+            "Letters, digits, '-' and '_' (no spaces, '.', '*' or '>'); the default is "
+            f"{DEFAULTS['NATS_STREAM']!r}.",
+            61,
+        )
+    ]
+
+
+def _check_nats_subject_prefix(value: Any) -> list[Message]:
+    tokens = value.split(".") if isinstance(value, str) else [""]
+    if all(token and NATS_SUBJECT_TOKEN.fullmatch(token) for token in tokens):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['NATS_SUBJECT_PREFIX'] must be a NATS subject without wildcards, "
+            f"not {value!r}.",
+            "Dot-separated non-empty tokens without spaces, '*' or '>'; the default is "
+            f"{DEFAULTS['NATS_SUBJECT_PREFIX']!r}.",
+            62,
+        )
+    ]
+
+
 def _check_timeout(value: Any) -> list[Message]:
     if value is None or (_is_number(value) and value > 0):
         return []
@@ -441,6 +485,9 @@ VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "TIMEOUT": _check_timeout,
     "RABBITMQ_URL": _check_rabbitmq_url,
     "RABBITMQ_EXCHANGE": _check_rabbitmq_exchange,
+    "NATS_URL": _check_nats_url,
+    "NATS_STREAM": _check_nats_stream,
+    "NATS_SUBJECT_PREFIX": _check_nats_subject_prefix,
     "HANDLER_DEADLINE": _check_handler_deadline_value,
     "INBOX_RETENTION": _check_inbox_retention_value,
     "FAST_PATH_TIMEOUT": _check_fast_path_timeout,

@@ -39,6 +39,11 @@ DEFAULTS: dict[str, Any] = {
     "TIMEOUT": None,
     "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672//",
     "RABBITMQ_EXCHANGE": "django_uow",
+    "NATS_URL": "nats://127.0.0.1:4222",
+    # The JetStream stream NatsJetStreamPublisher writes to (created if missing).
+    "NATS_STREAM": "DJANGO_UOW",
+    # Subjects are "<prefix>.<event type>"; the stream captures "<prefix>.>".
+    "NATS_SUBJECT_PREFIX": "django_uow",
     "CELERY_QUEUE": None,
     "CELERY_RELAY_TASK": "django_uow.tasks.relay_outbox",
     # PostgreSQL: send NOTIFY after each commit that wrote events, waking LISTENing relays.
@@ -184,6 +189,18 @@ class UowSettings:
     @property
     def RABBITMQ_EXCHANGE(self) -> str:
         return str(self._get("RABBITMQ_EXCHANGE"))
+
+    @property
+    def NATS_URL(self) -> str:
+        return str(self._get("NATS_URL"))
+
+    @property
+    def NATS_STREAM(self) -> str:
+        return str(self._get("NATS_STREAM"))
+
+    @property
+    def NATS_SUBJECT_PREFIX(self) -> str:
+        return str(self._get("NATS_SUBJECT_PREFIX"))
 
     @property
     def CELERY_QUEUE(self) -> str | None:

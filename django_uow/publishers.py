@@ -36,6 +36,7 @@ from .exceptions import (
 )
 from .handlers import Handler, handlers_for
 from .inbox import run_handler
+from .jetstream import NatsJetStreamPublisher
 from .models import ProcessedEvent
 from .rabbitmq import RabbitMQPublisher
 from .retry import describe, is_connection_error
@@ -50,6 +51,7 @@ __all__ = [
     "BlockedByEarlierFailure",
     "CeleryPublisher",
     "InlinePublisher",
+    "NatsJetStreamPublisher",
     "Publisher",
     "RabbitMQPublisher",
     "RedisStreamPublisher",

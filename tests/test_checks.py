@@ -262,6 +262,32 @@ def test_rabbitmq_settings(key: str, value: object, check: str) -> None:
     assert check in ids(run(**{key: value}))
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "check"),
+    [
+        ("NATS_URL", "amqp://127.0.0.1:4222", "django_uow.E060"),
+        ("NATS_URL", None, "django_uow.E060"),
+        ("NATS_STREAM", "", "django_uow.E061"),
+        ("NATS_STREAM", "my.stream", "django_uow.E061"),
+        ("NATS_SUBJECT_PREFIX", "events.>", "django_uow.E062"),
+        ("NATS_SUBJECT_PREFIX", "a..b", "django_uow.E062"),
+        ("NATS_SUBJECT_PREFIX", 5, "django_uow.E062"),
+    ],
+)
+def test_nats_settings_are_refused_with_their_check(key: str, value: object, check: str) -> None:
+    assert check in ids(run(**{key: value}))
+
+
+def test_nats_defaults_and_good_values_pass() -> None:
+    good = {
+        "NATS_URL": "tls://127.0.0.1:4222",
+        "NATS_STREAM": "ORDERS_1",
+        "NATS_SUBJECT_PREFIX": "a.b",
+    }
+    assert not {"django_uow.E060", "django_uow.E061", "django_uow.E062"} & set(ids(run(**good)))
+    assert not {"django_uow.E060", "django_uow.E061", "django_uow.E062"} & set(ids(run()))
+
+
 # -- handler deadline and inbox retention ---------------------------------------------
 
 CELERY = {"PUBLISHERS": ["django_uow.publishers.CeleryPublisher"]}

@@ -3,7 +3,7 @@
 Builds the wheel once, installs ``django-uow[celery]`` into a fresh venv, and starts a
 real Celery worker from that venv against the test Redis, which runs
 ``django_uow.tasks.handle_event`` for an event published by a tiny project written to a
-temporary directory. Then ``[rabbitmq]`` and ``[prometheus]`` go into the same venv and
+temporary directory. Then ``[rabbitmq]``, ``[nats]`` and ``[prometheus]`` go into the same venv and
 their modules import. It runs in the SQLite pass only (the database plays no part).
 """
 
@@ -211,17 +211,18 @@ def test_the_celery_extra_gives_a_working_redis_worker(wheel: Path, tmp_path: Pa
             worker.wait(timeout=10)
         log.close()
 
-    pip_install(venv, f"{wheel}[rabbitmq,prometheus]", cwd=tmp_path)
+    pip_install(venv, f"{wheel}[rabbitmq,nats,prometheus]", cwd=tmp_path)
     imported = run(
         [
             python,
             "-c",
             "import django; django.setup(); from django_uow.publishers import RabbitMQPublisher; "
-            "import django_uow.metrics as m; import amqp, prometheus_client; "
-            "print(RabbitMQPublisher.__name__, m.__name__)",
+            "from django_uow.publishers import NatsJetStreamPublisher; "
+            "import django_uow.metrics as m; import amqp, nats, prometheus_client; "
+            "print(RabbitMQPublisher.__name__, NatsJetStreamPublisher.__name__, m.__name__)",
         ],
         project,
         **settings,
     )
     assert imported.returncode == 0, imported.stderr
-    assert "RabbitMQPublisher django_uow.metrics" in imported.stdout
+    assert "RabbitMQPublisher NatsJetStreamPublisher django_uow.metrics" in imported.stdout
