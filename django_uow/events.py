@@ -24,6 +24,7 @@ from django.utils import dateparse, timezone
 from . import decoding, encoding
 from .audit import audit_headers
 from .exceptions import EventDecodeError, EventSerializationError, UnknownEventType
+from .scheduling import due_time
 from .tracing import inject_trace_context
 
 E = TypeVar("E", bound="DomainEvent")
@@ -356,14 +357,21 @@ class StagedEvent:
     occurred_at: datetime.datetime
     payload: dict[str, Any]
     headers: dict[str, Any]
+    #: When a scheduled event is due (``None``: due when committed, an ordinary event).
+    deliver_at: datetime.datetime | None = None
 
     @classmethod
-    def from_event(cls, event: DomainEvent) -> StagedEvent:
+    def from_event(
+        cls, event: DomainEvent, *, delay: Any = None, deliver_at: Any = None
+    ) -> StagedEvent:
+        """Encode ``event`` now; a bad payload or schedule raises before anything is staged."""
         if not isinstance(event, DomainEvent):
             raise TypeError(
                 f"record_event() takes a DomainEvent instance, got {type(event).__name__}. "
                 "Subclass django_uow.DomainEvent and decorate it with @dataclass(frozen=True)."
             )
+        now = timezone.now()
+        due = due_time(delay=delay, deliver_at=deliver_at, now=now)
         payload = encode_payload(event)
         correlation_id, causation_id = current_event_context()
         headers: dict[str, Any] = {SCHEMA_VERSION_HEADER: type(event).event_version}
@@ -378,7 +386,8 @@ class StagedEvent:
             event=event,
             event_id=uuid.uuid4(),
             event_type=event_type_of(event),
-            occurred_at=timezone.now(),
+            occurred_at=now,
             payload=payload,
             headers=headers,
+            deliver_at=due,
         )

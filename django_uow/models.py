@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any, ClassVar
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -60,6 +61,10 @@ class OutboxEvent(models.Model):
     claimed_until = models.DateTimeField(null=True, blank=True)
     # When an operator discarded the dead letter (retention counts from here).
     discarded_at = models.DateTimeField(null=True, blank=True)
+    # A scheduled event's due time (``record_event(delay=/deliver_at=)``); NULL for an
+    # event due at commit. ``available_at`` starts there and moves with retries; this
+    # stays, because per-aggregate order among due events is by due time.
+    deliver_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = _("outbox event")
@@ -346,13 +351,22 @@ class AggregateRoot(VersionedModel):
         """Events recorded and not yet written to the outbox, oldest first."""
         return [staged.event for staged in self._uow_staged]
 
-    def record_event(self, event: DomainEvent) -> None:
+    def record_event(
+        self,
+        event: DomainEvent,
+        *,
+        delay: datetime.timedelta | float | None = None,
+        deliver_at: datetime.datetime | None = None,
+    ) -> None:
         """Record ``event``; it is written to the outbox when the unit of work commits.
 
-        Raises ``EventSerializationError`` now, naming the field, if the event cannot
-        be stored as JSON.
+        ``delay`` (a ``timedelta`` or seconds) or ``deliver_at`` (an aware datetime)
+        schedules it: the relay does not deliver it before then, and it holds back no
+        event of this aggregate that is due earlier. Raises ``EventSerializationError``
+        now, naming the field, if the event cannot be stored as JSON, and ``TypeError``
+        or ``ValueError`` for a bad schedule; nothing is recorded then.
         """
-        staged = StagedEvent.from_event(event)
+        staged = StagedEvent.from_event(event, delay=delay, deliver_at=deliver_at)
         uow: ActiveUnit | None = current_uow(self._uow_alias())
         if uow is not None:
             uow._remember(self)

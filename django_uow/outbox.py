@@ -35,6 +35,7 @@ INSERT_FIELDS = (
     "available_at",
     "created_at",
     "claimed_by",
+    "deliver_at",
 )
 JSON_FIELDS = frozenset({"payload", "headers"})
 
@@ -88,7 +89,7 @@ def _fields() -> list[Any]:
 #: Fields whose Python values need the backend's conversion (UUIDs, datetimes); the
 #: others are plain strings and integers that every driver takes as they are. psycopg
 #: takes ``UUID`` and aware ``datetime`` objects directly.
-PREPARED_FIELDS = frozenset({"event_id", "occurred_at", "available_at", "created_at"})
+PREPARED_FIELDS = frozenset({"event_id", "occurred_at", "available_at", "created_at", "deliver_at"})
 NATIVE_TYPES_VENDORS = frozenset({"postgresql"})
 
 _json_default = DjangoJSONEncoder().default

@@ -10,6 +10,7 @@ all inside the transaction. After the real COMMIT, the relay fast path runs.
 from __future__ import annotations
 
 import contextvars
+import datetime
 import threading
 import time
 import uuid
@@ -395,8 +396,9 @@ class UnitOfWork:
                     occurred_at=staged.occurred_at,
                     payload=staged.payload,
                     headers=staged.headers,
-                    available_at=staged.occurred_at,
+                    available_at=staged.deliver_at or staged.occurred_at,
                     created_at=staged.occurred_at,
+                    deliver_at=staged.deliver_at,
                 )
             )
         return rows
@@ -414,10 +416,17 @@ class UnitOfWork:
 
     # -- public helpers -------------------------------------------------------------
 
-    def record_event(self, event: DomainEvent) -> None:
-        """Record an event that belongs to no aggregate."""
+    def record_event(
+        self,
+        event: DomainEvent,
+        *,
+        delay: datetime.timedelta | float | None = None,
+        deliver_at: datetime.datetime | None = None,
+    ) -> None:
+        """Record an event that belongs to no aggregate (``delay``/``deliver_at`` schedule it)."""
         self._require_active("record an event")
-        self._journal.log_event(None, StagedEvent.from_event(event))
+        staged = StagedEvent.from_event(event, delay=delay, deliver_at=deliver_at)
+        self._journal.log_event(None, staged)
 
     def add(self, obj: models.Model) -> None:
         """Track ``obj``: a new object is inserted at commit, an existing one saved if changed."""

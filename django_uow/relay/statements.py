@@ -13,6 +13,13 @@ the attempt. Ordering is enforced in the same statement:
 * a candidate is only leased when every earlier owed (pending or failed) event of its
   aggregate is in this same batch (a concurrent relay holding an earlier one blocks it).
 
+Per-aggregate order is order among due events: by due time (``deliver_at`` for a
+scheduled event, the time it was recorded otherwise), then by record order (``id``);
+two events due at commit keep record order whatever the clocks of the processes that
+wrote them. ``precedes`` is that rule, written once, and ``no_owed_predecessor`` the
+"nothing before it is owed" test every claim builds on. A scheduled event that is not
+due yet precedes no due event, so it never holds one back.
+
 SQLite has no row locks but runs one writer at a time, so the single statement is the
 claim (the documented fallback). Every later statement is fenced by the lease:
 ``WHERE id IN (...) AND claimed_by = <relay id>``, so a relay that lost its lease cannot
@@ -31,10 +38,7 @@ from django.db.models import (
     Case,
     CharField,
     DateTimeField,
-    Exists,
     F,
-    Min,
-    OuterRef,
     Q,
     Value,
     When,
@@ -67,6 +71,7 @@ CLAIM_COLUMNS = (
     "payload",
     "headers",
     "attempts",
+    "deliver_at",
 )
 
 
@@ -105,6 +110,101 @@ def one_statement(using: str) -> bool:
     )
 
 
+def due_sql(alias: str) -> str:
+    """SQL: when event ``alias`` is due (its schedule, or the time it was recorded)."""
+    return f"COALESCE({alias}.deliver_at, {alias}.occurred_at)"
+
+
+def precedes(p: str, o: str) -> tuple[str, str]:
+    """SQL: event ``p`` comes before event ``o`` of the same aggregate, in two parts.
+
+    The first part covers events recorded before ``o`` (``p.id < o.id``, a range of
+    ``uow_outbox_owed_idx``); the second, events recorded after it but due earlier,
+    which only a scheduled ``o`` can have. Two events due at commit are in record order;
+    otherwise the earlier due time goes first, and record order breaks a tie.
+    """
+    earlier = (
+        f"{p}.id < {o}.id AND (({o}.deliver_at IS NULL AND ({p}.deliver_at IS NULL "
+        f"OR {p}.deliver_at <= {o}.occurred_at)) OR ({o}.deliver_at IS NOT NULL "
+        f"AND {due_sql(p)} <= {o}.deliver_at))"
+    )
+    later = f"{p}.id > {o}.id AND {due_sql(p)} < {o}.deliver_at"
+    return earlier, later
+
+
+def no_owed_predecessor(
+    using: str, o: str, extra: str = "", extra_params: Sequence[Any] = ()
+) -> tuple[str, list[Any]]:
+    """SQL and params: no owed (pending/failed) event of ``o``'s aggregate precedes ``o``
+    (among those matching ``extra``, a condition on alias ``p``).
+
+    Events without an aggregate have no predecessor. The second ``NOT EXISTS`` only
+    runs for a scheduled ``o`` (``OR`` short-circuits), so an ordinary event costs what
+    it always did: a walk of the owed rows recorded before it.
+    """
+    t = _quote(using, OutboxEvent._meta.db_table)
+    earlier, later = precedes("p", o)
+    cond = f" AND ({extra})" if extra else ""
+    base = (
+        f"SELECT 1 FROM {t} p WHERE p.aggregate_type = {o}.aggregate_type "
+        f"AND p.aggregate_id = {o}.aggregate_id AND p.status IN (%s, %s)"
+    )
+    sql = (
+        f"({o}.aggregate_id = '' OR (NOT EXISTS ({base} AND {earlier}{cond}) "
+        f"AND ({o}.deliver_at IS NULL OR NOT EXISTS ({base} AND {later}{cond}))))"
+    )
+    params = [PENDING, FAILED, *extra_params, PENDING, FAILED, *extra_params]
+    return sql, params
+
+
+def stuck(o: str) -> str:
+    """SQL (one param: now): owed event ``p`` cannot go before ``o`` in this claim.
+
+    Failed, leased to a relay, or later than ``o`` in the claim's ``(available_at, id)``
+    scan (backing off, like a retried head due after its follower).
+    """
+    return (
+        f"p.status = %s OR p.available_at > {o}.available_at "
+        f"OR (p.available_at = {o}.available_at AND p.id > {o}.id) "
+        "OR (p.claimed_until IS NOT NULL AND p.claimed_until >= %s)"
+    )
+
+
+def delivery_order(rows: Sequence[OutboxEvent]) -> list[OutboxEvent]:
+    """``rows`` in id order, each aggregate's events rearranged into delivery order.
+
+    An aggregate's events due at commit stay in record order and its scheduled ones in
+    ``(deliver_at, id)`` order; the two are merged by due time. Other aggregates' events
+    keep their places, so a batch without scheduled events is exactly in id order.
+    """
+    ordered = sorted(rows, key=lambda row: row.id)
+    if all(row.deliver_at is None for row in ordered):
+        return ordered
+    slots: dict[AggregateKey, list[int]] = {}
+    for index, row in enumerate(ordered):
+        if row.aggregate_id:
+            slots.setdefault((row.aggregate_type, row.aggregate_id), []).append(index)
+    result = list(ordered)
+    for places in slots.values():
+        events = [ordered[i] for i in places]
+        if all(e.deliver_at is None for e in events):
+            continue
+        plain = [e for e in events if e.deliver_at is None]
+        scheduled = sorted((e for e in events if e.deliver_at is not None), key=_due_key)
+        merged: list[OutboxEvent] = []
+        while plain and scheduled:
+            first = scheduled if _due_key(scheduled[0]) < _due_key(plain[0]) else plain
+            merged.append(first.pop(0))
+        merged += plain + scheduled
+        for place, event in zip(places, merged, strict=True):
+            result[place] = event
+    return result
+
+
+def _due_key(row: OutboxEvent) -> tuple[datetime.datetime, int]:
+    return (row.deliver_at or row.occurred_at, row.id)
+
+
 def claim_batch(
     *,
     using: str,
@@ -116,7 +216,7 @@ def claim_batch(
     aggregates: Sequence[AggregateKey] | None = None,
     now: datetime.datetime | None = None,
 ) -> list[OutboxEvent]:
-    """Lease up to ``limit`` due events to ``relay_id`` and return them in id order.
+    """Lease up to ``limit`` due events to ``relay_id``; return them in delivery order.
 
     ``event_ids`` restricts the claim to those events (the fast path); ``aggregates``
     to the events of those ``(aggregate_type, aggregate_id)`` keys (a relay going on
@@ -177,20 +277,17 @@ def claim_batch(
         # retried head due after its follower, or not due at all). So every candidate's
         # earlier owed events precede it in the scan: a batch never fills up with followers
         # whose heads lie past the LIMIT, which would stall the relay.
-        where.append(
-            f"NOT EXISTS (SELECT 1 FROM {t} p WHERE o.aggregate_id <> '' "
-            "AND p.aggregate_type = o.aggregate_type AND p.aggregate_id = o.aggregate_id "
-            "AND p.id < o.id AND p.status IN (%s, %s) AND (p.status = %s "
-            "OR p.available_at > o.available_at "
-            "OR (p.claimed_until IS NOT NULL AND p.claimed_until >= %s)))"
-        )
-        params += [PENDING, FAILED, FAILED, _dt(using, now)]
+        skip, skip_params = no_owed_predecessor(using, "o", stuck("o"), [FAILED, _dt(using, now)])
+        where.append(skip)
+        params += skip_params
     cte = (
-        f"WITH cand AS MATERIALIZED (SELECT o.id, o.aggregate_type, o.aggregate_id FROM {t} o "
+        "WITH cand AS MATERIALIZED (SELECT o.id, o.aggregate_type, o.aggregate_id, "
+        f"o.deliver_at, o.occurred_at FROM {t} o "
         f"WHERE {' AND '.join(where)} ORDER BY o.available_at, o.id LIMIT %s{lock})"
     )
     params.append(limit)
     eligible = "SELECT c.id FROM cand c"
+    full_params: list[Any] = []
     if ordered:
         # Every earlier owed event of the aggregate must be in this batch. Per aggregate,
         # the first owed event NOT in the batch (found by walking uow_outbox_owed_idx, so
@@ -205,10 +302,14 @@ def claim_batch(
             "WHERE aggregate_id <> '') a)"
         )
         params += [PENDING, FAILED]
+        # The cheap test decides for an event due at commit whose aggregate's first owed
+        # event outside the batch comes after it; otherwise (that event may be scheduled
+        # for later, or this one is scheduled) the full rule decides.
+        full, full_params = no_owed_predecessor(using, "c", "p.id NOT IN (SELECT id FROM cand)")
         eligible += (
-            " WHERE NOT EXISTS (SELECT 1 FROM blockers b WHERE "
+            " WHERE (c.deliver_at IS NULL AND NOT EXISTS (SELECT 1 FROM blockers b WHERE "
             "b.aggregate_type = c.aggregate_type AND b.aggregate_id = c.aggregate_id "
-            "AND b.blocker < c.id)"
+            f"AND b.blocker < c.id)) OR {full}"
         )
     columns = ", ".join(_quote(using, c) for c in CLAIM_COLUMNS)
     sql = (
@@ -217,11 +318,9 @@ def claim_batch(
         f"{_quote(using, 'attempts')} + 1 WHERE {_quote(using, 'id')} IN ({eligible}) "
         f"RETURNING {columns}"
     )
-    # Parameters in statement order: the CTEs, then the SET clause.
-    params += [relay_id, _dt(using, until)]
-    rows = list(OutboxEvent.objects.using(using).raw(sql, params))
-    rows.sort(key=lambda row: row.id)
-    return rows
+    # Parameters in statement order: the CTEs, the SET clause, then the WHERE clause.
+    params += [relay_id, _dt(using, until), *full_params]
+    return delivery_order(list(OutboxEvent.objects.using(using).raw(sql, params)))
 
 
 def claim_portable(
@@ -237,8 +336,8 @@ def claim_portable(
 ) -> list[OutboxEvent]:
     """The same claim for databases without ``UPDATE ... RETURNING`` (MySQL, MariaDB...).
 
-    One short transaction: lock the candidates (``SKIP LOCKED`` where supported), find
-    each aggregate's first owed event outside them, lease the eligible ones, read them.
+    One short transaction: lock the candidates (``SKIP LOCKED`` where supported), keep
+    those that no owed event outside them precedes, lease them, read them.
     """
     connection = connections[using]
     manager = OutboxEvent.objects.using(using)
@@ -251,20 +350,9 @@ def claim_portable(
         if aggregates is not None:
             due = due.filter(_keys_q(aggregates))
         if ordered:
-            stuck = (
-                manager.filter(
-                    aggregate_type=OuterRef("aggregate_type"),
-                    aggregate_id=OuterRef("aggregate_id"),
-                    id__lt=OuterRef("id"),
-                )
-                .filter(status__in=OWED)
-                .filter(
-                    Q(status=FAILED)
-                    | Q(available_at__gt=OuterRef("available_at"))
-                    | Q(claimed_until__gte=now)
-                )
-            )
-            due = due.filter(Q(aggregate_id="") | ~Exists(stuck))
+            t = _quote(using, OutboxEvent._meta.db_table)
+            skip, skip_params = no_owed_predecessor(using, t, stuck(t), [FAILED, _dt(using, now)])
+            due = due.extra(where=[skip], params=skip_params)
         # See claim_batch: a follow-up waits for a row another claim has locked.
         skip_locked = connection.features.has_select_for_update_skip_locked and aggregates is None
         candidates = list(
@@ -273,30 +361,21 @@ def claim_portable(
             .values_list("id", "aggregate_type", "aggregate_id")[:limit]
         )
         ids = [pk for pk, _, _ in candidates]
-        if ordered and ids:
-            keys = {(t, a) for _, t, a in candidates if a}
-            blockers: dict[tuple[str, str], int] = {}
-            if keys:
-                for aggregate_type, aggregate_id, first in (
-                    manager.filter(_keys_q(keys))
-                    .filter(status__in=OWED)
-                    .exclude(id__in=ids)
-                    .values_list("aggregate_type", "aggregate_id")
-                    .annotate(first=Min("id"))
-                    .order_by()
-                ):
-                    blockers[(aggregate_type, aggregate_id)] = first
-            ids = [
-                pk
-                for pk, t, a in candidates
-                if not a or (t, a) not in blockers or pk < blockers[(t, a)]
-            ]
+        if ordered and any(a for _, _, a in candidates):
+            # Lease only the candidates no owed event outside the batch precedes.
+            marks = ", ".join(["%s"] * len(ids))
+            eligible, eligible_params = no_owed_predecessor(using, t, f"p.id NOT IN ({marks})", ids)
+            ids = list(
+                manager.filter(id__in=ids)
+                .extra(where=[eligible], params=eligible_params)
+                .values_list("id", flat=True)
+            )
         if not ids:
             return []
         manager.filter(id__in=ids).update(
             claimed_by=relay_id, claimed_until=until, attempts=F("attempts") + 1
         )
-        return list(manager.filter(id__in=ids).only(*CLAIM_COLUMNS).order_by("id"))
+        return delivery_order(list(manager.filter(id__in=ids).only(*CLAIM_COLUMNS)))
 
 
 def _keys_q(keys: Iterable[AggregateKey]) -> Q:
