@@ -411,6 +411,19 @@ def _check_handler_deadline_value(value: Any) -> list[Message]:
     ]
 
 
+def _check_ordered_wait_value(value: Any) -> list[Message]:
+    if _is_duration(value):
+        return []
+    return [
+        _error(
+            _duration_text("ORDERED_WAIT", value),
+            "For example DJANGO_UOW = {'ORDERED_WAIT': timedelta(minutes=1)}: how long an "
+            "ordered handler's delivery waits for its predecessor before it is blocked.",
+            60,
+        )
+    ]
+
+
 def _check_inbox_retention_value(value: Any) -> list[Message]:
     if _is_duration(value):
         return []
@@ -489,6 +502,7 @@ VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "NATS_STREAM": _check_nats_stream,
     "NATS_SUBJECT_PREFIX": _check_nats_subject_prefix,
     "HANDLER_DEADLINE": _check_handler_deadline_value,
+    "ORDERED_WAIT": _check_ordered_wait_value,
     "INBOX_RETENTION": _check_inbox_retention_value,
     "FAST_PATH_TIMEOUT": _check_fast_path_timeout,
     "FAST_PATH_COOLDOWN": _check_fast_path_cooldown,
@@ -578,7 +592,26 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Message]:
         errors.extend(_check_inbox_retention(user))
     if uses_celery and _valid(user, "HANDLER_DEADLINE"):
         errors.extend(_check_handler_deadline(settings, user))
+    if "ORDERED_WAIT" in user and _valid(user, "HANDLER_DEADLINE", "ORDERED_WAIT"):
+        errors.extend(_check_ordered_wait(user))
     return errors
+
+
+def _check_ordered_wait(user: dict[str, Any]) -> list[Message]:
+    """A wait as long as the deadline lets the sweep publish a waiting delivery again."""
+    wait = _seconds(_effective(user, "ORDERED_WAIT"))
+    deadline = _seconds(_effective(user, "HANDLER_DEADLINE"))
+    if wait < deadline:
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['ORDERED_WAIT'] ({wait:g} s) is not shorter than HANDLER_DEADLINE "
+            f"({deadline:g} s): the deadline sweep would publish an ordered handler's "
+            "delivery again while it is still waiting for its predecessor.",
+            "Keep ORDERED_WAIT well below HANDLER_DEADLINE (defaults: 1 minute and 15 minutes).",
+            61,
+        )
+    ]
 
 
 def _valid(user: dict[str, Any], *keys: str) -> bool:

@@ -51,6 +51,10 @@ DEFAULTS: dict[str, Any] = {
     # A handler delivery published this long ago and neither succeeded nor failed is
     # published again by the sweep (a lost broker message costs this, not the event).
     "HANDLER_DEADLINE": timedelta(minutes=15),
+    # How long a delivery of an ordered handler (@event_handler(..., ordered=True)) waits
+    # for its aggregate's previous event before it is reported blocked. Unset, it is
+    # also at most half of HANDLER_DEADLINE.
+    "ORDERED_WAIT": timedelta(minutes=1),
     # Succeeded handler deliveries (the inbox) are pruned after this.
     "INBOX_RETENTION": timedelta(days=30),
     # Seconds the commit path may spend on broker work (connect + send) in the fast path.
@@ -218,6 +222,13 @@ class UowSettings:
     @property
     def HANDLER_DEADLINE(self) -> timedelta:
         return as_timedelta(self._get("HANDLER_DEADLINE"))
+
+    @property
+    def ORDERED_WAIT(self) -> timedelta:
+        wait = as_timedelta(self._get("ORDERED_WAIT"))
+        if "ORDERED_WAIT" in self.user_settings:
+            return wait
+        return min(wait, self.HANDLER_DEADLINE / 2)
 
     @property
     def INBOX_RETENTION(self) -> timedelta:

@@ -174,6 +174,28 @@ class RetryAfter(UnitOfWorkError):
         super().__init__(reason or f"retry requested in {self.seconds:g}s")
 
 
+class PredecessorPending(UnitOfWorkError):
+    """An ordered handler's delivery must wait: the previous event of its aggregate that
+    this handler handles has not succeeded yet (``@event_handler(..., ordered=True)``).
+
+    Not a failure: no attempt is spent. ``predecessor_status`` is that delivery's status,
+    or ``""`` when it has no delivery row yet.
+    """
+
+    def __init__(
+        self, handler: str, event_id: Any, predecessor_id: Any, predecessor_status: str
+    ) -> None:
+        self.handler = handler
+        self.event_id = event_id
+        self.predecessor_id = predecessor_id
+        self.predecessor_status = predecessor_status
+        state = predecessor_status or "not run yet"
+        super().__init__(
+            f"Handler {handler} runs in aggregate order: waiting for event {predecessor_id} "
+            f"of the same aggregate ({state}) to succeed first."
+        )
+
+
 class EventDecodeError(PermanentFailure, ValueError):
     """Raised when a stored payload does not fit its event class's field annotations.
 

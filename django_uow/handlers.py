@@ -36,6 +36,8 @@ class Handler:
     wants_envelope: bool
     #: Re-runs of the handler's unit on a conflict before the attempt counts as failed.
     retries: int = 0
+    #: Runs the events of one aggregate in version order (``django_uow.ordering``).
+    ordered: bool = False
 
     @property
     def event_type(self) -> str:
@@ -109,15 +111,22 @@ def event_handler(
     name: str | None = None,
     queue: str | None = None,
     retries: int = 0,
+    ordered: bool = False,
 ) -> Callable[[F], F]:
     """Register the decorated function as a consumer of ``event_class`` events.
 
     ``retries=N`` re-runs the handler's unit of work on a conflict (``ConcurrencyError``,
     a deadlock, a serialization failure) up to N times before the delivery attempt
     counts as failed.
+
+    ``ordered=True`` runs the events of one aggregate in ``aggregate_version`` order,
+    however many workers take them: a delivery waits until the previous event of its
+    aggregate that this handler handles has succeeded (see ``django_uow.ordering``).
     """
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"@event_handler(retries={retries!r}): retries must be 0 or more.")
+    if not isinstance(ordered, bool):
+        raise TypeError(f"@event_handler(ordered={ordered!r}): ordered must be True or False.")
     if not (isinstance(event_class, type) and issubclass(event_class, DomainEvent)):
         raise TypeError(
             f"@event_handler takes a DomainEvent subclass, got {event_class!r}; "
@@ -135,6 +144,7 @@ def event_handler(
             wants_envelope="envelope" in params
             or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()),
             retries=retries,
+            ordered=ordered,
         )
         registry.register(handler)
         func.event_handler = handler  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ after it, outside it.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -17,11 +18,12 @@ from typing import Any
 
 from django.db import router
 
+from . import ordering
 from .audit import attributed_to
 from .conf import uow_settings
 from .deliveries import Outcome, record_failure, record_success
 from .events import Envelope, event_context
-from .exceptions import PermanentFailure, UnknownEventType
+from .exceptions import PermanentFailure, PredecessorPending, UnknownEventType
 from .handlers import Handler
 from .models import ProcessedEvent
 from .retry import backoff_delay, is_retryable
@@ -34,6 +36,18 @@ logger = logging.getLogger("django_uow.handlers")
 HANDLER_RETRY_BACKOFF = (0.01, 0.5)
 
 
+class Ran(enum.Enum):
+    """How one run of a delivery ended (when it did not raise)."""
+
+    RAN = "ran"
+    SKIPPED = "skipped"
+    BLOCKED = "blocked"
+
+
+#: Wakes a blocked delivery taken back for it (publishes it); None runs it in this process.
+Wake = Callable[[Handler, Envelope], None]
+
+
 def run_handler(
     handler: Handler,
     envelope: Envelope,
@@ -41,6 +55,8 @@ def run_handler(
     using: str | None = None,
     retry_delay: Callable[[BaseException], float | None] | None = None,
     report: Callable[[Outcome], None] | None = None,
+    wait: bool = False,
+    wake: Wake | None = None,
 ) -> bool:
     """Call ``handler`` for ``envelope``; return False when skipped as already processed.
 
@@ -50,15 +66,107 @@ def run_handler(
     runs it again. A handler that raises has the failure recorded (due again after
     ``retry_delay(exc)`` seconds; ``report`` gets the row's new status and attempts),
     then the exception propagates unchanged.
+
+    An ordered handler whose predecessor has not succeeded yet raises
+    ``PredecessorPending`` when ``wait`` (the caller runs it again later; nothing is
+    recorded), else its delivery is marked ``blocked`` and False is returned. After an
+    ordered delivery succeeds, the next blocked one of its aggregate is woken: passed to
+    ``wake``, or run here when ``wake`` is None.
     """
+    return (
+        run_delivery(
+            handler,
+            envelope,
+            using=using,
+            retry_delay=retry_delay,
+            report=report,
+            wait=wait,
+            wake=wake,
+        )
+        is Ran.RAN
+    )
+
+
+def run_delivery(
+    handler: Handler,
+    envelope: Envelope,
+    *,
+    using: str | None = None,
+    retry_delay: Callable[[BaseException], float | None] | None = None,
+    report: Callable[[Outcome], None] | None = None,
+    wait: bool = False,
+    wake: Wake | None = None,
+) -> Ran:
+    """``run_handler``, telling a skipped delivery from a blocked one."""
     db = using or router.db_for_write(ProcessedEvent)
-    try:
-        return _run(handler, envelope, db)
-    except Exception as exc:
-        outcome = _record_failure(handler, envelope, exc, db, retry_delay)
-        if outcome is not None and report is not None:
-            report(outcome)
-        raise
+    outcome = _attempt(handler, envelope, db, retry_delay, report, wait)
+    if outcome is not Ran.BLOCKED and ordering.is_ordered(handler, envelope):
+        _wake_followers(handler, envelope, db, wake)
+    return outcome
+
+
+def _attempt(
+    handler: Handler,
+    envelope: Envelope,
+    db: str,
+    retry_delay: Callable[[BaseException], float | None] | None,
+    report: Callable[[Outcome], None] | None,
+    wait: bool,
+) -> Ran:
+    while True:
+        try:
+            return Ran.RAN if _run(handler, envelope, db) else Ran.SKIPPED
+        except PredecessorPending as pending:
+            if wait:
+                raise
+            ordering.record_blocked(handler, envelope, pending, db)
+            # Read again now that the row says blocked: a success committed meanwhile
+            # may have looked for blocked deliveries before this one was written.
+            if not ordering.predecessor_done(handler, envelope, db):
+                return Ran.BLOCKED
+            if not ordering.unblock(handler, envelope.event_id, db):
+                return Ran.BLOCKED  # woken by that success: it runs there
+        except Exception as exc:
+            outcome = _record_failure(handler, envelope, exc, db, retry_delay)
+            if outcome is not None and report is not None:
+                report(outcome)
+            raise
+
+
+def _wake_followers(handler: Handler, envelope: Envelope, db: str, wake: Wake | None) -> None:
+    """Wake the next blocked delivery of the aggregate; in-process, the chain behind it."""
+    current = envelope
+    while True:
+        try:
+            follower = ordering.claim_next_blocked(handler, current, db)
+        except Exception:
+            logger.exception("Could not look for blocked deliveries of handler %s", handler.name)
+            return
+        if follower is None:
+            return
+        if wake is not None:
+            try:
+                wake(handler, follower)
+            except Exception:
+                # The row says published and due now: the deadline sweep publishes it again.
+                logger.exception(
+                    "Could not publish the blocked delivery of event %s to handler %s",
+                    follower.event_id,
+                    handler.name,
+                )
+            return
+        try:
+            outcome = _attempt(handler, follower, db, None, None, wait=False)
+        except Exception:
+            logger.exception(
+                "Handler %s failed event %s, woken after its predecessor succeeded",
+                handler.name,
+                follower.event_id,
+            )
+            return
+        if outcome is Ran.BLOCKED:
+            return
+        current = follower
 
 
 def _run(handler: Handler, envelope: Envelope, db: str) -> bool:
@@ -82,7 +190,7 @@ def _run(handler: Handler, envelope: Envelope, db: str) -> bool:
         aggregate_id=envelope.aggregate_id or None,
     )
     with context, attribution, trace:
-        if not handler.idempotent and not handler.retries:
+        if not handler.idempotent and not handler.retries and not handler.ordered:
             handler.func(event, **kwargs)
             record_success(handler.name, envelope, using=db, only_once=False)
             return True
@@ -127,6 +235,8 @@ def _run_in_unit(
                 handler.name,
             )
             return False
+        if handler.ordered:
+            ordering.check_predecessor(handler, envelope, db)
         handler.func(event, **kwargs)
     if not handler.idempotent:
         record_success(handler.name, envelope, using=db, only_once=False)

@@ -128,6 +128,9 @@ class DeliveryStatus(models.TextChoices):
       a dead letter, kept until it is redelivered.
     - ``discarded``: a dead letter an operator gave up on; kept for audit, not counted
       as failed, and still re-runnable with ``redeliver``.
+    - ``blocked``: an ordered handler's delivery that waited ``ORDERED_WAIT`` for the
+      previous event of its aggregate (for that handler) to succeed; it runs when that
+      one succeeds (``last_error`` names it).
     """
 
     PUBLISHED = "published", _("published")
@@ -135,6 +138,7 @@ class DeliveryStatus(models.TextChoices):
     SUCCEEDED = "succeeded", _("succeeded")
     FAILED = "failed", _("failed")
     DISCARDED = "discarded", _("discarded")
+    BLOCKED = "blocked", _("blocked")
 
 
 #: Deliveries still owed by a consumer: the deadline sweep republishes them.
@@ -192,6 +196,12 @@ class ProcessedEvent(models.Model):
                 fields=["due_at"],
                 name="uow_inbox_owed_idx",
                 condition=Q(status__in=["published", "retrying"]),
+            ),
+            # An ordered handler's blocked deliveries of one aggregate, woken in order.
+            models.Index(
+                fields=["handler", "aggregate_type", "aggregate_id"],
+                name="uow_inbox_blocked_idx",
+                condition=Q(status="blocked"),
             ),
             # Retention walks succeeded rows by age.
             models.Index(

@@ -17,6 +17,7 @@ Beat schedule::
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -25,10 +26,11 @@ from . import signals
 from .conf import uow_settings
 from .deliveries import Outcome
 from .events import Envelope
-from .exceptions import PermanentFailure, RelayError, RetryAfter
-from .handlers import registry
+from .exceptions import PermanentFailure, PredecessorPending, RelayError, RetryAfter
+from .handlers import Handler, registry
 from .inbox import run_handler
 from .models import OutboxEvent
+from .publishers import CeleryPublisher
 from .relay import prune, relay_events, relay_pending, republish_overdue
 from .retry import backoff_delay
 
@@ -78,17 +80,43 @@ def run_prune(using: str = "default") -> dict[str, int]:
     return {"events": pruned.events, "inbox": pruned.inbox}
 
 
-def run_handler_task(task: Any, message: dict[str, Any], handler_name: str) -> bool:
+#: Re-queue delays (s) of an ordered handler's delivery waiting for its predecessor:
+#: the first, and the cap it doubles up to.
+ORDERED_POLL = (0.05, 0.5)
+
+
+def ordered_poll_delay(waits: int) -> float:
+    """How long a waiting delivery stays out of the queue before its next look."""
+    first, cap = ORDERED_POLL
+    return float(min(cap, first * 2 ** min(waits, 16)))
+
+
+def run_handler_task(
+    task: Any,
+    message: dict[str, Any],
+    handler_name: str,
+    waiting_since: float | None = None,
+    waits: int = 0,
+) -> bool:
     """Body of the handler task: rebuild the envelope, run the handler, retry on failure.
 
     The delivery row counts the attempts (a copy republished after ``HANDLER_DEADLINE``
     counts too): after ``MAX_ATTEMPTS`` the row is ``failed`` and the task stops retrying.
+
+    An ordered handler's delivery whose predecessor has not succeeded is re-queued with
+    a short countdown (``waiting_since``/``waits`` ride along; no attempt is spent) until
+    ``ORDERED_WAIT`` has passed; then its row becomes ``blocked`` and the predecessor's
+    success publishes it again.
     """
     envelope = Envelope.from_message(message)
     handler = registry.get(handler_name)
-    retries = int(getattr(task.request, "retries", 0) or 0)
+    # Celery counts the re-queues of a waiting delivery as retries: they are not failures.
+    retries = max(0, int(getattr(task.request, "retries", 0) or 0) - waits)
     delays: list[float] = []
     outcomes: list[Outcome] = []
+    now = time.time()
+    started = now if waiting_since is None else float(waiting_since)
+    may_wait = now - started < uow_settings.ORDERED_WAIT.total_seconds()
 
     def retry_delay(exc: BaseException) -> float:
         if isinstance(exc, RetryAfter):
@@ -98,8 +126,26 @@ def run_handler_task(task: Any, message: dict[str, Any], handler_name: str) -> b
         delays.append(delay)
         return delay
 
+    def wake(follower_handler: Handler, follower: Envelope) -> None:
+        CeleryPublisher(task.app).send_deliveries([(follower, follower_handler)], record=False)
+
     try:
-        return run_handler(handler, envelope, retry_delay=retry_delay, report=outcomes.append)
+        return run_handler(
+            handler,
+            envelope,
+            retry_delay=retry_delay,
+            report=outcomes.append,
+            wait=may_wait,
+            wake=wake,
+        )
+    except PredecessorPending as pending:
+        logger.debug("%s; re-queued (wait %d)", pending, waits + 1)
+        raise task.retry(
+            args=(message, handler_name),
+            kwargs={"waiting_since": started, "waits": waits + 1},
+            countdown=ordered_poll_delay(waits),
+            max_retries=None,
+        ) from None
     except PermanentFailure as exc:
         logger.error(
             "Handler %s gave up on event %s (%s) of %s %s: %s",
@@ -131,7 +177,13 @@ def run_handler_task(task: Any, message: dict[str, Any], handler_name: str) -> b
             )
             raise
         countdown = delays[0] if delays else retry_delay(exc)
-        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+        raise task.retry(
+            args=(message, handler_name),
+            kwargs={"waiting_since": None, "waits": waits},  # a new wait starts afresh
+            exc=exc,
+            countdown=countdown,
+            max_retries=None,
+        ) from exc
 
 
 if shared_task is not None:
@@ -158,6 +210,12 @@ if shared_task is not None:
         reject_on_worker_lost=True,
         ignore_result=True,
     )
-    def handle_event(self: Any, message: dict[str, Any], handler_name: str) -> bool:
+    def handle_event(
+        self: Any,
+        message: dict[str, Any],
+        handler_name: str,
+        waiting_since: float | None = None,
+        waits: int = 0,
+    ) -> bool:
         """Run one handler for one event (idempotent handlers skip redeliveries)."""
-        return run_handler_task(self, message, handler_name)
+        return run_handler_task(self, message, handler_name, waiting_since, waits)

@@ -28,7 +28,7 @@ from ..deliveries import overdue_deliveries, record_published
 from ..events import Envelope
 from ..exceptions import RelayError
 from ..handlers import Handler, registry
-from ..inbox import run_handler
+from ..inbox import Ran, run_delivery
 from ..models import DeliveryStatus, OutboxEvent, OutboxStatus, ProcessedEvent
 from ..publishers import CeleryPublisher, Publisher, get_publishers
 from ..retry import describe
@@ -137,8 +137,10 @@ class Redelivery:
     """What ``redeliver`` did with one (event, handler).
 
     ``outcome``: ``"published"`` (sent to Celery again), ``"succeeded"`` (ran here),
-    ``"skipped"`` (an idempotent handler that already succeeded), or ``"failed"`` (ran
-    here and raised; ``error`` says why, and the delivery row has the traceback).
+    ``"skipped"`` (an idempotent handler that already succeeded), ``"blocked"`` (an
+    ordered handler whose previous event of the aggregate has not succeeded: it runs
+    when that one does), or ``"failed"`` (ran here and raised; ``error`` says why, and
+    the delivery row has the traceback).
     """
 
     event_id: UUID
@@ -187,10 +189,11 @@ def redeliver(
         logger.info("Published handler %s for event %s again", handler.name, event_id)
         return Redelivery(event_id, handler.name, "published")
     try:
-        ran = run_handler(handler, envelope, using=using)
+        ran = run_delivery(handler, envelope, using=using)
     except Exception as exc:
         return Redelivery(event_id, handler.name, "failed", describe(exc))
-    return Redelivery(event_id, handler.name, "succeeded" if ran else "skipped")
+    outcome = {Ran.RAN: "succeeded", Ran.SKIPPED: "skipped", Ran.BLOCKED: "blocked"}[ran]
+    return Redelivery(event_id, handler.name, outcome)
 
 
 def deliveries_to_redeliver(
@@ -209,6 +212,9 @@ def deliveries_to_redeliver(
     - otherwise the events named by ``event_id``, or the dispatched events of
       ``event_type`` and/or created ``since`` (a backfill over retained events), each
       with its handlers, or only ``handler``, whether or not they have a delivery row.
+      ``handler`` alone is a backfill of that handler: every retained dispatched event
+      of the type it handles. Events come in record (``id``) order, so each aggregate's
+      events come in order.
     """
     if failed:
         rows = ProcessedEvent.objects.using(using).filter(status=DeliveryStatus.FAILED)
@@ -222,10 +228,16 @@ def deliveries_to_redeliver(
             rows = rows.filter(last_attempt_at__gte=since)
         yield from rows.order_by("id").values_list("event_id", "handler").iterator()
         return
-    if event_id is None and event_type is None and since is None:
+    chosen = registry.get(handler) if handler is not None else None  # fails before any run
+    if event_id is None and event_type is None and since is None and chosen is None:
         raise ValueError(
-            "Name an event (event_id), an event type or a start time, or ask for the failed "
-            "deliveries."
+            "Name an event (event_id), an event type, a start time or a handler, or ask for "
+            "the failed deliveries."
+        )
+    if chosen is not None and event_type is not None and event_type != chosen.event_type:
+        raise ValueError(
+            f"Handler {chosen.name} handles {chosen.event_type!r} events, not {event_type!r}: "
+            "drop the event type or name a handler of that type."
         )
     events = OutboxEvent.objects.using(using)
     if event_id is not None:
@@ -234,15 +246,15 @@ def deliveries_to_redeliver(
             raise LookupError(f"Event {event_id} is not in the outbox.")
     else:
         events = events.filter(status=OutboxStatus.DISPATCHED)
+    if chosen is not None:
+        event_type = chosen.event_type  # a handler runs only on the events it handles
     if event_type is not None:
         events = events.filter(event_type=event_type)
     if since is not None:
         events = events.filter(created_at__gte=since)
-    if handler is not None:
-        registry.get(handler)  # a misspelt name fails before anything runs
     for found_id, found_type in events.order_by("id").values_list("event_id", "event_type"):
-        if handler is not None:
-            yield found_id, handler
+        if chosen is not None:
+            yield found_id, chosen.name
             continue
         for found in registry.for_type(found_type):
             yield found_id, found.name

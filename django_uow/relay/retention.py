@@ -2,12 +2,12 @@
 
 - the outbox: settled events past ``RETENTION``: dispatched (aged from
   ``dispatched_at``) or discarded by an operator (aged from ``discarded_at``), except
-  those with a handler delivery still owed or failed (``redeliver`` needs the event).
+  those with a handler delivery still owed, failed or blocked (it needs the event).
   ``RETENTION`` may be one age, or a mapping per event type: exact names first, then
   ``"<app_label>.*"`` patterns, then ``"*"``; ``None`` keeps those events forever (an
   audit log). Each rule deletes only the rows no more specific rule claims;
 - the inbox: succeeded handler deliveries past ``INBOX_RETENTION``. Deliveries still
-  owed (published, retrying) and dead letters (failed) are never pruned.
+  owed (published, retrying), blocked and dead letters (failed) are never pruned.
 """
 
 from __future__ import annotations
@@ -74,7 +74,12 @@ def _prune_status(
     manager = OutboxEvent.objects.using(using)
     unfinished = ProcessedEvent.objects.using(using).filter(
         event_id=OuterRef("event_id"),
-        status__in=[DeliveryStatus.PUBLISHED, DeliveryStatus.RETRYING, DeliveryStatus.FAILED],
+        status__in=[
+            DeliveryStatus.PUBLISHED,
+            DeliveryStatus.RETRYING,
+            DeliveryStatus.FAILED,
+            DeliveryStatus.BLOCKED,
+        ],
     )
     total = 0
     while True:
@@ -104,7 +109,7 @@ def prune_outbox(
 
     ``older_than`` overrides ``RETENTION`` for every type. Pending and failed events are
     never deleted: they are owed work. Neither is an event with a handler delivery still
-    owed or failed: it may be delivered again.
+    owed, failed or blocked: it may be delivered again.
     """
     size = batch_size or uow_settings.PRUNE_BATCH_SIZE
     now = now or timezone.now()

@@ -87,3 +87,13 @@ class OrderFlagged(DomainEvent):
     event_type = "orders.flagged"
 
     order_id: int
+
+
+@dataclass(frozen=True)
+class OrderSequenced(DomainEvent):
+    """Handled by an ordered handler (the aggregate-order tests)."""
+
+    event_type = "orders.sequenced"
+
+    order_id: int
+    seq: int = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from .events import (
     OrderNoted,
     OrderPaid,
     OrderPlaced,
+    OrderSequenced,
     Pinged,
 )
 from .handler_only_events import AuditRequested
@@ -113,4 +115,18 @@ def review_flagged(event: OrderFlagged, envelope: Envelope) -> None:
 def audit(event: AuditRequested, envelope: Envelope) -> None:
     Effect.objects.create(
         event_id=envelope.event_id, handler="audit", aggregate_id=envelope.aggregate_id
+    )
+
+
+#: Upper bound (seconds) of the random pause of the ordered handler, so runs overlap.
+SEQUENCE_JITTER: list[float] = [0.005]
+
+
+@event_handler(OrderSequenced, name="testapp.sequence", ordered=True)
+def sequence(event: OrderSequenced, envelope: Envelope) -> None:
+    """Ordered: its Effect rows' ids give the order in which the events were handled."""
+    if SEQUENCE_JITTER[0]:
+        time.sleep(random.random() * SEQUENCE_JITTER[0])
+    Effect.objects.create(
+        event_id=envelope.event_id, handler="sequenced", aggregate_id=envelope.aggregate_id
     )

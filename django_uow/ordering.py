@@ -1,0 +1,169 @@
+"""Handlers that run in aggregate order: ``@event_handler(EventType, ordered=True)``.
+
+For an ordered handler H and an event e of aggregate (type, id), e's *predecessor* is
+the event of the same aggregate, of the type H handles and still in the outbox, that
+comes right before e in ``(aggregate_version, id)`` order (record order when the
+aggregate has no version field). e runs only once H's delivery of its predecessor has
+succeeded (or was discarded by an operator); otherwise ``check_predecessor`` raises
+``PredecessorPending`` and nothing runs. Events without an aggregate are not ordered.
+
+The check runs inside the handler's transaction and reads the predecessor's delivery
+row with ``SELECT ... FOR UPDATE``: a predecessor whose success is not committed yet
+is never taken for done (PostgreSQL and MariaDB wait for its transaction to end;
+SQLite has one writer), so two workers cannot run two events of one aggregate out of
+order.
+
+A delivery that waited ``ORDERED_WAIT`` becomes ``blocked`` (``record_blocked``). When
+a delivery of H succeeds, ``claim_next_blocked`` takes the first blocked delivery of H
+in that aggregate back (``blocked`` -> ``published``, one conditional UPDATE, so only one
+caller gets it) for the caller to run or publish. A delivery that blocks reads its
+predecessor again after its own row is committed, so a success committed meanwhile is
+never missed by both sides.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from .events import Envelope
+from .exceptions import PredecessorPending
+from .handlers import Handler
+from .models import DeliveryStatus, OutboxEvent, ProcessedEvent
+
+#: Predecessor states that let the follower run (discarded: an operator gave up on it).
+DONE = (DeliveryStatus.SUCCEEDED, DeliveryStatus.DISCARDED)
+#: Blocked deliveries looked at per wake-up (they are woken one at a time, in order).
+WAKE_SCAN = 50
+
+
+def is_ordered(handler: Handler, envelope: Envelope) -> bool:
+    """Whether this delivery is ordered at all: an ordered handler, an event with an aggregate."""
+    return handler.ordered and bool(envelope.aggregate_id)
+
+
+def predecessor(handler: Handler, envelope: Envelope, using: str) -> UUID | None:
+    """The event id of ``envelope``'s predecessor for ``handler``, or None (one query)."""
+    same = OutboxEvent.objects.using(using).filter(
+        aggregate_type=envelope.aggregate_type,
+        aggregate_id=envelope.aggregate_id,
+        event_type=handler.event_type,
+    )
+    own = same.filter(event_id=envelope.event_id).values("id")[:1]
+    version = envelope.aggregate_version
+    if version is None:
+        earlier = Q(aggregate_version__isnull=True, id__lt=own)
+    else:
+        earlier = Q(aggregate_version__lt=version) | Q(aggregate_version=version, id__lt=own)
+    found = (
+        same.filter(earlier)
+        .order_by("-aggregate_version", "-id")
+        .values_list("event_id", flat=True)
+        .first()
+    )
+    return found
+
+
+def _status(handler: Handler, event_id: UUID, using: str, *, lock: bool) -> str:
+    rows = ProcessedEvent.objects.using(using).filter(event_id=event_id, handler=handler.name)
+    if lock:
+        rows = rows.select_for_update()
+    return str(rows.values_list("status", flat=True).first() or "")
+
+
+def check_predecessor(handler: Handler, envelope: Envelope, using: str) -> None:
+    """Raise ``PredecessorPending`` unless the predecessor's delivery is done.
+
+    Call it inside the handler's transaction: the predecessor's row stays locked until
+    that transaction ends, so its outcome cannot change under the running handler.
+    """
+    if not is_ordered(handler, envelope):
+        return
+    before = predecessor(handler, envelope, using)
+    if before is None:
+        return
+    status = _status(handler, before, using, lock=True)
+    if status not in DONE:
+        raise PredecessorPending(handler.name, envelope.event_id, before, status)
+
+
+def predecessor_done(handler: Handler, envelope: Envelope, using: str) -> bool:
+    """The same test outside a transaction (a fresh read of committed rows)."""
+    before = predecessor(handler, envelope, using)
+    return before is None or _status(handler, before, using, lock=False) in DONE
+
+
+def record_blocked(
+    handler: Handler, envelope: Envelope, pending: PredecessorPending, using: str
+) -> None:
+    """Mark the delivery ``blocked`` with the reason, unless it already has an outcome."""
+    now = timezone.now()
+    reason = str(pending)
+    rows = ProcessedEvent.objects.using(using)
+    with transaction.atomic(using=using):
+        found = (
+            rows.select_for_update()
+            .filter(event_id=envelope.event_id, handler=handler.name)
+            .values_list("pk", "status")
+            .first()
+        )
+        if found is None:
+            try:
+                with transaction.atomic(using=using):
+                    rows.create(
+                        event_id=envelope.event_id,
+                        handler=handler.name,
+                        status=DeliveryStatus.BLOCKED,
+                        event_type=envelope.event_type[:255],
+                        aggregate_type=envelope.aggregate_type[:255],
+                        aggregate_id=envelope.aggregate_id[:255],
+                        last_error=reason,
+                        due_at=now,
+                        processed_at=None,
+                    )
+                return
+            except IntegrityError:
+                return  # someone else wrote its row first: that outcome stands
+        pk, status = found
+        if status in (DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED):
+            return
+        rows.filter(pk=pk).update(status=DeliveryStatus.BLOCKED, last_error=reason, due_at=now)
+
+
+def unblock(handler: Handler, event_id: UUID, using: str) -> bool:
+    """Take a blocked delivery back (``published``, due now); False if someone else did."""
+    return bool(
+        ProcessedEvent.objects.using(using)
+        .filter(event_id=event_id, handler=handler.name, status=DeliveryStatus.BLOCKED)
+        .update(status=DeliveryStatus.PUBLISHED, due_at=timezone.now(), last_error="")
+    )
+
+
+def claim_next_blocked(handler: Handler, envelope: Envelope, using: str) -> Envelope | None:
+    """Take back the first blocked delivery of ``handler`` in ``envelope``'s aggregate.
+
+    Returns its envelope for the caller to run or publish, or None (one query when
+    nothing is blocked). Deliveries whose event left the outbox are left alone.
+    """
+    if not is_ordered(handler, envelope):
+        return None
+    blocked = list(
+        ProcessedEvent.objects.using(using)
+        .filter(
+            handler=handler.name,
+            status=DeliveryStatus.BLOCKED,
+            aggregate_type=envelope.aggregate_type,
+            aggregate_id=envelope.aggregate_id,
+        )
+        .values_list("event_id", flat=True)[:WAKE_SCAN]
+    )
+    if not blocked:
+        return None
+    events = OutboxEvent.objects.using(using).filter(event_id__in=blocked)
+    for event in events.order_by("aggregate_version", "id"):
+        if unblock(handler, event.event_id, using):
+            return event.to_envelope()
+    return None

@@ -1,0 +1,352 @@
+"""Handlers that run in aggregate order: ``@event_handler(EventType, ordered=True)``.
+
+The unit tests drive the handler task's body (``run_handler_task``) with a stand-in task,
+so a re-queue is seen as the call to ``task.retry``; the proof runs a real Celery worker
+with four threads over 200 events of 10 aggregates.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.urls import reverse
+
+from django_uow.events import Envelope
+from django_uow.handlers import Handler, event_handler, registry
+from django_uow.inbox import run_handler
+from django_uow.models import OutboxEvent, ProcessedEvent
+from django_uow.outbox import write_events
+from django_uow.relay import relay_batch
+from django_uow.tasks import ORDERED_POLL, run_handler_task
+from tests.testapp import handlers
+from tests.testapp.events import OrderSequenced
+from tests.testapp.models import Effect
+
+SEQUENCED = OrderSequenced.event_type
+HANDLER = "testapp.sequence"
+INLINE = {"RELAY_ON_COMMIT": False, "PUBLISHERS": ["django_uow.publishers.InlinePublisher"]}
+
+
+class Requeued(Exception):
+    """What the stand-in task's ``retry`` returns (the real one returns celery's Retry)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        super().__init__("requeued")
+        self.options = options
+
+
+class StandInTask:
+    """The parts of a bound Celery task that ``run_handler_task`` uses."""
+
+    def __init__(self, retries: int = 0) -> None:
+        self.request = SimpleNamespace(retries=retries)
+        self.app = None
+
+    def retry(self, **options: Any) -> Requeued:
+        return Requeued(options)
+
+
+@pytest.fixture(autouse=True)
+def no_jitter() -> Iterator[None]:
+    handlers.SEQUENCE_JITTER[0] = 0.0
+    yield
+    handlers.SEQUENCE_JITTER[0] = 0.005
+
+
+@pytest.fixture
+def temp_handlers() -> Iterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for name in names:
+        registry.unregister(name)
+
+
+@contextmanager
+def swapped(func: Callable[..., Any]) -> Iterator[Handler]:
+    """The ordered handler with another body for the duration."""
+    original = registry.get(HANDLER)
+    registry.unregister(HANDLER)
+    registry.register(replace(original, func=func))
+    try:
+        yield original
+    finally:
+        registry.unregister(HANDLER)
+        registry.register(original)
+
+
+def write(specs: Sequence[tuple[str, int]], *, status: str = "dispatched") -> list[OutboxEvent]:
+    """One ``orders.sequenced`` event per ``(aggregate id, version)``, in that order."""
+    rows = [
+        OutboxEvent(
+            event_id=uuid.uuid4(),
+            event_type=SEQUENCED,
+            aggregate_type="testapp.order",
+            aggregate_id=agg,
+            aggregate_version=version,
+            payload={"order_id": int(agg), "seq": version},
+            headers={"schema_version": 1},
+            status=status,
+        )
+        for agg, version in specs
+    ]
+    write_events(rows, "default")
+    stored = {
+        r.event_id: r for r in OutboxEvent.objects.filter(event_id__in=[r.event_id for r in rows])
+    }
+    return [stored[r.event_id] for r in rows]
+
+
+def message(row: OutboxEvent) -> dict[str, Any]:
+    return row.to_envelope().to_message()
+
+
+def sequenced() -> list[uuid.UUID]:
+    return list(
+        Effect.objects.filter(handler="sequenced").order_by("id").values_list("event_id", flat=True)
+    )
+
+
+def delivery(row: OutboxEvent, handler: str = HANDLER) -> ProcessedEvent | None:
+    return ProcessedEvent.objects.filter(event_id=row.event_id, handler=handler).first()
+
+
+# ----------------------------------------------------------------------- waiting
+
+
+@pytest.mark.django_db
+def test_a_follower_waits_without_spending_an_attempt_then_runs_after_its_predecessor() -> None:
+    first, second = write([("1", 1), ("1", 2)])
+
+    with pytest.raises(Requeued) as requeued:
+        run_handler_task(StandInTask(), message(second), HANDLER)
+    options = requeued.value.options
+    assert options["countdown"] == ORDERED_POLL[0]
+    assert options["max_retries"] is None
+    assert options["kwargs"]["waits"] == 1
+    assert options["kwargs"]["waiting_since"] <= time.time()
+    assert delivery(second) is None  # no row: nothing recorded, no attempt spent
+    assert sequenced() == []
+
+    assert run_handler_task(StandInTask(), message(first), HANDLER) is True
+    # The re-queued copy runs now; Celery counts its one retry, which is no failure.
+    assert run_handler_task(StandInTask(retries=1), message(second), HANDLER, **options["kwargs"])
+    assert sequenced() == [first.event_id, second.event_id]
+    row = delivery(second)
+    assert row is not None and (row.status, row.attempts) == ("succeeded", 1)
+
+
+@pytest.mark.django_db
+def test_the_re_queue_delay_grows_to_its_cap() -> None:
+    _, second = write([("1", 1), ("1", 2)])
+    countdowns = []
+    for waits in range(8):
+        with pytest.raises(Requeued) as requeued:
+            run_handler_task(
+                StandInTask(retries=waits), message(second), HANDLER, time.time(), waits
+            )
+        countdowns.append(requeued.value.options["countdown"])
+    assert countdowns == sorted(countdowns)
+    assert countdowns[0] == ORDERED_POLL[0] and countdowns[-1] == ORDERED_POLL[1]
+
+
+@pytest.mark.django_db
+def test_events_without_an_aggregate_and_first_events_are_not_held() -> None:
+    (first,) = write([("1", 1)])
+    assert run_handler_task(StandInTask(), message(first), HANDLER) is True
+    loose = OutboxEvent.objects.create(
+        event_id=uuid.uuid4(),
+        event_type=SEQUENCED,
+        payload={"order_id": 0, "seq": 5},
+        headers={"schema_version": 1},
+    )
+    assert run_handler_task(StandInTask(), message(loose), HANDLER) is True
+    assert sequenced() == [first.event_id, loose.event_id]
+
+
+@pytest.mark.django_db
+def test_the_predecessor_is_the_previous_event_this_handler_handles() -> None:
+    # Version 2 is another event type: the handler's predecessor of v3 is v1.
+    first, third = write([("1", 1), ("1", 3)])
+    OutboxEvent.objects.create(
+        event_id=uuid.uuid4(),
+        event_type="orders.cancelled",
+        aggregate_type="testapp.order",
+        aggregate_id="1",
+        aggregate_version=2,
+        payload={"order_id": 1},
+    )
+    assert run_handler_task(StandInTask(), message(first), HANDLER) is True
+    assert run_handler_task(StandInTask(), message(third), HANDLER) is True
+    # Two events of one version: record order decides.
+    same_a, same_b = write([("1", 4), ("1", 4)])
+    with pytest.raises(Requeued):
+        run_handler_task(StandInTask(), message(same_b), HANDLER)
+    assert run_handler_task(StandInTask(), message(same_a), HANDLER) is True
+    assert run_handler_task(StandInTask(), message(same_b), HANDLER) is True
+    assert sequenced() == [first.event_id, third.event_id, same_a.event_id, same_b.event_id]
+
+
+# ----------------------------------------------------------------------- blocked
+
+
+@pytest.mark.django_db
+def test_after_ordered_wait_the_delivery_is_blocked_and_its_predecessor_wakes_it(
+    settings: Any,
+) -> None:
+    settings.DJANGO_UOW = {"ORDERED_WAIT": 30}
+    first, second, third = write([("1", 1), ("1", 2), ("1", 3)])
+    long_ago = time.time() - 31
+
+    assert run_handler_task(StandInTask(), message(third), HANDLER, long_ago, 40) is False
+    assert run_handler_task(StandInTask(), message(second), HANDLER, long_ago, 40) is False
+    for row, before in ((second, first), (third, second)):
+        blocked = delivery(row)
+        assert blocked is not None
+        assert (blocked.status, blocked.attempts) == ("blocked", 0)
+        assert str(before.event_id) in blocked.last_error
+    assert sequenced() == []
+
+    woken: list[tuple[str, Envelope]] = []
+    assert run_handler(
+        registry.get(HANDLER), first.to_envelope(), wake=lambda h, e: woken.append((h.name, e))
+    )
+    # One follower at a time: the next blocked one, taken back as published.
+    assert [(name, e.event_id) for name, e in woken] == [(HANDLER, second.event_id)]
+    assert delivery(second).status == "published"  # type: ignore[union-attr]
+    assert delivery(third).status == "blocked"  # type: ignore[union-attr]
+
+    # In-process (no wake callback), the woken delivery runs, then the chain behind it.
+    assert run_handler(registry.get(HANDLER), second.to_envelope())
+    assert sequenced() == [first.event_id, second.event_id, third.event_id]
+    assert delivery(third).status == "succeeded"  # type: ignore[union-attr]
+
+
+@pytest.mark.django_db
+def test_inline_predecessor_success_runs_the_blocked_chain() -> None:
+    first, second, third = write([("1", 1), ("1", 2), ("1", 3)])
+    handler = registry.get(HANDLER)
+    assert run_handler(handler, third.to_envelope()) is False
+    assert run_handler(handler, second.to_envelope()) is False
+    assert [delivery(r).status for r in (second, third)] == ["blocked", "blocked"]  # type: ignore[union-attr]
+    assert run_handler(handler, first.to_envelope())
+    assert sequenced() == [first.event_id, second.event_id, third.event_id]
+
+
+@pytest.mark.django_db
+def test_a_dead_predecessor_blocks_only_this_handler_and_this_aggregate(
+    admin_client: Client, temp_handlers: list[str], settings: Any
+) -> None:
+    settings.DJANGO_UOW = {"ORDERED_WAIT": 30, "MAX_ATTEMPTS": 1}
+    a1, a2, b1, b2 = write([("1", 1), ("1", 2), ("2", 1), ("2", 2)])
+    other: list[uuid.UUID] = []
+
+    @event_handler(OrderSequenced, name="t.unordered")
+    def unordered(event: OrderSequenced, envelope: Envelope) -> None:
+        other.append(envelope.event_id)
+
+    temp_handlers.append("t.unordered")
+
+    def failing(event: OrderSequenced, envelope: Envelope) -> None:
+        raise ValueError("sequence store is down")
+
+    with swapped(failing), pytest.raises(ValueError, match="sequence store is down"):
+        run_handler_task(StandInTask(), message(a1), HANDLER)
+    assert delivery(a1).status == "failed"  # type: ignore[union-attr]
+
+    long_ago = time.time() - 31
+    assert run_handler_task(StandInTask(), message(a2), HANDLER, long_ago, 40) is False
+    assert delivery(a2).status == "blocked"  # type: ignore[union-attr]
+    # The other aggregate and the other handler go on.
+    for row in (b1, b2):
+        assert run_handler_task(StandInTask(), message(row), HANDLER) is True
+    for row in (a1, a2):
+        assert run_handler_task(StandInTask(), message(row), "t.unordered") is True
+    assert sequenced() == [b1.event_id, b2.event_id]
+    assert other == [a1.event_id, a2.event_id]
+
+    listing = reverse("admin:django_uow_processedevent_changelist")
+    page = admin_client.get(listing, {"status__exact": "blocked"}).content.decode()
+    assert page.count('uow-delivery-blocked">') == 1
+    assert str(a2.event_id)[:8] in page
+    detail = admin_client.get(
+        reverse("admin:django_uow_processedevent_change", args=[delivery(a2).pk])  # type: ignore[union-attr]
+    ).content.decode()
+    assert str(a1.event_id) in detail and "aggregate order" in detail
+
+
+@pytest.mark.django_db
+def test_inline_relay_runs_an_ordered_handler_in_order(settings: Any) -> None:
+    settings.DJANGO_UOW = {**INLINE}
+    specs = [(str(agg), version) for version in (1, 2, 3) for agg in (1, 2)]
+    rows = write(specs, status="pending")
+    relay_batch()
+    assert sequenced() == [r.event_id for r in rows]
+    assert set(ProcessedEvent.objects.values_list("status", flat=True)) == {"succeeded"}
+
+
+# ----------------------------------------------------------------------- the race
+
+
+@pytest.mark.server_db
+@pytest.mark.django_db(transaction=True)
+def test_a_follower_never_passes_a_predecessor_whose_success_is_not_committed() -> None:
+    """v1's handler holds its transaction open (its row already says succeeded) while v2
+    runs: v2 must not run before v1 commits."""
+    import threading
+
+    first, second = write([("7", 1), ("7", 2)])
+    inside = threading.Event()
+    release = threading.Event()
+    body = registry.get(HANDLER).func
+
+    def slow(event: OrderSequenced, envelope: Envelope) -> None:
+        if envelope.event_id == first.event_id:
+            inside.set()
+            release.wait(10)
+        body(event, envelope)
+
+    outcome: list[Any] = []
+
+    def run_first() -> None:
+        try:
+            outcome.append(run_handler(registry.get(HANDLER), first.to_envelope()))
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=run_first)
+    with swapped(slow):
+        worker.start()
+        assert inside.wait(10)
+        follower: list[Any] = []
+
+        def run_second() -> None:
+            try:
+                follower.append(run_handler_task(StandInTask(), message(second), HANDLER))
+            except Requeued as exc:
+                follower.append(exc)
+            finally:
+                connection.close()
+
+        racer = threading.Thread(target=run_second)
+        racer.start()
+        racer.join(0.5)  # it either waits on v1's row lock or re-queues
+        assert sequenced() == []
+        release.set()
+        worker.join(10)
+        racer.join(10)
+    assert outcome == [True]
+    done = sequenced()
+    assert done[0] == first.event_id
+    if isinstance(follower[0], Requeued):
+        assert done == [first.event_id]
+    else:  # it waited on the lock and ran after v1's commit
+        assert done == [first.event_id, second.event_id]
