@@ -7,8 +7,14 @@ with four threads over 200 events of 10 aggregates.
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,7 +23,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import reverse
 
 from django_uow.events import Envelope
@@ -25,7 +31,8 @@ from django_uow.handlers import Handler, event_handler, registry
 from django_uow.inbox import run_handler
 from django_uow.models import OutboxEvent, ProcessedEvent
 from django_uow.outbox import write_events
-from django_uow.relay import relay_batch
+from django_uow.publishers import CeleryPublisher
+from django_uow.relay import relay_batch, relay_pending
 from django_uow.tasks import ORDERED_POLL, run_handler_task
 from tests.testapp import handlers
 from tests.testapp.events import OrderSequenced
@@ -350,3 +357,102 @@ def test_a_follower_never_passes_a_predecessor_whose_success_is_not_committed() 
         assert done == [first.event_id]
     else:  # it waited on the lock and ran after v1's commit
         assert done == [first.event_id, second.event_id]
+
+
+# ----------------------------------------------------------------------- the proof
+
+AGGREGATES = 10
+PER_AGGREGATE = 20
+
+
+def start_worker() -> subprocess.Popen[bytes]:
+    """A real worker, four threads, importing only what a deployed worker imports."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.worker_subprocess",
+            connection.settings_dict["NAME"],
+            "--pool=threads",
+            "--concurrency=4",
+            "--prefetch-multiplier=4",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=WARNING",
+        ],
+        env={**os.environ, "UOW_SEQUENCE_JITTER": "0.01"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+@pytest.fixture
+def celery_app() -> Iterator[Any]:
+    from tests.conftest import require_server
+
+    require_server("Redis", "127.0.0.1", 6379)
+    from tests.celery_app import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.client.flushdb()  # UOW_REDIS_DB is this run's own database
+    yield app
+    with app.connection_for_write() as conn:
+        conn.default_channel.client.flushdb()
+
+
+@pytest.mark.celery
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_four_worker_threads_run_each_aggregate_in_version_order(celery_app: Any) -> None:
+    # Each aggregate's versions in order, the aggregates shuffled together: neighbouring
+    # tasks are often two versions of one aggregate, which four threads would reorder.
+    shuffle = random.Random(14)
+    queues = {agg: list(range(1, PER_AGGREGATE + 1)) for agg in range(1, AGGREGATES + 1)}
+    specs: list[tuple[str, int]] = []
+    while queues:
+        agg = shuffle.choice(sorted(queues))
+        specs.append((str(agg), queues[agg].pop(0)))
+        if not queues[agg]:
+            del queues[agg]
+    rows = write(specs, status="pending")
+    version_of = {r.event_id: (r.aggregate_id, r.aggregate_version) for r in rows}
+
+    worker = start_worker()
+    try:
+        with override_settings(DJANGO_UOW={"RELAY_ON_COMMIT": False}):
+            assert relay_pending(publishers=[CeleryPublisher(celery_app)]).relayed == len(rows)
+            assert wait_for(lambda: len(sequenced()) >= len(rows), timeout=90), (
+                f"{len(sequenced())} of {len(rows)} events handled"
+            )
+            time.sleep(1.0)  # a duplicate run would show up here
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+
+    handled = sequenced()
+    assert Counter(handled) == Counter({r.event_id: 1 for r in rows})  # each once
+    runs: dict[str, list[int]] = defaultdict(list)
+    for event_id in handled:
+        agg, version = version_of[event_id]
+        runs[agg].append(version)  # type: ignore[arg-type]
+    assert dict(runs) == {
+        str(a): list(range(1, PER_AGGREGATE + 1)) for a in range(1, AGGREGATES + 1)
+    }
+    statuses = Counter(
+        ProcessedEvent.objects.filter(handler=HANDLER).values_list("status", flat=True)
+    )
+    assert statuses == {"succeeded": len(rows)}
+    assert set(
+        ProcessedEvent.objects.filter(handler=HANDLER).values_list("attempts", flat=True)
+    ) == {1}

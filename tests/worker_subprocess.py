@@ -1,7 +1,8 @@
 """Run a Celery worker in a child process against a given (test) database.
 
 Usage: python -m tests.worker_subprocess <database name> [worker options...]
-Environment: UOW_HANDLER_SLEEP (seconds per OrderCancelled event), UOW_REDIS_DB.
+Environment: UOW_HANDLER_SLEEP (seconds per OrderCancelled event), UOW_SEQUENCE_JITTER
+(the ordered handler's longest random pause), UOW_REDIS_DB.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main() -> None:
     from tests.testapp import handlers
 
     handlers.SLEEP[0] = float(os.environ.get("UOW_HANDLER_SLEEP", "0"))
+    handlers.SEQUENCE_JITTER[0] = float(os.environ.get("UOW_SEQUENCE_JITTER", "0.005"))
     app.worker_main(["worker", *sys.argv[2:]])
 
 
