@@ -456,3 +456,91 @@ def test_four_worker_threads_run_each_aggregate_in_version_order(celery_app: Any
     assert set(
         ProcessedEvent.objects.filter(handler=HANDLER).values_list("attempts", flat=True)
     ) == {1}
+
+
+# ----------------------------------------------------------------------- backfill
+
+
+@pytest.mark.server_db
+@pytest.mark.django_db(transaction=True)
+def test_backfill_while_the_relay_runs_applies_each_event_once_in_order(settings: Any) -> None:
+    """A new ordered handler is backfilled over retained events while a relay delivers
+    the events writers keep committing: every event is applied once, each aggregate's
+    in version order."""
+    import io
+    import threading
+
+    from django.core.management import call_command
+
+    settings.DJANGO_UOW = {**INLINE}
+    aggregates, retained, fresh = 5, 6, 6
+    # Retained events, relayed before the handler existed: no delivery row for it.
+    old = write([(str(a), v) for v in range(1, retained + 1) for a in range(1, aggregates + 1)])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def relay() -> None:
+        try:
+            while not stop.is_set():
+                relay_pending()
+                time.sleep(0.01)
+            relay_pending()
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def writer() -> None:
+        try:
+            for version in range(retained + 1, retained + fresh + 1):
+                for agg in range(1, aggregates + 1):
+                    write([(str(agg), version)], status="pending")
+                    time.sleep(0.005)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=relay), threading.Thread(target=writer)]
+    for thread in threads:
+        thread.start()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("redeliver", "--handler", HANDLER, stdout=out, stderr=err)
+    finally:
+        threads[1].join(60)
+        # Let the relay drain what the writer committed, then stop it.
+        wait_for(lambda: not OutboxEvent.objects.filter(status="pending").exists(), timeout=60)
+        stop.set()
+        threads[0].join(60)
+    assert errors == []
+
+    rows = list(OutboxEvent.objects.filter(event_type=SEQUENCED))
+    assert len(rows) == aggregates * (retained + fresh)
+    assert {r.status for r in rows} == {"dispatched"}
+    deliveries = Counter(
+        ProcessedEvent.objects.filter(handler=HANDLER).values_list("status", flat=True)
+    )
+    assert deliveries == {"succeeded": len(rows)}
+    handled = sequenced()
+    assert Counter(handled) == Counter({r.event_id: 1 for r in rows})  # each applied once
+    version_of = {r.event_id: (r.aggregate_id, r.aggregate_version) for r in rows}
+    runs: dict[str, list[int]] = defaultdict(list)
+    for event_id in handled:
+        agg, version = version_of[event_id]
+        runs[agg].append(version)  # type: ignore[arg-type]
+    expected = list(range(1, retained + fresh + 1))
+    assert dict(runs) == {str(a): expected for a in range(1, aggregates + 1)}
+
+    # The command listed the retained events (and any new one already relayed), showed
+    # its progress and ended with a summary.
+    lines = out.getvalue().splitlines()
+    listed = len(lines) - 1
+    assert listed >= len(old)
+    assert lines[-1].startswith(f"redelivered {listed}: ")
+    assert err.getvalue().splitlines()[-1] == f"progress: {listed}/{listed} (100%)"
+    # Run again: everything is done, nothing is applied twice.
+    again = io.StringIO()
+    call_command("redeliver", "--handler", HANDLER, stdout=again, stderr=io.StringIO())
+    assert again.getvalue().splitlines()[-1] == f"redelivered {len(rows)}: {len(rows)} skipped"
+    assert len(sequenced()) == len(rows)
