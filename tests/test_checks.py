@@ -343,3 +343,26 @@ def test_w041_deadline_too_short() -> None:
         assert ids(messages) == ["django_uow.W041"]
         assert "still waiting in the queue" in messages[0].msg
         assert run(**CELERY, HANDLER_DEADLINE=60) == []
+
+
+def test_ordered_wait_must_be_a_duration_shorter_than_the_handler_deadline() -> None:
+    assert run(ORDERED_WAIT=timedelta(seconds=30)) == []
+    assert run(ORDERED_WAIT=30) == []
+    for bad in (0, -1, "1m", timedelta(0), True):
+        assert ids(run(ORDERED_WAIT=bad)) == ["django_uow.E060"], bad
+    messages = run(ORDERED_WAIT=timedelta(minutes=15))
+    assert ids(messages) == ["django_uow.E061"]
+    assert "HANDLER_DEADLINE" in messages[0].msg
+    assert ids(run(ORDERED_WAIT=120, HANDLER_DEADLINE=60)) == ["django_uow.E061"]
+    # Unset, the wait follows a short deadline instead of contradicting it.
+    assert run(HANDLER_DEADLINE=60) == []
+    from django.test import override_settings
+
+    from django_uow.conf import uow_settings
+
+    with override_settings(DJANGO_UOW={"HANDLER_DEADLINE": 60}):
+        wait = uow_settings.ORDERED_WAIT
+    assert wait == timedelta(seconds=30)
+    with override_settings(DJANGO_UOW={}):
+        wait = uow_settings.ORDERED_WAIT
+    assert wait == timedelta(minutes=1)

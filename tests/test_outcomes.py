@@ -249,6 +249,17 @@ def test_redeliver_backfills_a_new_handler_over_retained_events(
     assert sorted(seen) == ["a", "b", "c"]
     assert ProcessedEvent.objects.filter(handler="t.backfill", status="succeeded").count() == 3
 
+    # --handler alone: every retained event of its type (never the Pinged one).
+    seen.clear()
+    ProcessedEvent.objects.filter(handler="t.backfill").delete()
+    out, err = io.StringIO(), io.StringIO()
+    call_command("redeliver", "--handler", "t.backfill", stdout=out, stderr=err)
+    assert out.getvalue().splitlines()[-1] == "redelivered 3: 3 succeeded"
+    assert err.getvalue().splitlines() == ["progress: 3/3 (100%)"]
+    assert sorted(seen) == ["a", "b", "c"]
+    with pytest.raises(CommandError, match="handles 'orders.cancelled' events, not"):
+        call_command("redeliver", "--handler", "t.backfill", "--event-type", "testapp.Pinged")
+
 
 # ----------------------------------------------------------------------- publishing
 
