@@ -69,13 +69,15 @@ class ConsumerLag:
 
     ``oldest_published_at`` is the publish time of the oldest such delivery (its first
     attempt when it was never published: inline mode);
-    ``age_seconds`` its age (``0.0`` when nothing is owed). ``failed`` counts dead letters.
+    ``age_seconds`` its age (``0.0`` when nothing is owed). ``failed`` counts dead letters,
+    ``blocked`` the deliveries of ordered handlers waiting for an earlier event.
     """
 
     owed: int
     oldest_published_at: datetime | None
     age_seconds: float
     failed: int
+    blocked: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         oldest = self.oldest_published_at
@@ -84,6 +86,7 @@ class ConsumerLag:
             "oldest_published_at": oldest.isoformat() if oldest is not None else None,
             "age_seconds": self.age_seconds,
             "failed": self.failed,
+            "blocked": self.blocked,
         }
 
 
@@ -455,25 +458,31 @@ def overdue_deliveries(
 
 
 def consumer_lag(using: str = "default", *, now: datetime | None = None) -> ConsumerLag:
-    """How far consumers are behind: owed deliveries, the oldest one's age, dead letters.
+    """How far consumers are behind: owed deliveries, the oldest one's age, dead letters,
+    blocked deliveries.
 
-    One statement; it reads only owed and failed rows (both behind partial indexes).
+    One statement; it reads only owed, failed and blocked rows (behind partial indexes).
     """
     totals = (
         ProcessedEvent.objects.using(using)
-        .filter(status__in=[*OWED_DELIVERY_STATUSES, DeliveryStatus.FAILED])
+        .filter(status__in=[*OWED_DELIVERY_STATUSES, DeliveryStatus.FAILED, DeliveryStatus.BLOCKED])
         .values_list("status")
         .annotate(n=Count("pk"), oldest=Min(Coalesce("published_at", "first_attempt_at")))
         .order_by()
     )
-    owed = failed = 0
+    owed = failed = blocked = 0
     oldest: datetime | None = None
     for status, n, first in totals:
         if status == DeliveryStatus.FAILED:
             failed = n
             continue
+        if status == DeliveryStatus.BLOCKED:
+            blocked = n
+            continue
         owed += n
         if first is not None and (oldest is None or first < oldest):
             oldest = first
     age = max(0.0, ((now or timezone.now()) - oldest).total_seconds()) if oldest else 0.0
-    return ConsumerLag(owed=owed, oldest_published_at=oldest, age_seconds=age, failed=failed)
+    return ConsumerLag(
+        owed=owed, oldest_published_at=oldest, age_seconds=age, failed=failed, blocked=blocked
+    )

@@ -4,8 +4,10 @@ For an ordered handler H and an event e of aggregate (type, id), e's *predecesso
 the event of the same aggregate, of the type H handles and still in the outbox, that
 comes right before e in ``(aggregate_version, id)`` order (record order when the
 aggregate has no version field). e runs only once H's delivery of its predecessor has
-succeeded (or was discarded by an operator); otherwise ``check_predecessor`` raises
-``PredecessorPending`` and nothing runs. Events without an aggregate are not ordered.
+succeeded (or was discarded by an operator; a predecessor older than ``INBOX_RETENTION``
+without a delivery row counts as done, since its succeeded row may have been pruned);
+otherwise ``check_predecessor`` raises ``PredecessorPending`` and nothing runs. Events
+without an aggregate are not ordered.
 
 The check runs inside the handler's transaction and reads the predecessor's delivery
 row with ``SELECT ... FOR UPDATE``: a predecessor whose success is not committed yet
@@ -23,12 +25,14 @@ never missed by both sides.
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from .conf import uow_settings
 from .events import Envelope
 from .exceptions import PredecessorPending
 from .handlers import Handler
@@ -45,8 +49,8 @@ def is_ordered(handler: Handler, envelope: Envelope) -> bool:
     return handler.ordered and bool(envelope.aggregate_id)
 
 
-def predecessor(handler: Handler, envelope: Envelope, using: str) -> UUID | None:
-    """The event id of ``envelope``'s predecessor for ``handler``, or None (one query)."""
+def predecessor(handler: Handler, envelope: Envelope, using: str) -> tuple[UUID, datetime] | None:
+    """``envelope``'s predecessor for ``handler``: its event id and creation time (one query)."""
     same = OutboxEvent.objects.using(using).filter(
         aggregate_type=envelope.aggregate_type,
         aggregate_id=envelope.aggregate_id,
@@ -58,13 +62,12 @@ def predecessor(handler: Handler, envelope: Envelope, using: str) -> UUID | None
         earlier = Q(aggregate_version__isnull=True, id__lt=own)
     else:
         earlier = Q(aggregate_version__lt=version) | Q(aggregate_version=version, id__lt=own)
-    found = (
+    return (
         same.filter(earlier)
         .order_by("-aggregate_version", "-id")
-        .values_list("event_id", flat=True)
+        .values_list("event_id", "created_at")
         .first()
     )
-    return found
 
 
 def _status(handler: Handler, event_id: UUID, using: str, *, lock: bool) -> str:
@@ -72,6 +75,14 @@ def _status(handler: Handler, event_id: UUID, using: str, *, lock: bool) -> str:
     if lock:
         rows = rows.select_for_update()
     return str(rows.values_list("status", flat=True).first() or "")
+
+
+def _done(status: str, created_at: datetime) -> bool:
+    """Succeeded or discarded; or no row for an event older than ``INBOX_RETENTION``,
+    whose succeeded row may have been pruned (only succeeded rows are)."""
+    if status in DONE:
+        return True
+    return not status and created_at < timezone.now() - uow_settings.INBOX_RETENTION
 
 
 def check_predecessor(handler: Handler, envelope: Envelope, using: str) -> None:
@@ -85,15 +96,15 @@ def check_predecessor(handler: Handler, envelope: Envelope, using: str) -> None:
     before = predecessor(handler, envelope, using)
     if before is None:
         return
-    status = _status(handler, before, using, lock=True)
-    if status not in DONE:
-        raise PredecessorPending(handler.name, envelope.event_id, before, status)
+    status = _status(handler, before[0], using, lock=True)
+    if not _done(status, before[1]):
+        raise PredecessorPending(handler.name, envelope.event_id, before[0], status)
 
 
 def predecessor_done(handler: Handler, envelope: Envelope, using: str) -> bool:
     """The same test outside a transaction (a fresh read of committed rows)."""
     before = predecessor(handler, envelope, using)
-    return before is None or _status(handler, before, using, lock=False) in DONE
+    return before is None or _done(_status(handler, before[0], using, lock=False), before[1])
 
 
 def record_blocked(

@@ -207,6 +207,7 @@ def outbox_report(
             "owed": lag.owed,
             "oldest_published_at": lag.as_dict()["oldest_published_at"],
             "age_seconds": lag.age_seconds,
+            "blocked": lag.blocked,
         }
         report["handler_failures"] = {
             "count": lag.failed,

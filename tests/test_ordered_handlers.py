@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 from django.db import connection
 from django.test import Client, override_settings
 from django.urls import reverse
+from django.utils import timezone
 
 from django_uow.events import Envelope
 from django_uow.handlers import Handler, event_handler, registry
@@ -544,3 +546,37 @@ def test_backfill_while_the_relay_runs_applies_each_event_once_in_order(settings
     call_command("redeliver", "--handler", HANDLER, stdout=again, stderr=io.StringIO())
     assert again.getvalue().splitlines()[-1] == f"redelivered {len(rows)}: {len(rows)} skipped"
     assert len(sequenced()) == len(rows)
+
+
+@pytest.mark.django_db
+def test_blocked_deliveries_are_counted_and_keep_their_event(settings: Any) -> None:
+    from django_uow.deliveries import consumer_lag
+    from django_uow.relay import prune_outbox
+
+    _, second = write([("1", 1), ("1", 2)])
+    assert run_handler(registry.get(HANDLER), second.to_envelope()) is False
+    assert consumer_lag().blocked == 1
+    long_ago = timezone.now() - timedelta(days=30)
+    OutboxEvent.objects.update(dispatched_at=long_ago)
+    prune_outbox(older_than=timedelta(days=1))
+    # The blocked delivery's event stays (it still has to run); its predecessor has no
+    # delivery row, so nothing holds it back from retention.
+    assert list(OutboxEvent.objects.values_list("event_id", flat=True)) == [second.event_id]
+
+
+@pytest.mark.django_db
+def test_a_predecessor_whose_row_retention_pruned_does_not_hold_the_follower() -> None:
+    first, second = write([("1", 1), ("1", 2)])
+    # Events kept longer than their inbox rows (RETENTION None for an audit log): the
+    # predecessor's succeeded row is gone after INBOX_RETENTION.
+    OutboxEvent.objects.filter(pk=first.pk).update(created_at=timezone.now() - timedelta(days=31))
+    assert run_handler_task(StandInTask(), message(second), HANDLER) is True
+    # A recent predecessor without a row is waited for.
+    (third,) = write([("1", 3)])
+    (fourth,) = write([("1", 4)])
+    with pytest.raises(Requeued):
+        run_handler_task(StandInTask(), message(fourth), HANDLER)
+    assert sequenced() == [second.event_id]
+    assert run_handler_task(StandInTask(), message(third), HANDLER) is True
+    assert run_handler_task(StandInTask(), message(fourth), HANDLER) is True
+    assert sequenced() == [second.event_id, third.event_id, fourth.event_id]

@@ -319,6 +319,7 @@ def test_consumer_lag_counts_owed_deliveries_and_the_oldest_age() -> None:
         "oldest_published_at": None,
         "age_seconds": 0.0,
         "failed": 0,
+        "blocked": 0,
     }
     rows = make_rows([("1", "a"), ("2", "b"), ("3", "c")])
     record_published([(r.to_envelope(), "h") for r in rows], using="default")

@@ -79,6 +79,11 @@ class Command(BaseCommand):
             f"consumer lag: {lag['age_seconds']:.1f}s ({lag['owed']} handler deliveries "
             f"waiting, oldest published: {lag['oldest_published_at'] or '-'})"
         )
+        if lag.get("blocked"):
+            self.stdout.write(
+                f"blocked handler deliveries: {lag['blocked']} (ordered handlers waiting for "
+                "an earlier event of their aggregate)"
+            )
         failures = status["handler_failures"]
         self.stdout.write(f"failed handler deliveries: {failures['count']}")
         for failure in failures["recent"]:
