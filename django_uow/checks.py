@@ -419,7 +419,7 @@ def _check_ordered_wait_value(value: Any) -> list[Message]:
             _duration_text("ORDERED_WAIT", value),
             "For example DJANGO_UOW = {'ORDERED_WAIT': timedelta(minutes=1)}: how long an "
             "ordered handler's delivery waits for its predecessor before it is blocked.",
-            60,
+            70,
         )
     ]
 
@@ -609,7 +609,7 @@ def _check_ordered_wait(user: dict[str, Any]) -> list[Message]:
             f"({deadline:g} s): the deadline sweep would publish an ordered handler's "
             "delivery again while it is still waiting for its predecessor.",
             "Keep ORDERED_WAIT well below HANDLER_DEADLINE (defaults: 1 minute and 15 minutes).",
-            61,
+            71,
         )
     ]
 

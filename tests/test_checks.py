@@ -349,11 +349,11 @@ def test_ordered_wait_must_be_a_duration_shorter_than_the_handler_deadline() -> 
     assert run(ORDERED_WAIT=timedelta(seconds=30)) == []
     assert run(ORDERED_WAIT=30) == []
     for bad in (0, -1, "1m", timedelta(0), True):
-        assert ids(run(ORDERED_WAIT=bad)) == ["django_uow.E060"], bad
+        assert ids(run(ORDERED_WAIT=bad)) == ["django_uow.E070"], bad
     messages = run(ORDERED_WAIT=timedelta(minutes=15))
-    assert ids(messages) == ["django_uow.E061"]
+    assert ids(messages) == ["django_uow.E071"]
     assert "HANDLER_DEADLINE" in messages[0].msg
-    assert ids(run(ORDERED_WAIT=120, HANDLER_DEADLINE=60)) == ["django_uow.E061"]
+    assert ids(run(ORDERED_WAIT=120, HANDLER_DEADLINE=60)) == ["django_uow.E071"]
     # Unset, the wait follows a short deadline instead of contradicting it.
     assert run(HANDLER_DEADLINE=60) == []
     from django.test import override_settings
