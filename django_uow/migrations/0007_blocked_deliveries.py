@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("django_uow", "0005_discarded"),
+        ("django_uow", "0006_scheduled_events"),
     ]
 
     operations = [
