@@ -3,7 +3,8 @@
 For an ordered handler H and an event e of aggregate (type, id), e's *predecessor* is
 the event of the same aggregate, of the type H handles and still in the outbox, that
 comes right before e in ``(aggregate_version, id)`` order (record order when the
-aggregate has no version field). e runs only once H's delivery of its predecessor has
+aggregate has no version field), leaving out scheduled events due after e (the relay
+delivers e first, and so does H). e runs only once H's delivery of its predecessor has
 succeeded (or was discarded by an operator; a predecessor older than ``INBOX_RETENTION``
 without a delivery row counts as done, since its succeeded row may have been pruned);
 otherwise ``check_predecessor`` raises ``PredecessorPending`` and nothing runs. Events
@@ -29,7 +30,8 @@ from datetime import datetime
 from uuid import UUID
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .conf import uow_settings
@@ -56,14 +58,18 @@ def predecessor(handler: Handler, envelope: Envelope, using: str) -> tuple[UUID,
         aggregate_id=envelope.aggregate_id,
         event_type=handler.event_type,
     )
-    own = same.filter(event_id=envelope.event_id).values("id")[:1]
+    own = same.filter(event_id=envelope.event_id)
+    own_id = own.values("id")[:1]
     version = envelope.aggregate_version
     if version is None:
-        earlier = Q(aggregate_version__isnull=True, id__lt=own)
+        earlier = Q(aggregate_version__isnull=True, id__lt=own_id)
     else:
-        earlier = Q(aggregate_version__lt=version) | Q(aggregate_version=version, id__lt=own)
+        earlier = Q(aggregate_version__lt=version) | Q(aggregate_version=version, id__lt=own_id)
+    # A scheduled event due after this one is delivered after it: it is not waited for.
+    own_due = own.annotate(due=Coalesce("deliver_at", "occurred_at")).values("due")[:1]
+    due_before = Q(deliver_at__isnull=True) | Q(deliver_at__lte=Subquery(own_due))
     return (
-        same.filter(earlier)
+        same.filter(earlier, due_before)
         .order_by("-aggregate_version", "-id")
         .values_list("event_id", "created_at")
         .first()

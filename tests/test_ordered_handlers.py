@@ -580,3 +580,24 @@ def test_a_predecessor_whose_row_retention_pruned_does_not_hold_the_follower() -
     assert run_handler_task(StandInTask(), message(third), HANDLER) is True
     assert run_handler_task(StandInTask(), message(fourth), HANDLER) is True
     assert sequenced() == [second.event_id, third.event_id, fourth.event_id]
+
+
+@pytest.mark.django_db
+def test_a_scheduled_event_due_later_is_not_waited_for() -> None:
+    first, second, third = write([("1", 1), ("1", 2), ("1", 3)])
+    # v2 was recorded with a due time an hour away: the relay delivers v3 before it.
+    OutboxEvent.objects.filter(pk=second.pk).update(
+        deliver_at=timezone.now() + timedelta(hours=1), status="pending"
+    )
+    assert run_handler_task(StandInTask(), message(first), HANDLER) is True
+    assert run_handler_task(StandInTask(), message(third), HANDLER) is True
+    # When v2 comes due, it waits only for what was due before it.
+    assert run_handler_task(StandInTask(), message(second), HANDLER) is True
+    assert sequenced() == [first.event_id, third.event_id, second.event_id]
+    # A scheduled event due before a later one is waited for like any other.
+    fourth, fifth = write([("1", 4), ("1", 5)])
+    OutboxEvent.objects.filter(pk=fourth.pk).update(
+        deliver_at=fifth.occurred_at - timedelta(seconds=1)
+    )
+    with pytest.raises(Requeued):
+        run_handler_task(StandInTask(), message(fifth), HANDLER)
