@@ -140,6 +140,19 @@ def _check_ordering(value: Any) -> list[Message]:
     ]
 
 
+def _check_relay_mode(value: Any) -> list[Message]:
+    if value in ("auto", "lease", "direct"):
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['RELAY_MODE'] must be 'auto', 'lease' or 'direct', not {value!r}.",
+            "'auto' (the default) relays directly when every publisher is fast and the "
+            "database skips locked rows; see the relay docs for the trade.",
+            70,
+        )
+    ]
+
+
 def _positive_age(value: Any) -> bool:
     if isinstance(value, timedelta):
         return value > timedelta(0)
@@ -485,6 +498,7 @@ VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "MAX_ATTEMPTS": _positive_int("MAX_ATTEMPTS", 7),
     "BACKOFF": _check_backoff,
     "ORDERING": _check_ordering,
+    "RELAY_MODE": _check_relay_mode,
     "RETENTION": _check_retention,
     "PRUNE_BATCH_SIZE": _positive_int("PRUNE_BATCH_SIZE", 11),
     "LEASE": _check_lease,

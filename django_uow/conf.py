@@ -30,6 +30,11 @@ DEFAULTS: dict[str, Any] = {
     # relay renews it every LEASE / 3 seconds while a batch is in flight, so it can be
     # short: a relay that dies blocks its aggregates for about this long.
     "LEASE": 10.0,
+    # "lease": claim under a lease, publish outside any transaction, fenced ack (two
+    # writes per row); "direct": claim, publish and mark dispatched in one transaction
+    # (one write per row, row locks held while publishing); "auto": direct when every
+    # publisher is fast (direct_relay = True) and the database can skip locked rows.
+    "RELAY_MODE": "auto",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "STREAM_KEY": "django_uow:{aggregate_type}",
     "STREAM_MAXLEN": 100_000,
@@ -214,6 +219,10 @@ class UowSettings:
     @property
     def CELERY_RELAY_TASK(self) -> str:
         return str(self._get("CELERY_RELAY_TASK"))
+
+    @property
+    def RELAY_MODE(self) -> str:
+        return str(self._get("RELAY_MODE"))
 
     @property
     def NOTIFY(self) -> bool:

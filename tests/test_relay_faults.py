@@ -18,7 +18,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 
 from django_uow import Envelope, RelayError
 from django_uow.models import OutboxEvent, ProcessedEvent
@@ -48,6 +48,18 @@ def wait_until(predicate: Any, timeout: float = 20.0, step: float = 0.05) -> boo
             return True
         time.sleep(step)
     return bool(predicate())
+
+
+#: Every fault test runs in both relay modes: under a lease (claim, publish outside any
+#: transaction, fenced acknowledgement) and direct (claim, publish and mark dispatched in
+#: one transaction).
+RELAY_MODES = pytest.mark.parametrize("relay_mode", ["lease", "direct"])
+
+
+@pytest.fixture
+def in_relay_mode(relay_mode: str, settings: Any) -> str:
+    settings.DJANGO_UOW = {**settings.DJANGO_UOW, "RELAY_MODE": relay_mode}
+    return relay_mode
 
 
 # ----------------------------------------------------------------------- Redis outage
@@ -128,8 +140,9 @@ def stream_ids(port: int, key: str) -> list[str]:
 
 @pytest.mark.redis
 @pytest.mark.django_db
+@RELAY_MODES
 def test_redis_stopped_mid_drain_loses_nothing_and_marks_nothing_unpublished(
-    own_redis: OwnRedis,
+    own_redis: OwnRedis, in_relay_mode: str
 ) -> None:
     rows = make_rows(interleaved(3, 10))
     publisher = RedisStreamPublisher(
@@ -175,24 +188,46 @@ def relay_process(*args: str, env: Mapping[str, str] | None = None) -> subproces
     )
 
 
+def _in_flight() -> int:
+    """Rows a relay has claimed and not settled: leased, or locked by an open direct batch."""
+    leased = OutboxEvent.objects.exclude(claimed_by="").filter(status="pending").count()
+    if leased:
+        return leased
+    with transaction.atomic():  # the rows no other transaction holds FOR UPDATE
+        free = OutboxEvent.objects.select_for_update(skip_locked=True).values_list("id", flat=True)
+        return OutboxEvent.objects.count() - len(list(free))
+
+
 @pytest.mark.server_db
 @pytest.mark.django_db(transaction=True)
-def test_relay_killed_mid_batch_delivers_everything_and_effects_happen_once() -> None:
+@RELAY_MODES
+def test_relay_killed_mid_batch_delivers_everything_and_effects_happen_once(
+    relay_mode: str,
+) -> None:
     rows = make_rows(interleaved(10, 20))
     proc = relay_process(
         "--batch-size",
         "25",
         "--interval",
         "0.1",
-        env={"UOW_HANDLER_SLEEP": "0.01", "UOW_LEASE": "1"},
+        env={
+            "UOW_HANDLER_SLEEP": "0.01",
+            "UOW_LEASE": "1",
+            "UOW_EXTRA": f'{{"RELAY_MODE": "{relay_mode}"}}',
+        },
     )
     try:
 
         def mid_batch() -> bool:
             done = OutboxEvent.objects.filter(status="dispatched").count()
-            return done >= 25 and Effect.objects.count() > done + 3
+            if relay_mode == "lease":  # handlers ran past the acknowledged events
+                return done >= 25 and Effect.objects.count() > done + 3
+            # Direct: a batch's effects commit with its marks; catch one in flight.
+            return done >= 25 and _in_flight() > 0
 
-        assert wait_until(mid_batch), proc.stderr.read() if proc.poll() is not None else ""
+        assert wait_until(mid_batch, step=0.01), (
+            proc.stderr.read() if proc.poll() is not None else ""
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -201,8 +236,18 @@ def test_relay_killed_mid_batch_delivers_everything_and_effects_happen_once() ->
             proc.wait(timeout=10)
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
-    # Events the dead relay ran handlers for are leased but not acknowledged.
-    assert OutboxEvent.objects.exclude(claimed_by="").filter(status="pending").exists()
+    if relay_mode == "lease":
+        # Events the dead relay ran handlers for are leased but not acknowledged.
+        assert OutboxEvent.objects.exclude(claimed_by="").filter(status="pending").exists()
+    else:
+        # The killed batch rolled back with its connection: nothing leased, nothing
+        # half-done (every committed effect belongs to a dispatched event), no wait.
+        assert not OutboxEvent.objects.exclude(claimed_by="").exists()
+        dispatched = set(
+            OutboxEvent.objects.filter(status="dispatched").values_list("event_id", flat=True)
+        )
+        assert set(Effect.objects.values_list("event_id", flat=True)) == dispatched
+        assert 25 <= len(dispatched) < len(rows)
 
     def restart_once() -> bool:
         done = subprocess.run(
@@ -263,8 +308,13 @@ class RedisListPublisher:
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("claim_mode, per_aggregate", [("one-statement", 100), ("portable", 30)])
+@RELAY_MODES
 def test_three_concurrent_relays_publish_each_event_once_in_aggregate_order(
-    redis_server: str, claim_mode: str, per_aggregate: int, monkeypatch: pytest.MonkeyPatch
+    redis_server: str,
+    claim_mode: str,
+    per_aggregate: int,
+    monkeypatch: pytest.MonkeyPatch,
+    in_relay_mode: str,
 ) -> None:
     import redis
 

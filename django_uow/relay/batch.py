@@ -20,14 +20,15 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections
+from django.db import connections, transaction
 from django.utils import timezone
 
 from .. import signals
@@ -160,6 +161,9 @@ class _Batch:
     using: str
     relay_id: str
     max_attempts: int
+    #: The direct mode: the rows are already marked dispatched in the caller's open
+    #: transaction, held by its row locks (no lease: statements fence with "").
+    direct: bool = False
     envelopes: dict[int, Envelope] = field(default_factory=dict)
     to_publish: list[OutboxEvent] = field(default_factory=list)
     dispatched: list[OutboxEvent] = field(default_factory=list)
@@ -213,10 +217,22 @@ class _Batch:
             else:
                 self.fail(row, exc, failure_for(row, exc, self.max_attempts))
 
+    @property
+    def fence(self) -> str:
+        """The ``claimed_by`` value later statements of this batch match."""
+        return "" if self.direct else self.relay_id
+
     def settle(self, result: RelayResult) -> None:
-        """Write the outcome: one acknowledgement, one failure UPDATE, one give-back."""
+        """Write the outcome: one acknowledgement, one failure UPDATE, one give-back.
+
+        In the direct mode the rows were marked dispatched by the claim: only the events
+        that did not go out are written again.
+        """
         ids = [r.id for r in self.dispatched]
-        marked = statements.acknowledge(using=self.using, relay_id=self.relay_id, ids=ids)
+        if self.direct:
+            marked = len(ids)
+        else:
+            marked = statements.acknowledge(using=self.using, relay_id=self.relay_id, ids=ids)
         self.acknowledged = {
             (r.aggregate_type, r.aggregate_id) for r in self.dispatched if r.aggregate_id
         }
@@ -228,9 +244,9 @@ class _Batch:
                 len(ids) - marked,
                 len(ids),
             )
-        statements.record_failures(using=self.using, relay_id=self.relay_id, failures=self.failures)
+        statements.record_failures(using=self.using, relay_id=self.fence, failures=self.failures)
         result.handed_back += statements.give_back(
-            using=self.using, relay_id=self.relay_id, ids=self.handed_back
+            using=self.using, relay_id=self.fence, ids=self.handed_back
         )
 
     def report(self, result: RelayResult) -> None:
@@ -283,24 +299,34 @@ class _Batch:
             )
 
     def run(self, publishers: Sequence[Publisher], result: RelayResult) -> None:
+        self.publish_and_settle(publishers, result)
+        self.finish(result)
+
+    def publish_and_settle(self, publishers: Sequence[Publisher], result: RelayResult) -> None:
+        """Publish and write the outcome; ``RelayError`` when the broker is unreachable.
+
+        In the direct mode the caller's transaction rolls back on that error, which
+        undoes the claim: nothing is marked, no attempt is spent.
+        """
         self.triage()
         try:
             with lease_kept(
                 using=self.using,
                 relay_id=self.relay_id,
-                ids=[r.id for r in self.to_publish],
+                ids=[] if self.direct else [r.id for r in self.to_publish],
                 lease=uow_settings.LEASE,
             ):
                 by_event = publish_all(publishers, [self.envelopes[r.id] for r in self.to_publish])
         except Exception as exc:
             # Broker unreachable: nothing is marked, no attempt is spent.
-            statements.record_failures(
-                using=self.using, relay_id=self.relay_id, failures=self.failures
-            )
-            result.failed += len(self.failures)
-            result.handed_back += statements.give_back(
-                using=self.using, relay_id=self.relay_id, ids=[r.id for r in self.to_publish]
-            )
+            if not self.direct:
+                statements.record_failures(
+                    using=self.using, relay_id=self.relay_id, failures=self.failures
+                )
+                result.failed += len(self.failures)
+                result.handed_back += statements.give_back(
+                    using=self.using, relay_id=self.relay_id, ids=[r.id for r in self.to_publish]
+                )
             raise RelayError(
                 f"Could not reach the broker ({describe(exc)}); {len(self.to_publish)} claimed "
                 "event(s) were handed back without spending an attempt. Check the broker and "
@@ -308,6 +334,9 @@ class _Batch:
             ) from exc
         self.sort_outcomes(by_event)
         self.settle(result)
+
+    def finish(self, result: RelayResult) -> None:
+        """Count, log and signal (after the direct mode's commit); raise a partial outage."""
         self.report(result)
         if self.outage is not None:
             raise RelayError(
@@ -338,6 +367,73 @@ def resolve_publishers(publishers: Sequence[Publisher] | None) -> list[Publisher
     return pubs
 
 
+def relay_mode(publishers: Sequence[Publisher], using: str) -> str:
+    """``"direct"`` or ``"lease"``: how a batch is claimed and acknowledged.
+
+    ``RELAY_MODE`` decides when it is not ``"auto"``. Under ``"auto"`` the direct mode
+    (claim, publish and mark dispatched in one transaction: one write per row) is used
+    when every publisher says it finishes a batch in milliseconds (``direct_relay =
+    True``, as ``RedisStreamPublisher`` does) and the database has row locks to skip
+    (PostgreSQL, MariaDB, MySQL): a slow publish would hold the rows' locks, and on
+    SQLite the database's single write lock, for its whole length.
+    """
+    mode = uow_settings.RELAY_MODE
+    if mode != "auto":
+        return mode
+    fast = all(getattr(p, "direct_relay", False) for p in publishers)
+    skip_locked = connections[using].features.has_select_for_update_skip_locked
+    return "direct" if fast and skip_locked else "lease"
+
+
+def _claim(
+    result: RelayResult,
+    using: str,
+    relay_id: str,
+    size: int,
+    event_ids: Sequence[UUID] | None,
+    aggregates: Sequence[statements.AggregateKey] | None,
+    direct: bool,
+) -> _Batch | None:
+    """Claim one batch (``None``: nothing was due); ``RelayError`` if the database fails."""
+    try:
+        rows = statements.claim_batch(
+            using=using,
+            relay_id=relay_id,
+            limit=size,
+            lease=uow_settings.LEASE,
+            ordered=uow_settings.ORDERING == "aggregate",
+            event_ids=event_ids,
+            aggregates=aggregates,
+            dispatch=direct,
+        )
+    except Exception as exc:
+        raise RelayError(
+            f"Could not claim outbox events on database {using!r}: {describe(exc)}. "
+            "Check that the database is reachable and migrated (manage.py migrate django_uow)."
+        ) from exc
+    result.claimed = len(rows)
+    result.batches = 1
+    if not rows:
+        return None
+    return _Batch(rows, using, relay_id, uow_settings.MAX_ATTEMPTS, direct=direct)
+
+
+@contextmanager
+def _batch_span(using: str, relay_id: str, result: RelayResult) -> Iterator[Any]:
+    """One span per batch (never one for a whole loop), around publish and acknowledge."""
+    with span(
+        "django_uow.relay.batch", database=using, relay_id=relay_id, claimed=result.claimed
+    ) as current:
+        yield current
+
+
+def _annotate(current: Any, result: RelayResult) -> None:
+    if current is not None:
+        current.set_attribute("dispatched", result.dispatched)
+        current.set_attribute("failed", result.failed)
+        current.set_attribute("retried", result.retried)
+
+
 def _run_batch(
     *,
     using: str,
@@ -351,37 +447,27 @@ def _run_batch(
     relay_id = relay_id or default_relay_id()
     size = batch_size or uow_settings.BATCH_SIZE
     pubs = resolve_publishers(publishers)
+    direct = relay_mode(pubs, using) == "direct"
     result = RelayResult()
-    try:
-        rows = statements.claim_batch(
-            using=using,
-            relay_id=relay_id,
-            limit=size,
-            lease=uow_settings.LEASE,
-            ordered=uow_settings.ORDERING == "aggregate",
-            event_ids=event_ids,
-            aggregates=aggregates,
-        )
-    except Exception as exc:
-        raise RelayError(
-            f"Could not claim outbox events on database {using!r}: {describe(exc)}. "
-            "Check that the database is reachable and migrated (manage.py migrate django_uow)."
-        ) from exc
-    result.claimed = len(rows)
-    result.batches = 1
-    if not rows:
-        return result, set()  # an idle poll opens no span
-    # One span per batch (never one for a whole loop), around publish and acknowledge.
     started = time.monotonic()
-    with span(
-        "django_uow.relay.batch", database=using, relay_id=relay_id, claimed=len(rows)
-    ) as current:
-        batch = _Batch(rows, using, relay_id, uow_settings.MAX_ATTEMPTS)
-        batch.run(pubs, result)
-        if current is not None:
-            current.set_attribute("dispatched", result.dispatched)
-            current.set_attribute("failed", result.failed)
-            current.set_attribute("retried", result.retried)
+    if direct:
+        # Claim (= mark dispatched), publish and settle in one short transaction: one
+        # write per published row. An outage raises and rolls the claim back.
+        with transaction.atomic(using=using):
+            batch = _claim(result, using, relay_id, size, event_ids, aggregates, direct)
+            if batch is None:
+                return result, set()  # an idle poll opens no span
+            with _batch_span(using, relay_id, result) as current:
+                batch.publish_and_settle(pubs, result)
+        batch.finish(result)  # counts, logs and signals once the marks are committed
+        _annotate(current, result)
+    else:
+        batch = _claim(result, using, relay_id, size, event_ids, aggregates, direct)
+        if batch is None:
+            return result, set()  # an idle poll opens no span
+        with _batch_span(using, relay_id, result) as current:
+            batch.run(pubs, result)
+            _annotate(current, result)
     signals.relay_batch_finished.send(
         sender=OutboxEvent,
         using=using,

@@ -215,8 +215,15 @@ def claim_batch(
     event_ids: Sequence[Any] | None = None,
     aggregates: Sequence[AggregateKey] | None = None,
     now: datetime.datetime | None = None,
+    dispatch: bool = False,
 ) -> list[OutboxEvent]:
     """Lease up to ``limit`` due events to ``relay_id``; return them in delivery order.
+
+    ``dispatch=True`` (the direct mode, inside the caller's transaction) marks them
+    dispatched instead of leasing them: the one write each row gets when the publish
+    succeeds, and the row locks of that transaction keep other relays off them meanwhile
+    (no lease, so ``claimed_by`` stays empty: later statements of that transaction fence
+    with ``relay_id=""``).
 
     ``event_ids`` restricts the claim to those events (the fast path); ``aggregates``
     to the events of those ``(aggregate_type, aggregate_id)`` keys (a relay going on
@@ -247,6 +254,7 @@ def claim_batch(
             event_ids=event_ids,
             aggregates=aggregates,
             now=now,
+            dispatch=dispatch,
         )
     t = _quote(using, OutboxEvent._meta.db_table)
     lock = ""
@@ -312,14 +320,24 @@ def claim_batch(
             f"AND b.blocker < c.id)) OR {full}"
         )
     columns = ", ".join(_quote(using, c) for c in CLAIM_COLUMNS)
+    q = _quote
+    if dispatch:
+        assignments = (
+            f"{q(using, 'status')} = %s, {q(using, 'dispatched_at')} = %s, "
+            f"{q(using, 'last_error')} = '', {q(using, 'claimed_by')} = '', "
+            f"{q(using, 'claimed_until')} = NULL"
+        )
+        set_params: list[Any] = [DISPATCHED, _dt(using, now)]
+    else:
+        assignments = f"{q(using, 'claimed_by')} = %s, {q(using, 'claimed_until')} = %s"
+        set_params = [relay_id, _dt(using, until)]
     sql = (
-        f"{cte} UPDATE {t} SET {_quote(using, 'claimed_by')} = %s, "
-        f"{_quote(using, 'claimed_until')} = %s, {_quote(using, 'attempts')} = "
-        f"{_quote(using, 'attempts')} + 1 WHERE {_quote(using, 'id')} IN ({eligible}) "
+        f"{cte} UPDATE {t} SET {assignments}, {q(using, 'attempts')} = "
+        f"{q(using, 'attempts')} + 1 WHERE {q(using, 'id')} IN ({eligible}) "
         f"RETURNING {columns}"
     )
     # Parameters in statement order: the CTEs, the SET clause, then the WHERE clause.
-    params += [relay_id, _dt(using, until), *full_params]
+    params += [*set_params, *full_params]
     return delivery_order(list(OutboxEvent.objects.using(using).raw(sql, params)))
 
 
@@ -333,6 +351,7 @@ def claim_portable(
     event_ids: Sequence[Any] | None,
     now: datetime.datetime,
     aggregates: Sequence[AggregateKey] | None = None,
+    dispatch: bool = False,
 ) -> list[OutboxEvent]:
     """The same claim for databases without ``UPDATE ... RETURNING`` (MySQL, MariaDB...).
 
@@ -372,9 +391,11 @@ def claim_portable(
             )
         if not ids:
             return []
-        manager.filter(id__in=ids).update(
-            claimed_by=relay_id, claimed_until=until, attempts=F("attempts") + 1
-        )
+        assignments: dict[str, Any] = {"claimed_by": relay_id, "claimed_until": until}
+        if dispatch:
+            assignments = {"status": DISPATCHED, "dispatched_at": now, "last_error": ""}
+            assignments.update(claimed_by="", claimed_until=None)
+        manager.filter(id__in=ids).update(attempts=F("attempts") + 1, **assignments)
         return delivery_order(list(manager.filter(id__in=ids).only(*CLAIM_COLUMNS)))
 
 
@@ -414,11 +435,16 @@ def renew(*, using: str, relay_id: str, ids: Sequence[int], lease: float) -> int
 
 
 def give_back(*, using: str, relay_id: str, ids: Sequence[int]) -> int:
-    """Release ``ids`` untouched: the lease ends and the attempt counted at claim is refunded."""
+    """Release ``ids`` untouched: the lease ends and the attempt counted at claim is refunded.
+
+    Also undoes the direct mode's mark (status back to pending; a no-op for leased rows).
+    """
     if not ids:
         return 0
     return int(
         _mine(using, relay_id, ids).update(
+            status=PENDING,
+            dispatched_at=None,
             claimed_by="",
             claimed_until=None,
             attempts=Greatest(F("attempts") - 1, Value(0)),
@@ -446,6 +472,7 @@ def record_failures(*, using: str, relay_id: str, failures: Mapping[int, Failure
     return int(
         _mine(using, relay_id, failures).update(
             status=status,
+            dispatched_at=None,
             last_error=error,
             available_at=available,
             claimed_by="",
