@@ -148,7 +148,7 @@ def _check_relay_mode(value: Any) -> list[Message]:
             f"DJANGO_UOW['RELAY_MODE'] must be 'auto', 'lease' or 'direct', not {value!r}.",
             "'auto' (the default) relays directly when every publisher is fast and the "
             "database skips locked rows; see the relay docs for the trade.",
-            70,
+            80,
         )
     ]
 

@@ -55,7 +55,7 @@ def test_the_setting_overrides_the_publishers(settings: Any, mode: str) -> None:
 @pytest.mark.parametrize("value", ["fast", "", None, True])
 def test_a_bad_relay_mode_is_refused_by_its_check(settings: Any, value: Any) -> None:
     settings.DJANGO_UOW = {**settings.DJANGO_UOW, "RELAY_MODE": value}
-    assert "django_uow.E070" in {m.id for m in check_settings()}
+    assert "django_uow.E080" in {m.id for m in check_settings()}
 
 
 @pytest.mark.parametrize(("mode", "writes"), [("lease", 2), ("direct", 1)])
