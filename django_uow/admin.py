@@ -56,11 +56,13 @@ from .models import AggregateRoot, OutboxEvent, ProcessedEvent
 from .redaction import MASK, redact, redactor
 from .relay.redelivery import redeliver
 from .status import outbox_status, snapshot
-from .waiting import WaitReason, failing_heads, wait_reasons
+from .waiting import WaitReason, failing_heads, is_scheduled, not_yet_scheduled, wait_reasons
 
 logger = logging.getLogger("django_uow.admin")
 
 Status = OutboxEvent.Status
+#: The admin's name for pending events recorded with a delay and not due yet.
+SCHEDULED = "scheduled"
 #: Characters of pretty-printed JSON shown on the change page; the rest via "raw JSON".
 JSON_PREVIEW_CHARS = 20_000
 #: Events shown on an aggregate's timeline page.
@@ -176,6 +178,36 @@ class EventTypeFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
         return queryset.filter(event_type=value) if value else queryset
+
+
+class StatusFilter(admin.SimpleListFilter):
+    """The stored statuses, with scheduled events (pending, not due yet) apart from pending.
+
+    Keeps the ``status__exact`` parameter of Django's field filter, so links stay valid.
+    """
+
+    title = _("status")
+    parameter_name = "status__exact"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            (Status.PENDING.value, _("pending (due or backing off)")),
+            (SCHEDULED, _("scheduled (not due yet)")),
+            (Status.DISPATCHED.value, Status.DISPATCHED.label),
+            (Status.FAILED.value, Status.FAILED.label),
+            (Status.DISCARDED.value, Status.DISCARDED.label),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if not value:
+            return queryset
+        now = timezone.now()
+        if value == SCHEDULED:
+            return queryset.filter(status=Status.PENDING, available_at__gt=now, deliver_at__gt=now)
+        if value == Status.PENDING:
+            return queryset.filter(not_yet_scheduled(now), status=Status.PENDING)
+        return queryset.filter(status=value)
 
 
 class AggregateTypeFilter(admin.SimpleListFilter):
@@ -296,13 +328,14 @@ class OutboxEventAdmin(StrictLookupsMixin, admin.ModelAdmin):  # type: ignore[ty
         "event_type",
         "aggregate",
         "status_label",
+        "due_at",
         "waiting",
         "attempts",
         "age",
         "dispatched_at",
     )
     list_filter = (
-        "status",
+        StatusFilter,
         EventTypeFilter,
         AggregateTypeFilter,
         "created_at",
@@ -334,6 +367,7 @@ class OutboxEventAdmin(StrictLookupsMixin, admin.ModelAdmin):  # type: ignore[ty
                     "attempts",
                     "occurred_at",
                     "created_at",
+                    "deliver_at",
                     "available_at",
                     "dispatched_at",
                     "claimed_by",
@@ -354,6 +388,7 @@ class OutboxEventAdmin(StrictLookupsMixin, admin.ModelAdmin):  # type: ignore[ty
         "attempts",
         "occurred_at",
         "created_at",
+        "deliver_at",
         "available_at",
         "dispatched_at",
         "claimed_by",
@@ -408,9 +443,20 @@ class OutboxEventAdmin(StrictLookupsMixin, admin.ModelAdmin):  # type: ignore[ty
 
     @admin.display(description=_("status"), ordering="status")
     def status_label(self, obj: OutboxEvent) -> SafeString:
+        if is_scheduled(obj, timezone.now()):
+            return format_html(
+                '<span class="uow-status uow-status-{}">{}</span>', SCHEDULED, _("scheduled")
+            )
         return format_html(
             '<span class="uow-status uow-status-{}">{}</span>', obj.status, obj.get_status_display()
         )
+
+    @admin.display(description=_("due at"))
+    def due_at(self, obj: OutboxEvent) -> str:
+        """A scheduled event's due time (``record_event(delay=...)``); blank otherwise."""
+        if obj.deliver_at is None:
+            return "-"
+        return _when(obj.deliver_at)
 
     @admin.display(description=_("age"), ordering="id")
     def age(self, obj: OutboxEvent) -> str:
@@ -454,6 +500,9 @@ class OutboxEventAdmin(StrictLookupsMixin, admin.ModelAdmin):  # type: ignore[ty
             status["blocked_aggregates"] = failing_heads(using).count()
             lag = consumer_lag(router.db_for_read(ProcessedEvent))
         status["lag_display"] = format_duration(status["lag_seconds"])
+        # Shown apart: "pending" is what is due (or backing off), "scheduled" what is not yet.
+        status["pending_now"] = status["counts"][Status.PENDING] - status["scheduled"]
+        status["scheduled_url"] = "?" + urlencode({"status__exact": SCHEDULED})
         deliveries = reverse(f"{self.admin_site.name}:django_uow_processedevent_changelist")
         context = {
             **(extra_context or {}),

@@ -44,6 +44,7 @@ def outbox_health(using: str = "default", *, now: datetime | None = None) -> Out
     statement.
 
     ``scheduled`` counts pending events not due yet (backing off, or delivered later).
+    The lag of a scheduled event (``record_event(delay=...)``) counts from its due time.
     """
     now = now or timezone.now()
     connection = connections[using]
@@ -51,11 +52,12 @@ def outbox_health(using: str = "default", *, now: datetime | None = None) -> Out
     status = connection.ops.quote_name("status")
     available = connection.ops.quote_name("available_at")
     created = connection.ops.quote_name("created_at")
+    deliver = connection.ops.quote_name("deliver_at")
     sql = (
         f"SELECT (SELECT COUNT(*) FROM {table} WHERE {status} = %s), "
         f"(SELECT COUNT(*) FROM {table} WHERE {status} = %s), "
         f"(SELECT COUNT(*) FROM {table} WHERE {status} = %s AND {available} > %s), "
-        f"(SELECT MIN({created}) FROM {table} WHERE {status} = %s), "
+        f"(SELECT MIN(COALESCE({deliver}, {created})) FROM {table} WHERE {status} = %s), "
         f"(SELECT MIN({available}) FROM {table} WHERE {status} = %s AND {available} <= %s), "
         f"(SELECT COUNT(*) FROM {table} WHERE {status} = %s)"
     )

@@ -59,11 +59,12 @@ def outbox_scalars(using: str, *, dispatched_cap: int | None) -> dict[str, Scala
     into this one) and read them from the result of ``read_scalars``.
     """
     connection = connections[using]
+    now = timezone.now()
     meta = OutboxEvent._meta
     table = connection.ops.quote_name(meta.db_table)
-    status, created, available, pk = (
+    status, created, available, pk, deliver = (
         connection.ops.quote_name(str(getattr(meta.get_field(name), "column", name)))
-        for name in ("status", "created_at", "available_at", "id")
+        for name in ("status", "created_at", "available_at", "id", "deliver_at")
     )
     Status = OutboxEvent.Status
     count = f"SELECT COUNT(*) FROM {table} WHERE {status} = %s"
@@ -80,13 +81,21 @@ def outbox_scalars(using: str, *, dispatched_cap: int | None) -> dict[str, Scala
 
     return {
         "pending": Scalar(count, [Status.PENDING.value]),
+        # Pending events recorded with a delay and not due yet (part of "pending"); the
+        # pending-rows index serves the range on available_at, never before deliver_at.
+        "scheduled": Scalar(
+            f"{count} AND {available} > %s AND {deliver} > %s",
+            [Status.PENDING.value, *[connection.ops.adapt_datetimefield_value(now)] * 2],
+        ),
         "failed": Scalar(count, [Status.FAILED.value]),
         "dispatched": settled(Status.DISPATCHED.value),
         "discarded": settled(Status.DISCARDED.value),
         # MIN over the pending rows in due order: the partial index on pending rows serves
-        # the inner query, whatever the number of dispatched rows.
+        # the inner query, whatever the number of dispatched rows. A scheduled event is
+        # owed from its due time, not from when it was recorded.
         "oldest_pending": Scalar(
-            f"SELECT MIN(due.{created}) FROM (SELECT {created} FROM {table} "
+            f"SELECT MIN(due.owed_since) FROM (SELECT COALESCE({deliver}, {created}) AS "
+            f"owed_since FROM {table} "
             f"WHERE {status} = %s ORDER BY {available}, {pk} LIMIT {PENDING_SCAN_CAP}) due",
             [Status.PENDING.value],
         ),
@@ -120,11 +129,13 @@ def outbox_status(
     ``dispatched_cap``; pass ``None`` for an exact count; the discarded count stops
     there too, with ``discarded_capped``), ``oldest_pending_created_at`` (ISO 8601 or ``None``)
     and ``lag_seconds``: the age of the oldest event still owed (pending), measured
-    from its ``created_at``; ``0.0`` when nothing is pending. With more than
+    from its ``created_at`` (a scheduled event's from its due time, ``deliver_at``, so
+    one not due yet adds no lag); ``0.0`` when nothing is pending. With more than
     ``PENDING_SCAN_CAP`` pending events the oldest is sought among the earliest due.
 
     Everything is read with one statement (``read_scalars``), so the counts and the
     oldest pending event come from one snapshot: pending > 0 always has its lag.
+    ``scheduled`` counts the pending events recorded with a delay that are not due yet.
     """
     values = read_scalars(using, outbox_scalars(using, dispatched_cap=dispatched_cap))
     Status = OutboxEvent.Status
@@ -147,6 +158,7 @@ def outbox_status(
         "discarded_capped": discarded_capped,
         "oldest_pending_created_at": oldest.isoformat() if oldest is not None else None,
         "lag_seconds": lag,
+        "scheduled": int(values["scheduled"]),
     }
 
 

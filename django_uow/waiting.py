@@ -1,10 +1,13 @@
 """Why a pending event waits, and which aggregates a failing event blocks.
 
-The relay delivers an aggregate's events in ``id`` order, so one failing event holds
-back every later event of its aggregate. An operator looking at a growing lag needs to
-tell "one dead letter blocks one aggregate" from "no relay is running"; these functions
-answer it with a constant number of queries, each walking the owed-rows index
-(``uow_outbox_owed_idx``: pending and failed rows by aggregate), never the dispatched rows.
+The relay delivers an aggregate's due events in order (by due time, then record order:
+``relay.statements.precedes``), so one failing event holds back every later event of
+its aggregate. A scheduled event that is not due yet holds back nothing: it is reported
+as ``scheduled`` and never as the head others wait behind. An operator looking at a
+growing lag needs to tell "one dead letter blocks one aggregate" from "no relay is
+running"; these functions answer it with a constant number of queries, each walking the
+owed-rows index (``uow_outbox_owed_idx``: pending and failed rows by aggregate), never
+the dispatched rows.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from django.db.models import Count, Exists, IntegerField, Min, OuterRef, Q, QuerySet, Subquery
+from django.db import connections
+from django.db.models import Count, IntegerField, Min, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .models import OutboxEvent, OutboxStatus
+from .relay.statements import no_owed_predecessor
 
 PENDING = OutboxStatus.PENDING.value
 FAILED = OutboxStatus.FAILED.value
@@ -33,9 +38,10 @@ STATE_COLUMNS = (
     "available_at",
     "claimed_by",
     "claimed_until",
+    "deliver_at",
 )
 
-WaitKind = Literal["blocked", "behind", "leased", "backing_off", "due"]
+WaitKind = Literal["blocked", "behind", "leased", "backing_off", "scheduled", "due"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,8 @@ class WaitReason:
     ``kind``: ``blocked`` (an earlier event of its aggregate failed for good: it waits
     until someone retries that one), ``behind`` (an earlier event of its aggregate is
     still owed; ``until``/``relay`` then describe that event), ``leased`` (a relay holds
-    it until ``until``), ``backing_off`` (its next try is at ``until``) or ``due``.
+    it until ``until``), ``backing_off`` (its next try is at ``until``), ``scheduled``
+    (recorded with a delay; due at ``until``) or ``due``.
     """
 
     kind: WaitKind
@@ -79,6 +86,8 @@ class WaitReason:
             return f"leased by relay {self.relay} until {until}", ""
         if self.kind == "backing_off":
             return f"next try at {until} (backing off)", ""
+        if self.kind == "scheduled":
+            return f"scheduled for {until}", ""
         return "due now", ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,8 +104,25 @@ def _own_state(event: OutboxEvent, now: datetime.datetime) -> WaitReason:
     if event.claimed_until is not None and event.claimed_until >= now:
         return WaitReason("leased", until=event.claimed_until, relay=event.claimed_by)
     if event.available_at > now:
+        if event.deliver_at is not None and event.deliver_at > now:
+            return WaitReason("scheduled", until=event.available_at)
         return WaitReason("backing_off", until=event.available_at)
     return WaitReason("due")
+
+
+def is_scheduled(event: OutboxEvent, now: datetime.datetime) -> bool:
+    """A pending event recorded with a delay that is not due yet."""
+    return (
+        event.status == PENDING
+        and event.deliver_at is not None
+        and event.deliver_at > now
+        and event.available_at > now
+    )
+
+
+def not_yet_scheduled(now: datetime.datetime) -> Q:
+    """Owed rows that can hold others back: all but scheduled events not due yet."""
+    return Q(deliver_at__isnull=True) | Q(deliver_at__lte=now)
 
 
 def _behind(head: OutboxEvent, now: datetime.datetime) -> WaitReason:
@@ -125,7 +151,11 @@ def wait_reasons(
     firsts: dict[tuple[str, str], tuple[int, int | None]] = {}
     heads: dict[int, OutboxEvent] = {}
     if keyed:
-        owed = OutboxEvent.objects.using(using).filter(status__in=[PENDING, FAILED])
+        owed = (
+            OutboxEvent.objects.using(using)
+            .filter(status__in=[PENDING, FAILED])
+            .filter(not_yet_scheduled(now))
+        )
         for agg_type, agg_id, first, first_failed in (
             owed.filter(
                 aggregate_type__in={e.aggregate_type for e in keyed},
@@ -151,7 +181,9 @@ def wait_reasons(
     reasons: dict[int, WaitReason] = {}
     for event in pending:
         first, first_failed = firsts.get((event.aggregate_type, event.aggregate_id), (0, None))
-        if first_failed is not None and first_failed < event.pk and first_failed in heads:
+        if event.deliver_at is not None and event.deliver_at > now:
+            reasons[event.pk] = _own_state(event, now)  # not due: nothing else matters yet
+        elif first_failed is not None and first_failed < event.pk and first_failed in heads:
             head = heads[first_failed]
             reasons[event.pk] = WaitReason(
                 "blocked", blocker_pk=head.pk, blocker_event_id=head.event_id
@@ -168,8 +200,8 @@ def failing_heads(using: str, *, now: datetime.datetime | None = None) -> QueryS
 
     A head is failing when it is failed (a dead letter) or pending after a failed
     attempt and backing off; ``waiting`` counts the owed events of its aggregate behind
-    it. Events without an aggregate block nothing and are left out. Ordered with the
-    most events waiting first.
+    it (scheduled events not due yet left out). Events without an aggregate block
+    nothing and are left out. Ordered with the most events waiting first.
     """
     now = now or timezone.now()
     owed = OutboxEvent.objects.using(using).filter(status__in=[PENDING, FAILED])
@@ -177,9 +209,12 @@ def failing_heads(using: str, *, now: datetime.datetime | None = None) -> QueryS
         "aggregate_type": OuterRef("aggregate_type"),
         "aggregate_id": OuterRef("aggregate_id"),
     }
-    earlier = owed.filter(**same_aggregate, id__lt=OuterRef("id"))
+    # The head: no owed event of its aggregate precedes it (the relay's own rule).
+    table = connections[using].ops.quote_name(OutboxEvent._meta.db_table)
+    first, params = no_owed_predecessor(using, table)
     behind = (
-        owed.filter(**same_aggregate, id__gt=OuterRef("id"))
+        owed.filter(not_yet_scheduled(now))
+        .filter(**same_aggregate, id__gt=OuterRef("id"))
         .order_by()
         .values("aggregate_type")
         .annotate(n=Count("id"))
@@ -188,7 +223,7 @@ def failing_heads(using: str, *, now: datetime.datetime | None = None) -> QueryS
     return (
         owed.filter(Q(status=FAILED) | Q(attempts__gt=0, available_at__gt=now))
         .exclude(aggregate_id="")
-        .filter(~Exists(earlier))
+        .extra(where=[first], params=params)
         .annotate(waiting=Coalesce(Subquery(behind, output_field=IntegerField()), 0))
         .order_by("-waiting", "id")
     )

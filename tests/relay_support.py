@@ -86,3 +86,20 @@ class RaisingPublisher:
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
         self.calls += 1
         raise self.exc
+
+
+class RedisListPublisher:
+    """Appends ``aggregate:reason:event_id`` to a Redis list, one pipeline per batch."""
+
+    def __init__(self, url: str, key: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.key = key
+
+    def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
+        pipe = self.client.pipeline(transaction=False)
+        for e in envelopes:
+            pipe.rpush(self.key, f"{e.aggregate_id}:{e.payload['reason']}:{e.event_id}")
+        pipe.execute()
+        return None

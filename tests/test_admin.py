@@ -232,6 +232,32 @@ def test_list_count_is_capped(admin_client: Client, monkeypatch: pytest.MonkeyPa
 # -- filters and search ------------------------------------------------------------------
 
 
+def test_scheduled_events_are_shown_apart_from_pending_ones(admin_client: Client) -> None:
+    now = timezone.now()
+    later = now + timedelta(hours=2)
+    due = make_event(aggregate_id="1")
+    scheduled = make_event(aggregate_id="2", deliver_at=later, available_at=later)
+    behind_schedule = make_event(aggregate_id="2")  # recorded after it, due now
+    retrying = make_event(aggregate_id="3", attempts=1, available_at=now + timedelta(hours=1))
+    page = admin_client.get(url("changelist")).content.decode()
+    assert 'id="outbox-count-pending">3<' in page
+    assert 'id="outbox-count-scheduled">1<' in page
+    assert page.count('class="uow-status uow-status-scheduled"') == 1
+    assert page.count('class="uow-status uow-status-pending"') == 3
+    assert f"scheduled for {later.isoformat(timespec='seconds')}" in page
+    # The event recorded after the scheduled one waits for nothing.
+    assert f"behind event <a href=\"{url('change', scheduled.pk)}\"" not in page
+    ids = {e: str(e.event_id)[:8] for e in (due, scheduled, behind_schedule, retrying)}
+    only = admin_client.get(url("changelist"), {"status__exact": "scheduled"}).content.decode()
+    assert [e for e, short in ids.items() if short in only] == [scheduled]
+    pending = admin_client.get(url("changelist"), {"status__exact": "pending"}).content.decode()
+    assert [e for e, short in ids.items() if short in pending] == [due, behind_schedule, retrying]
+    detail = admin_client.get(url("change", scheduled.pk)).content.decode()
+    assert "scheduled for" in detail
+    blocked = admin_client.get(url("blocked")).content.decode()
+    assert str(retrying.event_id) in blocked and str(scheduled.event_id) not in blocked
+
+
 def test_filters_by_status_event_type_and_aggregate_type(admin_client: Client) -> None:
     failed = make_event(status=Status.FAILED, event_type="testapp.OrderPaid")
     pending = make_event(aggregate_type="testapp.counter")

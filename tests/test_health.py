@@ -53,6 +53,23 @@ def test_the_numbers_come_from_one_statement(
 
 
 @db
+def test_a_scheduled_event_adds_no_lag_before_it_is_due() -> None:
+    now = timezone.now()
+    (row,) = make_rows([("1", "reminder")])
+    later = now + datetime.timedelta(days=7)
+    OutboxEvent.objects.filter(pk=row.pk).update(
+        created_at=now - datetime.timedelta(hours=1), deliver_at=later, available_at=later
+    )
+    numbers = outbox_health(now=now)
+    assert (numbers.pending, numbers.scheduled, numbers.lag_seconds) == (1, 1, 0.0)
+    due = now - datetime.timedelta(seconds=30)
+    OutboxEvent.objects.filter(pk=row.pk).update(deliver_at=due, available_at=due)
+    numbers = outbox_health(now=now)
+    assert numbers.scheduled == 0
+    assert numbers.lag_seconds == pytest.approx(30, abs=1)  # from its due time, not 1 h
+
+
+@db
 def test_an_empty_outbox_is_healthy(client: Client) -> None:
     response = client.get("/health/outbox/")
     assert response.status_code == 200

@@ -12,20 +12,19 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import pytest
 from django.db import connection, connections, transaction
 
-from django_uow import Envelope, RelayError
+from django_uow import RelayError
 from django_uow.models import OutboxEvent, ProcessedEvent
 from django_uow.publishers import RedisStreamPublisher
 from django_uow.relay import RelayLoop, relay_pending
 from tests.conftest import CI
-from tests.relay_support import interleaved, make_rows
+from tests.relay_support import RedisListPublisher, interleaved, make_rows
 from tests.testapp.models import Effect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -285,23 +284,6 @@ def test_relay_killed_mid_batch_delivers_everything_and_effects_happen_once(
 
 
 # ----------------------------------------------------------------------- concurrency
-
-
-class RedisListPublisher:
-    """Appends ``aggregate:reason:event_id`` to a Redis list, one pipeline per batch."""
-
-    def __init__(self, url: str, key: str) -> None:
-        import redis
-
-        self.client = redis.Redis.from_url(url)
-        self.key = key
-
-    def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
-        pipe = self.client.pipeline(transaction=False)
-        for e in envelopes:
-            pipe.rpush(self.key, f"{e.aggregate_id}:{e.payload['reason']}:{e.event_id}")
-        pipe.execute()
-        return None
 
 
 @pytest.mark.server_db

@@ -326,3 +326,92 @@ def test_a_failed_earlier_event_blocks_a_scheduled_one_when_it_comes_due() -> No
     publisher = RecordingPublisher()
     relay_pending(publishers=[publisher])
     assert publisher.reasons() == []
+
+
+# ----------------------------------------------------------------------- concurrency
+
+
+@pytest.mark.server_db
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_relays_publish_scheduled_and_plain_events_once_in_order(
+    redis_server: str,
+) -> None:
+    import random
+    import threading
+    import time
+
+    import redis
+    from django.db import connections
+
+    from tests.relay_support import RedisListPublisher
+
+    now = timezone.now()
+    rng = random.Random(14)
+    specs: list[tuple[str, str, float, float | None]] = []
+    for seq in range(40):  # 8 aggregates, interleaved, one event per aggregate per second
+        for agg in range(1, 9):
+            recorded = -400.0 + seq * 8 + agg / 10
+            kind = rng.random()
+            if kind < 0.3:  # scheduled, due by now
+                due: float | None = min(recorded + rng.uniform(1, 120), -1.0)
+            elif kind < 0.4:  # scheduled, not due for an hour
+                due = 3600.0 + rng.uniform(0, 60)
+            else:
+                due = None
+            specs.append((str(agg), str(len(specs)), recorded, due))
+    rows = write_schedule(specs, now=now)
+    due_of = {
+        r.payload["reason"]: (r.deliver_at or r.occurred_at, r.id)
+        for r in rows
+        if r.deliver_at is None or r.deliver_at <= now
+    }
+    expected: dict[str, list[str]] = {}
+    for r in sorted(rows, key=lambda r: (r.deliver_at or r.occurred_at, r.id)):
+        if r.payload["reason"] in due_of:
+            expected.setdefault(r.aggregate_id, []).append(r.payload["reason"])
+    key = f"uowtest:scheduled:{uuid.uuid4().hex[:8]}"
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def due_left() -> bool:
+        return OutboxEvent.objects.filter(status="pending", available_at__lte=now).exists()
+
+    def relay() -> None:
+        publisher = RedisListPublisher(redis_server, key)
+        try:
+            start.wait(timeout=10)
+            for _ in range(400):
+                summary = relay_pending(batch_size=7, publishers=[publisher])
+                if not summary.relayed:
+                    if not due_left():
+                        break
+                    time.sleep(0.01)  # the others hold the due events: let them finish
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+            publisher.client.close()
+
+    threads = [threading.Thread(target=relay) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    client = redis.Redis.from_url(redis_server)
+    try:
+        published = [item.decode() for item in client.lrange(key, 0, -1)]
+    finally:
+        client.delete(key)
+        client.close()
+    assert not errors, errors
+    event_ids = [item.rsplit(":", 1)[1] for item in published]
+    assert len(event_ids) == len(set(event_ids)) == len(due_of)  # each due event once
+    seen: dict[str, list[str]] = {}
+    for item in published:
+        aggregate_id, reason, _ = item.split(":")
+        seen.setdefault(aggregate_id, []).append(reason)
+    assert seen == expected
+    not_due = OutboxEvent.objects.exclude(status="dispatched")
+    assert not_due.count() == len(rows) - len(due_of) > 0
+    assert all(r.deliver_at > now for r in not_due)

@@ -49,6 +49,7 @@ def test_empty_outbox(frozen_now: datetime) -> None:
         "discarded_capped": False,
         "oldest_pending_created_at": None,
         "lag_seconds": 0.0,
+        "scheduled": 0,
     }
 
 
@@ -71,9 +72,27 @@ def test_one_cheap_statement_reads_counts_and_the_oldest_pending() -> None:
         outbox_status()
     sql = [q["sql"] for q in ctx.captured_queries]
     assert len(sql) == 1, sql  # one statement: one snapshot
-    assert sql[0].count("COUNT(*)") == 4  # pending, failed, dispatched and discarded ...
+    # pending, scheduled (pending, not due yet), failed, dispatched and discarded ...
+    assert sql[0].count("COUNT(*)") == 5
     assert sql[0].count("LIMIT 10001") == 2  # ... the last two capped
     assert "MIN(" in sql[0] and "LIMIT 100000" in sql[0]  # the oldest, through the due order
+
+
+def test_a_scheduled_event_is_counted_apart_and_adds_no_lag_until_it_is_due(
+    frozen_now: datetime,
+) -> None:
+    later = frozen_now + timedelta(hours=3)
+    make_event(Status.PENDING, frozen_now - timedelta(days=1), deliver_at=later, available_at=later)
+    status = outbox_status()
+    assert (status["counts"]["pending"], status["scheduled"]) == (1, 1)
+    assert status["lag_seconds"] == 0.0  # recorded a day ago, but owed only in 3 hours
+    # Once due, its lag counts from its due time, not from when it was recorded.
+    due = frozen_now - timedelta(minutes=10)
+    OutboxEvent.objects.update(deliver_at=due, available_at=due)
+    status = outbox_status()
+    assert (status["counts"]["pending"], status["scheduled"]) == (1, 0)
+    assert status["lag_seconds"] == 600.0
+    assert status["oldest_pending_created_at"] == due.isoformat()
 
 
 def test_nothing_pending_is_read_in_the_same_statement(frozen_now: datetime) -> None:

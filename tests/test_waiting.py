@@ -161,6 +161,29 @@ def make_blocked_outbox() -> dict[str, OutboxEvent]:
     return {"dead": dead, "retrying": retrying}
 
 
+def test_a_scheduled_event_not_due_yet_waits_for_its_time_and_holds_nothing_back() -> None:
+    later = timezone.now() + timedelta(hours=1)
+    scheduled = event(deliver_at=later, available_at=later)
+    after = event()  # recorded after it, due now
+    reason = reason_of(scheduled)
+    assert (reason.kind, reason.until) == ("scheduled", later)
+    assert reason.text == f"scheduled for {later.isoformat(timespec='seconds')}"
+    assert reason_of(after).kind == "due"
+    # Once it is due, it is an owed event like any other, recorded before "after".
+    assert reason_of(after, now=later + timedelta(seconds=1)).kind == "behind"
+
+
+def test_a_scheduled_event_not_due_yet_hides_no_failing_head() -> None:
+    later = timezone.now() + timedelta(hours=1)
+    event(deliver_at=later, available_at=later)
+    head = event(status=Status.FAILED, attempts=5)
+    event()
+    event(deliver_at=later + timedelta(hours=1), available_at=later + timedelta(hours=1))
+    (found,) = failing_heads("default")
+    assert found.pk == head.pk
+    assert found.waiting == 1  # the scheduled events wait for their time, not for it
+
+
 def test_failing_heads_and_how_many_wait_behind_each() -> None:
     rows = make_blocked_outbox()
     heads = list(failing_heads("default"))
