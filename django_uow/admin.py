@@ -56,7 +56,7 @@ from .models import AggregateRoot, OutboxEvent, ProcessedEvent
 from .redaction import MASK, redact, redactor
 from .relay.redelivery import redeliver
 from .status import outbox_status, snapshot
-from .waiting import WaitReason, failing_heads, is_scheduled, not_yet_scheduled, wait_reasons
+from .waiting import WaitReason, failing_heads, is_scheduled, not_scheduled_for_later, wait_reasons
 
 logger = logging.getLogger("django_uow.admin")
 
@@ -189,7 +189,7 @@ class StatusFilter(admin.SimpleListFilter):
     title = _("status")
     parameter_name = "status__exact"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
         return [
             (Status.PENDING.value, _("pending (due or backing off)")),
             (SCHEDULED, _("scheduled (not due yet)")),
@@ -206,7 +206,7 @@ class StatusFilter(admin.SimpleListFilter):
         if value == SCHEDULED:
             return queryset.filter(status=Status.PENDING, available_at__gt=now, deliver_at__gt=now)
         if value == Status.PENDING:
-            return queryset.filter(not_yet_scheduled(now), status=Status.PENDING)
+            return queryset.filter(not_scheduled_for_later(now), status=Status.PENDING)
         return queryset.filter(status=value)
 
 

@@ -120,9 +120,10 @@ def is_scheduled(event: OutboxEvent, now: datetime.datetime) -> bool:
     )
 
 
-def not_yet_scheduled(now: datetime.datetime) -> Q:
-    """Owed rows that can hold others back: all but scheduled events not due yet."""
-    return Q(deliver_at__isnull=True) | Q(deliver_at__lte=now)
+def not_scheduled_for_later(now: datetime.datetime) -> Q:
+    """Owed rows that can hold others back: all but scheduled events not due yet
+    (the rows ``is_scheduled`` is false for)."""
+    return Q(deliver_at__isnull=True) | Q(deliver_at__lte=now) | Q(available_at__lte=now)
 
 
 def _behind(head: OutboxEvent, now: datetime.datetime) -> WaitReason:
@@ -154,7 +155,7 @@ def wait_reasons(
         owed = (
             OutboxEvent.objects.using(using)
             .filter(status__in=[PENDING, FAILED])
-            .filter(not_yet_scheduled(now))
+            .filter(not_scheduled_for_later(now))
         )
         for agg_type, agg_id, first, first_failed in (
             owed.filter(
@@ -181,7 +182,7 @@ def wait_reasons(
     reasons: dict[int, WaitReason] = {}
     for event in pending:
         first, first_failed = firsts.get((event.aggregate_type, event.aggregate_id), (0, None))
-        if event.deliver_at is not None and event.deliver_at > now:
+        if is_scheduled(event, now):
             reasons[event.pk] = _own_state(event, now)  # not due: nothing else matters yet
         elif first_failed is not None and first_failed < event.pk and first_failed in heads:
             head = heads[first_failed]
@@ -213,20 +214,21 @@ def failing_heads(using: str, *, now: datetime.datetime | None = None) -> QueryS
     table = connections[using].ops.quote_name(OutboxEvent._meta.db_table)
     first, params = no_owed_predecessor(using, table)
     behind = (
-        owed.filter(not_yet_scheduled(now))
+        owed.filter(not_scheduled_for_later(now))
         .filter(**same_aggregate, id__gt=OuterRef("id"))
         .order_by()
         .values("aggregate_type")
         .annotate(n=Count("id"))
         .values("n")
     )
-    return (
+    heads: QuerySet[OutboxEvent] = (
         owed.filter(Q(status=FAILED) | Q(attempts__gt=0, available_at__gt=now))
         .exclude(aggregate_id="")
         .extra(where=[first], params=params)
         .annotate(waiting=Coalesce(Subquery(behind, output_field=IntegerField()), 0))
         .order_by("-waiting", "id")
     )
+    return heads
 
 
 #: Columns shown for a blocking head (``last_error`` is capped by the caller).

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_uow import RetryAfter, UnitOfWork
@@ -235,6 +236,27 @@ def test_the_fast_path_leaves_a_scheduled_event_for_later() -> None:
     publisher = RecordingPublisher()
     relay_events(OutboxEvent.objects.values_list("event_id", flat=True), publishers=[publisher])
     assert publisher.reasons() == ["now"]
+    assert dict(OutboxEvent.objects.values_list("payload__reason", "status")) == {
+        "later": "pending",
+        "now": "dispatched",
+    }
+
+
+def test_a_commit_of_scheduled_events_only_claims_nothing_on_the_fast_path(
+    settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    settings.DJANGO_UOW = {**settings.DJANGO_UOW, "RELAY_ON_COMMIT": "inline"}
+    order = Order.objects.create(total=Decimal("3.00"))
+    with django_capture_on_commit_callbacks() as callbacks, UnitOfWork():
+        order.record_event(OrderCancelled(order_id=order.pk, reason="later"), delay=60)
+        order.save()
+    with CaptureQueriesContext(connection) as after_commit:
+        for callback in callbacks:
+            callback()
+    assert after_commit.captured_queries == []  # no claim: nothing of it is due
+    with django_capture_on_commit_callbacks(execute=True), UnitOfWork():
+        order.record_event(OrderCancelled(order_id=order.pk, reason="now"))
+        order.save()
     assert dict(OutboxEvent.objects.values_list("payload__reason", "status")) == {
         "later": "pending",
         "now": "dispatched",

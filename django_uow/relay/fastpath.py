@@ -22,6 +22,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connections
+from django.utils import timezone
 
 from ..brokers import celery_connection
 from ..conf import uow_settings
@@ -98,7 +99,14 @@ def relay_after_commit(
     Broker work is bounded by ``FAST_PATH_TIMEOUT``; while the breaker is open the events
     are left to the sweep at once.
     """
-    event_ids = [row.event_id for row in events]
+    # A scheduled event is not due at commit: no relay could take it now, so it costs no
+    # claim here (the sweep delivers it once due).
+    now = timezone.now()
+    event_ids = [
+        row.event_id
+        for row in events
+        if getattr(row, "deliver_at", None) is None or row.deliver_at <= now
+    ]
     if event_ids and uow_settings.NOTIFY:
         notify_relays(using)
     mode = uow_settings.RELAY_ON_COMMIT
