@@ -1,9 +1,10 @@
 """``python -m benchmarks [--quick] [--only WORKLOAD ...] [--reps N]``.
 
 Runs every workload against the real PostgreSQL (database ``uow_bench``) and Redis
-(DB 6), prints a table (medians, ratios to the hand-written baseline of the same run),
-and writes ``benchmarks/results/latest.json``, the generated section of
-``docs/benchmarks.md`` and ``docs/img/benchmarks.png``.
+(DB 6), prints a table (medians, ratios to the hand-written baseline measured in the
+same interleaved rounds, and their spread), and writes ``benchmarks/results/latest.json``,
+one history entry per full run (``benchmarks/results/history/``), the generated section
+of ``docs/benchmarks.md`` and ``docs/img/benchmarks.png``.
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="re-run the --only workloads and replace their rows in the latest results",
     )
     parser.add_argument(
+        "--history-runs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the page aggregates the last N full runs of each target (default 5)",
+    )
+    parser.add_argument(
         "--render",
         metavar="JSON",
         default=None,
@@ -92,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         from .harness import Config
         from .report import load_results, write_outputs
 
-        write_outputs(load_results(Path(args.render)), Config(False, 0, set(), None), ROOT)
+        write_outputs(
+            load_results(Path(args.render)),
+            Config(False, 0, set(), None),
+            ROOT,
+            record=False,
+            history_runs=args.history_runs,
+        )
         return 0
 
     import django
@@ -106,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import celery_app  # noqa: F401 - the benchmark's app becomes celery.current_app
     from .db import migrate
-    from .harness import Config, Results
+    from .harness import Config, Results, load_average
     from .report import write_outputs
     from .workloads import registry
 
@@ -154,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.merge and started_at:
         results.meta["started"] = started_at
+    results.meta["invocation"] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "workloads": [w for w in WORKLOADS if w in cfg.only],
+        "load_average": [load_average()],
+    }
     started = time.perf_counter()
     failures: list[str] = []
     for name in WORKLOADS:
@@ -176,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.merge:
         results.meta["duration_s"] = round(time.perf_counter() - started, 1)
     results.meta["failed_workloads"] = failures
+    results.meta["invocation"]["load_average"].append(load_average())
     if not args.no_write:
-        write_outputs(results, cfg, ROOT)
+        write_outputs(results, cfg, ROOT, history_runs=args.history_runs)
     print(f"\nDone in {results.meta['duration_s']} s.", flush=True)
     return 1 if failures else 0
 

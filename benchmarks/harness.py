@@ -1,4 +1,11 @@
-"""Repetitions, medians, ratios and the result rows every workload reports."""
+"""Repetitions, medians, ratios and the result rows every workload reports.
+
+A workload measures its baseline and its candidates interleaved (``interleaved``): one
+round runs each of them once, in turn, and the next round again (A B A B ...), so a
+shared machine's drift hits all of them alike. Each round gives one ratio per candidate
+(its rate over the baseline's in the same round); a row's ratio is the median of those,
+and its spread their minimum and maximum.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +32,13 @@ class Row:
     note: str = ""
     not_measured: str = ""
     higher_is_better: bool = True
+    #: One ratio to the baseline per interleaved round (empty: the row was not paired).
+    ratios: list[float] = field(default_factory=list)
+
+    @property
+    def spread(self) -> tuple[float, float] | None:
+        """The smallest and largest per-round ratio, when the row was paired."""
+        return (min(self.ratios), max(self.ratios)) if self.ratios else None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,6 +51,12 @@ class Target:
     measured: str
     passed: bool | None
     why: str = ""
+    #: The measured figure (a ratio unless ``unit`` says otherwise), for the history.
+    value: float | None = None
+    unit: str = "×"
+    #: Row keys the target reads: a re-run (``--merge``) records it in the history only
+    #: when all of them were measured by that run.
+    inputs: list[str] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -67,22 +87,25 @@ class Results:
         self.rows: dict[str, Row] = {}
         self.targets: list[Target] = []
         self.meta: dict[str, Any] = {}
+        #: Keys of the rows and targets measured by this invocation (not loaded).
+        self.fresh_rows: set[str] = set()
+        self.fresh_targets: set[str] = set()
 
     def add(self, row: Row) -> Row:
-        if row.baseline and row.value is not None:
-            base = self.rows.get(row.baseline)
-            if base is not None and base.value:
-                row.ratio = row.value / base.value
+        _set_ratio(row, self.rows.get(row.baseline or ""))
         self.rows[row.key] = row
+        self.fresh_rows.add(row.key)
         print(_format_row(row), flush=True)
         return row
 
     def finalize(self) -> None:
         """Compute every ratio against its baseline once all rows are in."""
         for row in self.rows.values():
-            base = self.rows.get(row.baseline or "")
-            if base is not None and base.value and row.value is not None:
-                row.ratio = row.value / base.value
+            _set_ratio(row, self.rows.get(row.baseline or ""))
+
+    def ratio(self, key: str) -> float | None:
+        row = self.rows.get(key)
+        return None if row is None else row.ratio
 
     def value(self, key: str) -> float | None:
         row = self.rows.get(key)
@@ -95,17 +118,95 @@ class Results:
         measured: str,
         passed: bool | None,
         why: str = "",
+        *,
+        value: float | None = None,
+        unit: str = "×",
+        inputs: list[str] | None = None,
     ) -> None:
-        target = Target(key, description, measured, passed, "" if passed else why)
+        target = Target(
+            key, description, measured, passed, "" if passed else why, value, unit, inputs or []
+        )
+        self.targets = [t for t in self.targets if t.key != key]
         self.targets.append(target)
+        self.fresh_targets.add(key)
         print(f"  target {target.verdict:>12}: {description} — {measured}", flush=True)
+
+
+def _set_ratio(row: Row, base: Row | None) -> None:
+    """Paired rows: the median of their per-round ratios; others: value over baseline."""
+    if row.ratios:
+        row.ratio = statistics.median(row.ratios)
+    elif base is not None and base.value and row.value is not None:
+        row.ratio = row.value / base.value
 
 
 def _format_row(row: Row) -> str:
     if row.not_measured:
         return f"  {row.label:<58} not measured: {row.not_measured}"
     ratio = f"{row.ratio:6.2f}×" if row.ratio is not None else "       "
-    return f"  {row.label:<58} {row.value:>12,.1f} {row.unit:<9} {ratio}"
+    spread = f" ({row.spread[0]:.2f}–{row.spread[1]:.2f})" if row.spread else ""
+    return f"  {row.label:<58} {row.value:>12,.1f} {row.unit:<9} {ratio}{spread}"
+
+
+def ratio_text(row: Row) -> str:
+    """A row's ratio and, when paired, its spread: ``0.92x (0.88-0.95 over 5 rounds)``."""
+    if row.ratio is None:
+        return "not measured"
+    spread = row.spread
+    rounds = f" ({spread[0]:.2f}–{spread[1]:.2f} over {len(row.ratios)} round(s))" if spread else ""
+    return f"{row.ratio:.2f}×{rounds}"
+
+
+def interleaved(
+    runs: dict[str, Callable[[], int]],
+    reps: int,
+    setup: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+    """Run every entry of ``runs`` once per round, in turn, for ``reps`` rounds: ops/s each.
+
+    Each callable returns how many operations it did; ``setup(key)``, when given, runs
+    untimed before each of them (to reset a backlog, say).
+    """
+    samples: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(reps):
+        for key, run in runs.items():
+            if setup is not None:
+                setup(key)
+            start = time.perf_counter()
+            count = run()
+            samples[key].append(count / (time.perf_counter() - start))
+    return samples
+
+
+def paired_ratios(samples: list[float], base: list[float]) -> list[float]:
+    """Round by round, ``samples[i] / base[i]`` (rates of the same interleaved round)."""
+    return [s / b for s, b in zip(samples, base, strict=True) if b]
+
+
+def paired_row(
+    workload: str,
+    key: str,
+    label: str,
+    unit: str,
+    samples: dict[str, list[float]],
+    baseline: str,
+    *,
+    scale: float = 1.0,
+    note: str = "",
+) -> Row:
+    """A row for ``samples[key]`` (times ``scale``) with its per-round ratios to ``baseline``."""
+    mine = [s * scale for s in samples[key]]
+    return Row(
+        workload,
+        key,
+        label,
+        unit,
+        statistics.median(mine),
+        mine,
+        baseline=baseline,
+        note=note,
+        ratios=paired_ratios(samples[key], samples[baseline]) if key != baseline else [],
+    )
 
 
 def median_rate(

@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import history
 from .harness import Config, Results
 from .report_delivery import hotagg_section, soak_section, write_soak_chart
 
@@ -70,7 +71,15 @@ def load_results(path: Path) -> Results:
     return results
 
 
-def write_outputs(results: Results, cfg: Config, root: Path) -> None:
+def write_outputs(
+    results: Results,
+    cfg: Config,
+    root: Path,
+    *,
+    record: bool = True,
+    history_runs: int | None = None,
+) -> None:
+    """Write the JSON; for a full run, its history entry, the page and the charts."""
     meta = results.meta
     if "versions" not in meta:
         meta["versions"] = {**versions(meta.get("peer_versions")), **server_versions()}
@@ -86,7 +95,11 @@ def write_outputs(results: Results, cfg: Config, root: Path) -> None:
     (out_dir / name).write_text(json.dumps(data, indent=2, default=str) + "\n")
     print(f"wrote {out_dir / name}")
     if cfg.quick:
-        return  # the published page and chart come from full runs only
+        return  # the history, the published page and the chart come from full runs only
+    if record:
+        entry = history.record(results, cfg, root)
+        if entry is not None:
+            print(f"wrote {entry}")
     chart = root / "docs" / "img" / "benchmarks.png"
     if write_chart(results, chart):
         print(f"wrote {chart}")
@@ -94,7 +107,8 @@ def write_outputs(results: Results, cfg: Config, root: Path) -> None:
     if write_soak_chart(results, soak_chart):
         print(f"wrote {soak_chart}")
     page = root / "docs" / "benchmarks.md"
-    write_page(page, render_markdown(results))
+    runs = history_runs or history.RUNS
+    write_page(page, render_markdown(results, history.load(root), runs))
     print(f"wrote {page}")
 
 
@@ -121,24 +135,37 @@ def ordered(results: Results) -> list[Any]:
     return sorted(rows, key=lambda r: ORDER.index(r.workload) if r.workload in ORDER else 99)
 
 
-def render_markdown(results: Results) -> str:
+def _spread(row: Any) -> str:
+    spread = row.spread
+    return "" if spread is None else f"{spread[0]:.2f}–{spread[1]:.2f}"
+
+
+def render_markdown(
+    results: Results, runs_history: list[dict[str, Any]] | None = None, runs: int = history.RUNS
+) -> str:
     meta = results.meta
+    past = runs_history or []
     lines = [
         BEGIN,
         "",
-        f"Run: {meta.get('started')} ({meta.get('mode')} mode, median of {meta.get('reps')} "
-        f"repetitions, {meta.get('duration_s')} s in all) on {meta.get('machine')}."
+        f"Run: {meta.get('started')} ({meta.get('mode')} mode, {meta.get('reps')} interleaved "
+        f"rounds, {meta.get('duration_s')} s in all) on {meta.get('machine')}."
         + (f" Workloads {meta['rerun']}." if meta.get("rerun") else ""),
+        "",
+        f"History: {len(past)} full run(s) recorded in `benchmarks/results/history/`; the "
+        f"columns *over runs* and *full runs passed* take the last {runs} runs that measured "
+        "each row or target.",
         "",
         "### Results",
         "",
-        "| workload | what | median | unit | × baseline | baseline |",
-        "|---|---|---:|---|---:|---|",
+        "| workload | what | median | unit | × baseline | spread (rounds) | × over runs "
+        "(min–max) | baseline |",
+        "|---|---|---:|---|---:|---:|---:|---|",
     ]
     for row in ordered(results):
         if row.not_measured:
             lines.append(
-                f"| {row.workload} | {row.label} | not measured: {row.not_measured} | | | |"
+                f"| {row.workload} | {row.label} | not measured: {row.not_measured} | | | | | |"
             )
             continue
         ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
@@ -146,21 +173,28 @@ def render_markdown(results: Results) -> str:
         base_label = base.label if base is not None and base is not row else ""
         if base is row:
             base_label = "(this is the baseline)"
+        over = history.row_summary(past, row.key, runs) if base is not row else None
+        over_runs = f"{over.figures()}, {over.runs} run(s)" if over is not None else ""
         note = f" ({row.note})" if row.note else ""
         lines.append(
             f"| {row.workload} | {row.label}{note} | {_fmt(row.value, row.unit)} | {row.unit} "
-            f"| {ratio} | {base_label} |"
+            f"| {ratio} | {_spread(row)} | {over_runs} | {base_label} |"
         )
     lines += [
         "",
         "### Targets",
         "",
-        "| verdict | target | measured | why missed |",
-        "|---|---|---|---|",
+        "| verdict (this run) | target | this run | full runs passed | median (min–max) "
+        "over runs | why missed (this run) |",
+        "|---|---|---|---:|---|---|",
     ]
     for target in results.targets:
+        summary = history.target_summary(past, target.key, runs)
+        passed = f"{summary.passed} of {summary.runs}" if summary is not None else "—"
+        figures = summary.figures() if summary is not None else "—"
         lines.append(
-            f"| **{target.verdict}** | {target.description} | {target.measured} | {target.why} |"
+            f"| **{target.verdict}** | {target.description} | {target.measured} | {passed} "
+            f"| {figures} | {target.why} |"
         )
     lines += hotagg_section(results) + soak_section(results)
     lines += ["", "### Versions", "", "| component | version |", "|---|---|"]
@@ -221,7 +255,12 @@ def write_chart(results: Results, path: Path) -> bool:
             else ("#e76f51" if r.key.startswith("peer") or ".peer" in r.key else "#8d99ae")
             for r in rows
         ]
-        ax.barh(labels[::-1], ratios[::-1], color=colors[::-1])
+        # Error bars: the lowest and highest per-round ratio of each paired row.
+        errors = [
+            [r.ratio - r.spread[0] if r.spread else 0.0 for r in rows[::-1]],
+            [r.spread[1] - r.ratio if r.spread else 0.0 for r in rows[::-1]],
+        ]
+        ax.barh(labels[::-1], ratios[::-1], color=colors[::-1], xerr=errors, capsize=2)
         ax.axvline(1.0, color="black", linewidth=0.8)
         unit = rows[0].unit
         lower = "higher is better" if rows[0].higher_is_better else "lower is better"
@@ -236,7 +275,7 @@ def write_chart(results: Results, path: Path) -> bool:
                 va="center",
                 fontsize=7,
             )
-        ax.set_xlim(0, max(ratios) * 1.45)
+        ax.set_xlim(0, max(max(ratios), *(r.spread[1] for r in rows if r.spread)) * 1.45)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

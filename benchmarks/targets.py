@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .harness import Results
+import statistics
+
+from .harness import Results, paired_ratios
 
 #: Keys of the targets checked here (recomputed on every run, ``--merge`` included).
 CROSS = frozenset(
@@ -24,25 +26,60 @@ def _best(results: Results, keys: list[str]) -> tuple[str, float] | None:
     return max(found, key=lambda kv: kv[1]) if found else None  # type: ignore[arg-type,return-value]
 
 
+def _ratios(results: Results, a: str, b: str) -> list[float]:
+    """``a`` over ``b`` round by round, when both ran in the same interleaved rounds."""
+    row_a, row_b = results.rows.get(a), results.rows.get(b)
+    if row_a is None or row_b is None:
+        return []
+    if row_a.baseline == b and row_a.ratios:
+        return row_a.ratios
+    # Rows of one interleaved group share a baseline and have one sample per round; a
+    # peer row (measured in its own process, in blocks) has no per-round ratios.
+    paired = (
+        row_a.baseline is not None
+        and row_a.baseline == row_b.baseline
+        and len(row_a.samples) == len(row_b.samples) > 0
+        and all(bool(r.ratios) or r.key == r.baseline for r in (row_a, row_b))
+    )
+    return paired_ratios(row_a.samples, row_b.samples) if paired else []
+
+
 def _ratio(results: Results, a: str, b: str) -> float | None:
+    """``a`` over ``b``: the median of per-round ratios, else the ratio of the two figures."""
+    ratios = _ratios(results, a, b)
+    if ratios:
+        return statistics.median(ratios)
     va, vb = results.value(a), results.value(b)
     return va / vb if va and vb else None
 
 
 def check(results: Results) -> None:
     def target(
-        key: str, text: str, ratio: float | None, want: float, why: str, what: str = ""
+        key: str,
+        text: str,
+        inputs: tuple[str, str] | None,
+        want: float,
+        why: str,
+        what: str = "",
     ) -> None:
+        ratio = _ratio(results, *inputs) if inputs else None
         if ratio is None:
-            results.target(key, text, f"not measured{what}", None)
-        else:
-            results.target(key, text, f"{ratio:.2f}×{what}", ratio >= want, why)
+            results.target(key, text, f"not measured{what}", None, inputs=list(inputs or ()))
+            return
+        ratios = _ratios(results, *inputs) if inputs else []
+        spread = (
+            f" ({min(ratios):.2f}–{max(ratios):.2f} over {len(ratios)} round(s))" if ratios else ""
+        )
+        results.target(
+            key, text, f"{ratio:.2f}×{spread}{what}", ratio >= want, why, value=ratio,
+            inputs=list(inputs or ()),
+        )  # fmt: skip
 
     conc = results.value("peer.versioned.concurrency")
     target(
         "versioned.peer",
         "Versioned save ≥ 1.8 × django-concurrency's",
-        _ratio(results, "versioned.uow", "peer.versioned.concurrency") if conc else None,
+        ("versioned.uow", "peer.versioned.concurrency") if conc else None,
         1.8,
         "django-concurrency runs in its own process and database; its extra SELECT made it "
         "1.6–2.3× slower than VersionedModel.save() across runs on this loaded machine.",
@@ -50,7 +87,7 @@ def check(results: Results) -> None:
     target(
         "relay.redis.hand",
         "Relay with RedisStreamPublisher ≥ 0.8 × hand-written XADD relay",
-        _ratio(results, "relay.uow.redis", "relay.hand"),
+        ("relay.uow.redis", "relay.hand"),
         0.8,
         "django-uow's claim statement (per-aggregate ordering check, lease, attempts) and "
         "its per-row model instances and Envelope JSON cost more per event than the bare "
@@ -62,7 +99,7 @@ def check(results: Results) -> None:
     target(
         "relay.redis.peers",
         "Relay with RedisStreamPublisher ≥ 20 × the fastest peer relay",
-        _ratio(results, "relay.uow.redis", best[0]) if best else None,
+        ("relay.uow.redis", best[0]) if best else None,
         20,
         "20× the fastest peer would need about the hand-written relay's rate; django-uow's "
         "relay is at less than half of it (previous target).",
@@ -71,7 +108,7 @@ def check(results: Results) -> None:
     target(
         "relay.concurrency",
         "2 relays ≥ 1.4 × one",
-        _ratio(results, "conc.2", "conc.1"),
+        ("conc.2", "conc.1"),
         1.4,
         "Two relays share two CPU cores with PostgreSQL and Redis, and each batch's claim "
         "statement is CPU work in PostgreSQL; the ratio moved between 0.8× and 1.3× "
@@ -86,11 +123,14 @@ def check(results: Results) -> None:
             f"{total} duplicate(s)",
             total == 0,
             "An event was published by two relays.",
+            value=total,
+            unit="duplicates",
+            inputs=["conc.1", "conc.2", "conc.4"],
         )
     target(
         "relay.celery.send_task",
         "Relay with CeleryPublisher ≥ 2 × a plain send_task loop",
-        _ratio(results, "relay.uow.celery", "relay.send_task"),
+        ("relay.uow.celery", "relay.send_task"),
         2,
         "CeleryPublisher sends one apply_async() per event and handler through the task's "
         "full routing path, plus the relay's claim and acknowledgement; one shared producer "
@@ -99,7 +139,7 @@ def check(results: Results) -> None:
     target(
         "relay.celery.peers",
         "Relay with CeleryPublisher ≥ 3 × the fastest Celery-based peer relay",
-        _ratio(results, "relay.uow.celery", "peer.relay.celery_outbox")
+        ("relay.uow.celery", "peer.relay.celery_outbox")
         if results.value("peer.relay.celery_outbox")
         else None,
         3,

@@ -278,4 +278,6 @@ def report(
         f"p95 {p95:.0f} ms, {len(delays)} of {n} delivered" if delays else f"0 of {n} delivered",
         passed,
         "; ".join(why),
+        value=p95 if delays else None,
+        unit="ms",
     )

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import socket
-import statistics
 import time
 import uuid
 
 from django.db import connection, transaction
 
 from ..db import OUTBOX, seed_outbox, truncate, vacuum
-from ..harness import Config, Results, Row, median_rate
+from ..harness import Config, Results, Row, interleaved, paired_row
 from .relay import drained, relay_available
 from .relay_hand import CLAIM_SQL, MARK_SQL
 
@@ -140,34 +139,19 @@ def run_rabbitmq(cfg: Config, results: Results) -> None:
 
     try:
         # Interleaved (ABAB...), so drift on a shared machine hits both alike.
-        hand_samples: list[float] = []
-        uow_samples: list[float] = []
-        for _ in range(reps):
-            hand_samples.append(median_rate(hand, 1, setup)[0])
-            uow_samples.append(median_rate(uow, 1, setup)[0])
+        samples = interleaved({hand_key: hand, uow_key: uow}, reps, lambda key: setup())
     finally:
         publisher.close()
         broker.close()
+    results.add(paired_row("rabbitmq", hand_key, HAND_LABEL, "events/s", samples, hand_key))
     results.add(
-        Row(
-            "rabbitmq",
-            hand_key,
-            HAND_LABEL,
-            "events/s",
-            statistics.median(hand_samples),
-            hand_samples,
-            baseline=hand_key,
-        )
-    )
-    results.add(
-        Row(
+        paired_row(
             "rabbitmq",
             uow_key,
             UOW_LABEL,
             "events/s",
-            statistics.median(uow_samples),
-            uow_samples,
-            baseline=hand_key,
+            samples,
+            hand_key,
             note="persistent messages, publisher confirms awaited once per batch",
         )
     )

@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.db import connection
 
 from ..db import OUTBOX, redis_client, seed_outbox, truncate, vacuum
-from ..harness import Config, Results, Row, bench_env, median_rate
+from ..harness import Config, Results, Row, bench_env, interleaved, paired_row
 from .relay_hand import HAND_STREAM, hand_relay_drain, send_task_loop
 
 UOW_STREAM = "django_uow:benchapp.account"
@@ -50,90 +51,80 @@ def drained(n: int, relayed: int) -> int:
 
 def run_relay(cfg: Config, results: Results) -> None:
     n = cfg.scale(20_000, 1_000)
+    # One Celery message per event: a smaller backlog gives the same per-event rate.
+    n_celery = count = cfg.scale(5_000, 500)
     reps = min(cfg.reps, 3)  # drains are long: three repetitions
     results.meta["relay_n"] = n
-    setup = lambda: reset_backlog(n)  # noqa: E731
-
-    rate, samples = median_rate(lambda: drained(n, hand_relay_drain()), reps, setup)
-    results.add(
-        Row(
-            "relay",
-            "relay.hand",
-            "hand-written SKIP LOCKED relay, pipelined XADD",
-            "events/s",
-            rate,
-            samples,
-            baseline="relay.hand",
-        )
-    )
-
-    count = cfg.scale(5_000, 500)
-    redis_client().delete("celery")
-    rate, samples = median_rate(lambda: send_task_loop(count), reps)
-    redis_client().delete("celery")
-    results.add(
-        Row(
-            "relay",
-            "relay.send_task",
-            "plain Celery send_task() loop (Redis broker)",
-            "msgs/s",
-            rate,
-            samples,
-            baseline="relay.hand",
-        )
-    )
-
+    redis = redis_client()
+    runs: dict[str, Callable[[], int]] = {
+        "relay.hand": lambda: drained(n, hand_relay_drain()),
+        "relay.send_task": lambda: send_task_loop(count),
+    }
+    sizes = {"relay.hand": n, "relay.uow.redis": n, "relay.uow.celery": n_celery}
     reason = relay_available()
+    if not reason:
+        from django_uow.publishers import CeleryPublisher, RedisStreamPublisher
+        from django_uow.relay import relay_pending
+
+        from ..celery_app import app
+
+        def uow_drain(publisher: Any, count: int) -> int:
+            summary = relay_pending(publishers=[publisher], batch_size=500)
+            return drained(count, summary.relayed)
+
+        runs["relay.uow.redis"] = lambda: uow_drain(RedisStreamPublisher(), n)
+        runs["relay.uow.celery"] = lambda: uow_drain(CeleryPublisher(app=app), n_celery)
+
+    counted: dict[str, int] = {}
+    last: list[str] = []
+
+    def setup(key: str | None) -> None:
+        """Count what the previous run left (stream entries, Celery messages), then reset."""
+        if last == ["relay.uow.redis"]:
+            counted["relay.uow.redis"] = int(redis.xlen(UOW_STREAM))
+        elif last == ["relay.uow.celery"]:
+            counted["relay.uow.celery"] = int(redis.llen("celery"))
+        last[:] = [key] if key else []
+        redis.delete("celery")
+        if key in sizes:
+            reset_backlog(sizes[key])
+
+    # Interleaved: each round drains with the hand-written relay, sends with send_task,
+    # then drains with django-uow's relay and each publisher.
+    samples = interleaved(runs, reps, setup)
+    setup(None)
+    for key, label, unit in (
+        ("relay.hand", "hand-written SKIP LOCKED relay, pipelined XADD", "events/s"),
+        ("relay.send_task", "plain Celery send_task() loop (Redis broker)", "msgs/s"),
+    ):
+        results.add(paired_row("relay", key, label, unit, samples, "relay.hand"))
     if reason:
         for key, label in (
             ("relay.uow.redis", "django-uow relay, RedisStreamPublisher"),
-            ("relay.uow.celery", "django-uow relay, CeleryPublisher"),
+            ("relay.uow.celery", "django-uow relay, CeleryPublisher (enqueue)"),
         ):
             results.add(Row("relay", key, label, "events/s", not_measured=reason))
         return
-
-    from django_uow.publishers import CeleryPublisher, RedisStreamPublisher
-    from django_uow.relay import relay_pending
-
-    from ..celery_app import app
-
-    def uow_drain(publisher: Any, count: int = n) -> int:
-        summary = relay_pending(publishers=[publisher], batch_size=500)
-        return drained(count, summary.relayed)
-
-    rate, samples = median_rate(lambda: uow_drain(RedisStreamPublisher()), reps, setup)
-    entries = redis_client().xlen(UOW_STREAM)
     results.add(
-        Row(
+        paired_row(
             "relay",
             "relay.uow.redis",
             "django-uow relay, RedisStreamPublisher",
             "events/s",
-            rate,
             samples,
-            baseline="relay.hand",
-            note=f"{entries} stream entries for {n} events",
+            "relay.hand",
+            note=f"{counted.get('relay.uow.redis')} stream entries for {n} events",
         )
     )
-    # One Celery message per event: a smaller backlog gives the same per-event rate.
-    n_celery = cfg.scale(5_000, 500)
-    rate, samples = median_rate(
-        lambda: uow_drain(CeleryPublisher(app=app), n_celery),
-        reps,
-        lambda: reset_backlog(n_celery),
-    )
-    queued = redis_client().llen("celery")
-    redis_client().delete("celery")
     results.add(
-        Row(
+        paired_row(
             "relay",
             "relay.uow.celery",
             "django-uow relay, CeleryPublisher (enqueue)",
             "events/s",
-            rate,
             samples,
-            baseline="relay.hand",
-            note=f"{queued} Celery messages queued for {n_celery} events",
+            "relay.hand",
+            note=f"{counted.get('relay.uow.celery')} Celery messages queued for {n_celery} events",
         )
     )
 
@@ -207,10 +198,11 @@ def run_concurrency(cfg: Config, results: Results) -> None:
             )
         return
     redis = redis_client()
-    for k in levels:
-        samples = []
-        dupes = []
-        for _ in range(1 if cfg.quick else min(cfg.reps, 3)):
+    samples: dict[str, list[float]] = {f"conc.{k}": [] for k in levels}
+    dupes: dict[int, list[tuple[int, int]]] = {k: [] for k in levels}
+    # Interleaved: each round runs 1, 2, then 4 relay processes on the same backlog.
+    for _ in range(1 if cfg.quick else min(cfg.reps, 3)):
+        for k in levels:
             reset_backlog(n)
             redis.delete("uow_bench:go", "uow_bench:go:ready")
             procs = spawn_relays(k)
@@ -228,23 +220,22 @@ def run_concurrency(cfg: Config, results: Results) -> None:
                         proc.wait(timeout=10)
             end = max(o["end"] for o in outs)
             drained(n, sum(o["relayed"] for o in outs))
-            samples.append(n / (end - go))
+            samples[f"conc.{k}"].append(n / (end - go))
             ids = stream_ids(UOW_STREAM)
-            dupes.append((len(ids), len(set(ids))))
-        rate = sorted(samples)[len(samples) // 2]
-        total, unique = dupes[-1]
-        dup_count = sum(t - u for t, u in dupes)
+            dupes[k].append((len(ids), len(set(ids))))
+    for k in levels:
+        total, unique = dupes[k][-1]
+        dup_count = sum(t - u for t, u in dupes[k])
         results.add(
-            Row(
+            paired_row(
                 "concurrency",
                 f"conc.{k}",
                 f"django-uow, {k} relay process(es), Redis",
                 "events/s",
-                rate,
                 samples,
-                baseline="conc.1",
+                "conc.1",
                 note=f"{total} entries / {unique} unique ids; {dup_count} duplicates "
-                f"over {len(samples)} run(s)",
+                f"over {len(dupes[k])} run(s)",
             )
         )
         results.meta[f"conc_{k}_duplicates"] = dup_count

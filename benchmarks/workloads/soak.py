@@ -323,6 +323,8 @@ def report(
         verdict_text(check, drained_at),
         bool(check["passed"]),
         why_missed(check, plan),
+        value=check["missing_effects"] + check["handled_twice"],
+        unit="events lost or twice",
     )
 
 
