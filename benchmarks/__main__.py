@@ -25,6 +25,7 @@ WORKLOADS = [
     "relay",
     "concurrency",
     "rabbitmq",
+    "consumer",
     "latency",
     "hotagg",
     "soak",

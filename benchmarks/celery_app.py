@@ -14,6 +14,14 @@ app.autodiscover_tasks(["django_uow"])  # lazily: django_uow.tasks needs the app
 app.set_current()  # the fast path's enqueue_relay() sends through celery.current_app
 
 
+@app.task(name="benchmarks.plain_effect")
+def plain_effect(batch: str, seq: int) -> None:
+    """Consumer throughput's baseline: a plain task doing the handler's database write."""
+    from .benchapp.models import write_effect
+
+    write_effect("plain", batch, seq)
+
+
 @app.task(name="benchmarks.noop")
 def noop(*args: object, **kwargs: object) -> None:
     """Target of the plain ``send_task`` loop; never needs to run to measure enqueue."""

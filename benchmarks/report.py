@@ -126,7 +126,18 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:,.0f}"
 
 
-ORDER = ["write", "versioned", "relay", "concurrency", "latency", "hotagg", "soak", "scale"]
+ORDER = [
+    "write",
+    "versioned",
+    "relay",
+    "concurrency",
+    "rabbitmq",
+    "consumer",
+    "latency",
+    "hotagg",
+    "soak",
+    "scale",
+]
 
 
 def ordered(results: Results) -> list[Any]:

@@ -34,6 +34,14 @@ class WalletTouched(DomainEvent):
 
 
 @dataclass(frozen=True)
+class ConsumerProbe(DomainEvent):
+    """Consumer throughput: its handler writes one ``ConsumerEffect`` row, as the plain task."""
+
+    batch: str
+    seq: int
+
+
+@dataclass(frozen=True)
 class WalletDeposited(DomainEvent):
     """Soak event: its idempotent handler applies ``amount`` to the wallet's ledger."""
 

@@ -2,7 +2,8 @@
 
 The latency probe pushes its delay to a Redis list; the hot-aggregate probe records the
 time it ran per commit token; the soak's deposit handler (idempotent) applies each
-deposit to a ledger and counts its own runs, so the end check can prove "exactly once".
+deposit to a ledger and counts its own runs, so the end check can prove "exactly once";
+the consumer-throughput handler writes one row, as the plain Celery task beside it does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from .events import AccountCredited, LatencyProbe, WalletDeposited, WalletTouched
+from .events import AccountCredited, ConsumerProbe, LatencyProbe, WalletDeposited, WalletTouched
 
 LATENCY_KEY = "uow_bench:latency"
 HOT_HANDLED_KEY = "uow_bench:hot:handled"
@@ -46,6 +47,13 @@ if event_handler is not None:
     @event_handler(AccountCredited, idempotent=False, name="bench.credited")
     def on_credited(event: AccountCredited) -> None:
         """Does nothing: the relay benchmarks measure enqueueing, not handling."""
+
+    @event_handler(ConsumerProbe, name="bench.consumer")
+    def on_consumer_probe(event: ConsumerProbe) -> None:
+        """Consumer throughput: the same write as the plain task, with the default inbox."""
+        from .models import write_effect
+
+        write_effect("uow", event.batch, event.seq)
 
     @event_handler(WalletTouched, idempotent=False, name="bench.hot")
     def on_touched(event: WalletTouched) -> None:

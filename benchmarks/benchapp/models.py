@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from django.db import models
@@ -82,3 +83,20 @@ class WalletLedger(models.Model):
     wallet_id = models.BigIntegerField(unique=True)
     balance = models.BigIntegerField(default=0)
     deposits = models.BigIntegerField(default=0)
+
+
+class ConsumerEffect(models.Model):
+    """What the consumer-throughput handler and the plain Celery task write: one row each.
+
+    ``source`` says which of them wrote it; ``at`` (wall clock, seconds) when.
+    """
+
+    source = models.CharField(max_length=16)
+    batch = models.CharField(max_length=32)
+    seq = models.IntegerField()
+    at = models.FloatField()
+
+
+def write_effect(source: str, batch: str, seq: int) -> None:
+    """The effect both consumers have: one INSERT, as a Django developer writes it."""
+    ConsumerEffect.objects.create(source=source, batch=batch, seq=seq, at=time.time())

@@ -28,4 +28,5 @@ registry: dict[str, Callable[[Any, Any], None]] = {
     "hotagg": _lazy("hotagg", "run_hotagg"),
     "soak": _lazy("soak", "run_soak"),
     "rabbitmq": _lazy("rabbitmq", "run_rabbitmq"),
+    "consumer": _lazy("consumer", "run_consumer"),
 }
