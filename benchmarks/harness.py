@@ -123,8 +123,12 @@ class Results:
         unit: str = "×",
         inputs: list[str] | None = None,
     ) -> None:
+        inputs = inputs or []
+        fresh = [key in self.fresh_rows for key in inputs]
+        if any(fresh) and not all(fresh):  # a --merge re-run beside older rows
+            measured += " (inputs from different runs)"
         target = Target(
-            key, description, measured, passed, "" if passed else why, value, unit, inputs or []
+            key, description, measured, passed, "" if passed else why, value, unit, inputs
         )
         self.targets = [t for t in self.targets if t.key != key]
         self.targets.append(target)

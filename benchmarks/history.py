@@ -120,19 +120,17 @@ class Summary:
     unit: str
 
     def figures(self) -> str:
+        """The median and the range over the runs, e.g. ``190 ms (150-420)``."""
         if self.median is None or self.low is None or self.high is None:
             return "—"
-        return f"{_num(self.median, self.unit)} ({_num(self.low, self.unit)}–" + (
-            f"{_num(self.high, self.unit)})"
-        )
+        unit = self.unit if self.unit == "×" else f" {self.unit}"
+        return f"{_num(self.median)}{unit} ({_num(self.low)}–{_num(self.high)})"
 
 
-def _num(value: float, unit: str) -> str:
-    if unit == "×":
-        return f"{value:.2f}×"
+def _num(value: float) -> str:
     if abs(value) >= 100 or value == int(value):
-        return f"{value:,.0f} {unit}".rstrip()
-    return f"{value:.2f} {unit}".rstrip()
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
 
 
 def _summary(found: list[tuple[bool, float | None]], unit: str) -> Summary:

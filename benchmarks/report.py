@@ -143,7 +143,10 @@ ORDER = [
 def ordered(results: Results) -> list[Any]:
     """Rows grouped by workload in suite order (peers beside what they compare with)."""
     rows = list(results.rows.values())
-    return sorted(rows, key=lambda r: ORDER.index(r.workload) if r.workload in ORDER else 99)
+    return sorted(
+        rows,
+        key=lambda r: (ORDER.index(r.workload) if r.workload in ORDER else 99, "peer." in r.key),
+    )
 
 
 def _spread(row: Any) -> str:
@@ -159,9 +162,9 @@ def render_markdown(
     lines = [
         BEGIN,
         "",
-        f"Run: {meta.get('started')} ({meta.get('mode')} mode, {meta.get('reps')} interleaved "
-        f"rounds, {meta.get('duration_s')} s in all) on {meta.get('machine')}."
-        + (f" Workloads {meta['rerun']}." if meta.get("rerun") else ""),
+        f"Run: {meta.get('started')} ({meta.get('mode')} mode, medians of up to "
+        f"{meta.get('reps')} interleaved rounds, {meta.get('duration_s')} s in all) on "
+        f"{meta.get('machine')}." + (f" Workloads {meta['rerun']}." if meta.get("rerun") else ""),
         "",
         f"History: {len(past)} full run(s) recorded in `benchmarks/results/history/`; the "
         f"columns *over runs* and *full runs passed* take the last {runs} runs that measured "
