@@ -150,15 +150,17 @@ class UnitOfWorkDecorator:
                 "asgiref.sync.sync_to_async(...)."
             )
 
+        label = f"@unit_of_work {callable_name(func)}()"  # once, not at every call
+
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             if self.retries and self._joins_a_unit(func):
                 # The outermost unit that owns retries re-runs the whole transaction.
-                return self._run_once(func, *args, **kwargs)
+                return self._run_once(func, label, *args, **kwargs)
             attempt = 0
             while True:
                 try:
-                    return self._run_once(func, *args, **kwargs)
+                    return self._run_once(func, label, *args, **kwargs)
                 except BaseException as error:
                     retryable = is_retryable(error) or isinstance(error, self.retry_on)
                     if attempt >= self.retries or not retryable:
@@ -179,8 +181,9 @@ class UnitOfWorkDecorator:
 
         return wrapper
 
-    def _run_once(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        label = f"@unit_of_work {callable_name(func)}()"
+    def _run_once(
+        self, func: Callable[P, R], label: str, /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
         with UnitOfWork(
             self.using, savepoint=self.savepoint, timeout=self.timeout, label=label
         ) as uow:

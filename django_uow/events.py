@@ -189,11 +189,24 @@ def event_type_of(event_or_class: DomainEvent | type[DomainEvent]) -> str:
 # --------------------------------------------------------------------------- payloads
 
 
+#: Types whose values ``json.loads(json.dumps(v))`` gives back unchanged (exact types:
+#: an ``IntEnum`` is an ``int`` subclass whose JSON form is its value, not itself).
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def encode_payload(event: DomainEvent) -> dict[str, Any]:
     """Encode the dataclass fields of ``event`` into JSON primitives.
 
     One ``json.dumps`` of all fields plus one scan of its text on the happy path; only
     when that fails are the values walked, so the error can name the field.
+    """
+    return encode_payload_text(event)[0]
+
+
+def encode_payload_text(event: DomainEvent) -> tuple[dict[str, Any], str]:
+    """``encode_payload(event)`` and its JSON text, which the outbox stores as it is.
+
+    The event is encoded once: the text checked here is the text written at commit.
     """
     if not dataclasses.is_dataclass(event):
         raise TypeError(
@@ -209,7 +222,9 @@ def encode_payload(event: DomainEvent) -> dict[str, Any]:
         error = _serialization_error(event, values)
         if error is not None:  # else "\\u0000" was six ordinary characters
             raise error
-    return json.loads(text)
+    if all(type(value) in _JSON_SCALARS for value in values.values()):
+        return values, text  # already what decoding the text would give
+    return json.loads(text), text
 
 
 def _serialization_error(
@@ -359,6 +374,8 @@ class StagedEvent:
     headers: dict[str, Any]
     #: When a scheduled event is due (``None``: due when committed, an ordinary event).
     deliver_at: datetime.datetime | None = None
+    #: ``payload`` as JSON text, encoded once at ``record_event()`` and written at commit.
+    payload_json: str | None = None
 
     @classmethod
     def from_event(
@@ -372,7 +389,7 @@ class StagedEvent:
             )
         now = timezone.now()
         due = due_time(delay=delay, deliver_at=deliver_at, now=now)
-        payload = encode_payload(event)
+        payload, payload_json = encode_payload_text(event)
         correlation_id, causation_id = current_event_context()
         headers: dict[str, Any] = {SCHEMA_VERSION_HEADER: type(event).event_version}
         if correlation_id:
@@ -390,4 +407,5 @@ class StagedEvent:
             payload=payload,
             headers=headers,
             deliver_at=due,
+            payload_json=payload_json,
         )

@@ -356,9 +356,9 @@ class UnitOfWork:
                 check()
         for hook in list(journal.before_commit):
             hook()
-        rows = self._outbox_rows()
+        rows, texts = self._outbox_rows()
         if rows:
-            write_events(rows, self.using)
+            write_events(rows, self.using, texts)
             signals.events_staged.send(sender=UnitOfWork, uow=self, events=rows, using=self.using)
         using = self.using
 
@@ -368,11 +368,13 @@ class UnitOfWork:
 
         transaction.on_commit(after_commit, using=using)
 
-    def _outbox_rows(self) -> list[OutboxEvent]:
+    def _outbox_rows(self) -> tuple[list[OutboxEvent], list[str | None]]:
+        """The outbox rows of the recorded events, and their payloads' JSON text."""
         # Imported here: `import django_uow` (which imports this module) must not load models.
-        from .models import OutboxEvent
+        from .outbox import new_row
 
         rows: list[OutboxEvent] = []
+        texts: list[str | None] = []
         touched: set[int] = set()
         for owner, staged in self._journal.events:
             aggregate_type = aggregate_id = ""
@@ -387,21 +389,24 @@ class UnitOfWork:
                 field = version_field_or_none(owner)
                 version = None if field is None else getattr(owner, field.attname)
             rows.append(
-                OutboxEvent(
-                    event_id=staged.event_id,
-                    event_type=staged.event_type,
-                    aggregate_type=aggregate_type,
-                    aggregate_id=aggregate_id,
-                    aggregate_version=version,
-                    occurred_at=staged.occurred_at,
-                    payload=staged.payload,
-                    headers=staged.headers,
-                    available_at=staged.deliver_at or staged.occurred_at,
-                    created_at=staged.occurred_at,
-                    deliver_at=staged.deliver_at,
+                new_row(
+                    {
+                        "event_id": staged.event_id,
+                        "event_type": staged.event_type,
+                        "aggregate_type": aggregate_type,
+                        "aggregate_id": aggregate_id,
+                        "aggregate_version": version,
+                        "occurred_at": staged.occurred_at,
+                        "payload": staged.payload,
+                        "headers": staged.headers,
+                        "available_at": staged.deliver_at or staged.occurred_at,
+                        "created_at": staged.occurred_at,
+                        "deliver_at": staged.deliver_at,
+                    }
                 )
             )
-        return rows
+            texts.append(staged.payload_json)
+        return rows, texts
 
     def _persist_event_only_change(self, owner: Any) -> None:
         if owner._state.adding or owner.pk is None:
