@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
@@ -24,6 +24,7 @@ from django.db import router
 from django.utils.module_loading import import_string
 
 from .brokers import celery_connection, redis_client_options
+from .celery_batch import HANDLE_TASK, Delivery, send_batch
 from .conf import uow_settings
 from .deliveries import record_published
 from .events import Envelope
@@ -42,9 +43,6 @@ from .rabbitmq import RabbitMQPublisher
 from .retry import describe, is_connection_error
 
 logger = logging.getLogger("django_uow.publishers")
-
-#: The Celery task that runs one handler for one event.
-HANDLE_TASK = "django_uow.tasks.handle_event"
 
 
 __all__ = [
@@ -129,18 +127,25 @@ class InlinePublisher:
 
 
 class CeleryPublisher:
-    """Send one Celery task per (event, handler), all through ONE producer per batch.
+    """Send one Celery task per (event, handler), a whole batch in as few round trips as possible.
 
     Task ids are ``uuid5(event_id, handler name)``; tasks go to the handler's ``queue``
-    or ``CELERY_QUEUE``. Broker errors are not retried here (``retry=False``): the relay
-    gives the batch back and tries again later. The deliveries sent are recorded as
-    ``published`` in the inbox with one statement per batch, so a task the broker loses
-    is published again after ``HANDLER_DEADLINE``.
+    or ``CELERY_QUEUE``, through ``task_routes`` as ``send_task`` routes them. On a Redis
+    broker every task of the batch goes in one pipeline; on RabbitMQ (py-amqp) on one
+    confirm-mode channel, the confirms awaited once per batch (``confirm_timeout``); on
+    other transports, or a configuration ``celery_batch`` does not reproduce, one
+    ``send_task`` per task through one producer. Broker errors are not retried here: the
+    relay gives the batch back and tries again later. The deliveries sent are recorded
+    as ``published`` in the inbox with one statement per batch, so a task the broker
+    loses is published again after ``HANDLER_DEADLINE``.
     """
 
-    def __init__(self, app: Any = None, *, timeout: float | None = None) -> None:
+    def __init__(
+        self, app: Any = None, *, timeout: float | None = None, confirm_timeout: float = 10.0
+    ) -> None:
         self._app = app
         self.timeout = timeout
+        self.confirm_timeout = confirm_timeout if timeout is None else timeout
 
     @property
     def app(self) -> Any:
@@ -148,7 +153,7 @@ class CeleryPublisher:
             return self._app
         from celery import current_app
 
-        return current_app
+        return current_app._get_current_object()  # type: ignore[attr-defined]
 
     def for_commit_path(self, timeout: float) -> CeleryPublisher:
         """This publisher on a connection of its own, each step bounded by ``timeout``."""
@@ -164,31 +169,70 @@ class CeleryPublisher:
             yield app.amqp.Producer(connection, auto_declare=False)
 
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
-        app = self.app
         outcome = _OrderedFailures()
+        events: list[tuple[Envelope, list[Delivery]]] = []
+        for envelope in envelopes:
+            if outcome.blocked(envelope):
+                continue
+            try:
+                envelope.event_class()
+            except UnknownEventType as exc:
+                outcome.fail(envelope, exc)
+                continue
+            events.append((envelope, _deliveries(envelope, handlers_for(envelope.event_type))))
         sent: list[tuple[Envelope, str]] = []
         try:
-            with self._producer(app) as producer:
-                for envelope in envelopes:
-                    if outcome.blocked(envelope):
-                        continue
-                    try:
-                        envelope.event_class()
-                    except UnknownEventType as exc:
-                        outcome.fail(envelope, exc)
-                        continue
-                    message = envelope.to_message()
-                    try:
-                        for handler in handlers_for(envelope.event_type):
-                            self._send(app, producer, envelope, handler, message)
-                            sent.append((envelope, handler.name))
-                    except Exception as exc:
-                        if is_connection_error(exc):
-                            raise  # broker down: the relay hands the whole batch back
-                        outcome.fail(envelope, exc)
+            self._publish(events, outcome, sent)
         finally:
             _record_published(sent)
         return outcome.result()
+
+    def _publish(
+        self,
+        events: Sequence[tuple[Envelope, list[Delivery]]],
+        outcome: _OrderedFailures,
+        sent: list[tuple[Envelope, str]],
+    ) -> None:
+        app = self.app
+        with self._producer(app) as producer:
+            batch = [d for _, deliveries in events for d in deliveries]
+            errors = send_batch(app, producer, batch, confirm_timeout=self.confirm_timeout)
+            if errors is None:
+                self._publish_each(app, producer, events, outcome, sent)
+                return
+        failed = dict(zip((d.task_id for d in batch), errors, strict=True))
+        for envelope, deliveries in events:
+            blocked = outcome.blocked(envelope)  # sent, but an earlier event failed
+            error = None
+            for delivery in deliveries:
+                exc = failed[delivery.task_id]
+                if exc is None:
+                    sent.append((envelope, delivery.handler))
+                else:
+                    error = error or exc
+            if error is not None and not blocked:
+                outcome.fail(envelope, error)
+
+    def _publish_each(
+        self,
+        app: Any,
+        producer: Any,
+        events: Sequence[tuple[Envelope, list[Delivery]]],
+        outcome: _OrderedFailures,
+        sent: list[tuple[Envelope, str]],
+    ) -> None:
+        """One ``send_task`` per delivery, through ``producer``."""
+        for envelope, deliveries in events:
+            if outcome.blocked(envelope):
+                continue
+            try:
+                for delivery in deliveries:
+                    self._send(app, producer, delivery)
+                    sent.append((envelope, delivery.handler))
+            except Exception as exc:
+                if is_connection_error(exc):
+                    raise  # broker down: the relay hands the whole batch back
+                outcome.fail(envelope, exc)
 
     def send_deliveries(
         self, deliveries: Sequence[tuple[Envelope, Handler]], *, record: bool = True
@@ -198,34 +242,56 @@ class CeleryPublisher:
         The deadline sweep and ``redeliver`` use it to publish one handler's delivery again.
         """
         app = self.app
+        batch = [d for envelope, handler in deliveries for d in _deliveries(envelope, [handler])]
         sent: list[tuple[Envelope, str]] = []
         try:
             with self._producer(app) as producer:
-                for envelope, handler in deliveries:
-                    self._send(app, producer, envelope, handler, envelope.to_message())
-                    sent.append((envelope, handler.name))
+                errors = send_batch(app, producer, batch, confirm_timeout=self.confirm_timeout)
+                if errors is None:
+                    for delivery in batch:
+                        self._send(app, producer, delivery)
+                        sent.append((delivery.envelope, delivery.handler))
+                    return
+            sent.extend(
+                (d.envelope, d.handler) for d, e in zip(batch, errors, strict=True) if e is None
+            )
+            failures = [e for e in errors if e is not None]
+            if failures:
+                raise failures[0]
         finally:
             if record:
                 _record_published(sent)
 
     @staticmethod
-    def _send(
-        app: Any, producer: Any, envelope: Envelope, handler: Handler, message: dict[str, Any]
-    ) -> None:
+    def _send(app: Any, producer: Any, delivery: Delivery) -> None:
         options: dict[str, Any] = {}
-        queue = handler.queue or uow_settings.CELERY_QUEUE
-        if queue:
-            options["queue"] = queue
+        if delivery.queue:
+            options["queue"] = delivery.queue
         # By name: the worker runs django_uow.tasks.handle_event.
         app.send_task(
             HANDLE_TASK,
-            args=(message, handler.name),
-            task_id=handler_task_id(envelope.event_id, handler.name),
+            args=(delivery.message, delivery.handler),
+            task_id=delivery.task_id,
             producer=producer,
             retry=False,
             ignore_result=True,  # as the task does: no result backend call
             **options,
         )
+
+
+def _deliveries(envelope: Envelope, handlers: Iterable[Handler]) -> list[Delivery]:
+    """The handler tasks of one event; its message is built once for all of them."""
+    message = envelope.to_message()
+    return [
+        Delivery(
+            envelope,
+            handler.name,
+            handler.queue or uow_settings.CELERY_QUEUE or None,
+            message,
+            handler_task_id(envelope.event_id, handler.name),
+        )
+        for handler in handlers
+    ]
 
 
 def _record_published(sent: Sequence[tuple[Envelope, str]]) -> None:
