@@ -2,7 +2,8 @@
 
 Usage: python -m tests.worker_subprocess <database name> [worker options...]
 Environment: UOW_HANDLER_SLEEP (seconds per OrderCancelled event), UOW_SEQUENCE_JITTER
-(the ordered handler's longest random pause), UOW_REDIS_DB.
+(the ordered handler's longest random pause), UOW_REDIS_DB, UOW_CELERY_BROKER (a broker
+URL instead of the Redis database, e.g. amqp://...).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ def main() -> None:
     import tests.settings as settings
 
     settings.DATABASES["default"]["NAME"] = sys.argv[1]
+    settings.CELERY_BROKER_URL = os.environ.get("UOW_CELERY_BROKER") or settings.CELERY_BROKER_URL
     import django
 
     django.setup()
