@@ -325,12 +325,13 @@ class _AmqpSender:
         self.producer = producer
         self.connection = producer.connection
         self.timeout = timeout
+        self.raw: Any = None
 
     def check(self, prepared: Sequence[_Prepared]) -> None:
         _declare(self.producer, prepared)
 
     def _channel(self) -> _ConfirmChannel:
-        raw = self.connection.connection  # connects when needed
+        raw = self.raw = self.connection.connection  # connects when needed
         state = _confirm_channels.get(raw)
         if state is None or not state.channel.is_open:
             channel = self.connection.channel()
@@ -339,12 +340,13 @@ class _AmqpSender:
         return state
 
     def _drop(self) -> None:
-        state = _confirm_channels.pop(self.connection.connection, None)
-        if state is not None:
-            try:
-                state.channel.close()
-            except Exception:  # a broken channel may fail to close
-                logger.debug("Could not close a confirm channel", exc_info=True)
+        """Stop using this connection's confirm channel: the next batch opens a new one.
+
+        Not closed here: closing waits for the broker's answer, and a broker that did
+        not confirm in time may not answer either. Late confirms reach no listener.
+        """
+        if self.raw is not None:
+            _confirm_channels.pop(self.raw, None)
 
     def send(self, prepared: Sequence[_Prepared], errors: Errors) -> None:
         import amqp
@@ -419,7 +421,7 @@ class _AmqpSender:
             if left <= 0:
                 return
             try:
-                self.connection.connection.drain_events(timeout=left)
+                self.raw.drain_events(timeout=left)
             except TimeoutError:
                 return
 

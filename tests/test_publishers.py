@@ -280,6 +280,30 @@ def test_celery_fast_path_enqueues_the_relay_task(
     assert any(name == "django_uow.tasks.relay_outbox" for name, _ in received)
 
 
+@pytest.mark.celery
+@pytest.mark.server_db  # the worker's threads need a real server (in-memory SQLite locks tables)
+@pytest.mark.django_db(transaction=True)
+def test_celery_fast_path_publishes_the_handler_tasks_itself_in_one_hop(
+    celery_worker: Any, received: list[tuple[str, str]]
+) -> None:
+    celery_mode = {
+        **UOW,
+        "RELAY_ON_COMMIT": "celery",
+        "PUBLISHERS": ["django_uow.publishers.CeleryPublisher"],
+    }
+    with override_settings(DJANGO_UOW=celery_mode):
+        place(3)
+        # Relayed by the committing process itself, before any task ran.
+        assert OutboxEvent.objects.filter(status="dispatched").count() == 3
+        expected = {
+            handler_task_id(e, "testapp.record_placed")
+            for e in OutboxEvent.objects.values_list("event_id", flat=True)
+        }
+        assert wait_for(lambda: Effect.objects.count() == 3)
+        assert wait_for(lambda: expected <= {tid for _, tid in received})
+    assert "django_uow.tasks.relay_outbox" not in {name for name, _ in received}
+
+
 @pytest.mark.django_db(transaction=True)
 def test_celery_publisher_with_an_unreachable_broker_pauses_the_relay() -> None:
     from celery import Celery
@@ -520,8 +544,9 @@ def test_the_package_imports_without_celery() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("publisher", ["InlinePublisher", "CeleryPublisher"])
 def test_commit_with_the_broker_down_keeps_the_events_for_the_sweep(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, publisher: str
 ) -> None:
     import logging
 
@@ -533,13 +558,22 @@ def test_commit_with_the_broker_down_keeps_the_events_for_the_sweep(
     dead.set_current()
     try:
         with (
-            override_settings(DJANGO_UOW={**UOW, "RELAY_ON_COMMIT": "celery"}),
+            override_settings(
+                DJANGO_UOW={
+                    **UOW,
+                    "RELAY_ON_COMMIT": "celery",
+                    "PUBLISHERS": [f"django_uow.publishers.{publisher}"],
+                }
+            ),
             caplog.at_level(logging.WARNING, logger="django_uow.fastpath"),
         ):
-            place(1)  # commits; enqueuing the relay task fails after COMMIT
+            # Commits; enqueuing the relay task (InlinePublisher) or publishing the
+            # handler tasks (CeleryPublisher, one hop) fails after COMMIT.
+            place(1)
     finally:
         previous.set_current()
     assert Order.objects.get().status == "placed"
-    assert OutboxEvent.objects.get().status == "pending"
+    assert list(OutboxEvent.objects.values_list("status", "attempts")) == [("pending", 0)]
     assert "the sweep will deliver them" in caplog.text
-    assert relay_pending().relayed == 1
+    with override_settings(DJANGO_UOW=UOW):
+        assert relay_pending().relayed == 1

@@ -2,10 +2,14 @@
 
 ``relay_after_commit`` is a ``uow_committed`` receiver, connected in
 ``AppConfig.ready()``: the unit of work announces its commit and knows nothing of the
-relay. ``RELAY_ON_COMMIT``: ``"celery"`` enqueues the relay task, ``"inline"`` relays in
-this process, ``False`` leaves everything to the sweep. A failure here never affects
-the committed transaction: the sweep (beat task or ``relay_outbox``) delivers what is
-left.
+relay. ``RELAY_ON_COMMIT``: ``"inline"`` relays in this process; ``"celery"`` does too
+when every publisher talks to a broker (``CeleryPublisher`` publishes the handler tasks
+straight after the commit: one hop from commit to handler), and otherwise enqueues the
+relay task (an ``InlinePublisher`` then runs the handlers in a worker, not in the
+request); ``False`` leaves everything to the sweep. Either way the events are claimed,
+leased and acknowledged by ``relay_events``, as by any relay. A failure here never
+affects the committed transaction: the sweep (beat task or ``relay_outbox``) delivers
+what is left.
 
 Broker work here is bounded by ``FAST_PATH_TIMEOUT`` (connections of its own with
 timeouts on connect, reads and writes, and no retries: ``brokers``), and a broker failure
@@ -27,7 +31,7 @@ from django.utils import timezone
 from ..brokers import celery_connection
 from ..conf import uow_settings
 from ..exceptions import RelayError
-from ..publishers import Publisher, commit_path_publishers
+from ..publishers import Publisher, commit_path_publishers, get_publishers
 from ..retry import is_connection_error
 from .batch import relay_events
 from .breaker import breaker
@@ -79,6 +83,19 @@ def enqueue_relay(
         app.send_task(task, kwargs=kwargs, connection=connection, **options)
 
 
+def all_brokered() -> bool:
+    """True when every publisher talks to a broker (has a bounded commit-path copy).
+
+    In ``"celery"`` mode the committing process then relays its own events; with a
+    publisher that runs handlers in process (``InlinePublisher``) it enqueues the relay
+    task instead, so that the handlers run in a worker.
+    """
+    publishers = get_publishers()
+    return bool(publishers) and all(
+        callable(getattr(p, "for_commit_path", None)) for p in publishers
+    )
+
+
 def broker_failed(exc: BaseException) -> bool:
     """True when the fast path failed because the broker is unreachable, slow or hung."""
     if is_connection_error(exc):
@@ -117,6 +134,9 @@ def relay_after_commit(
     brokered = True
     if mode == "inline":
         publishers, brokered = commit_path_publishers(timeout)
+    elif all_brokered():
+        mode = "inline"  # one hop: this process publishes the handler tasks itself
+        publishers, _ = commit_path_publishers(timeout)
     if brokered and not breaker.allow():
         logger.debug(
             "Fast path skipped (breaker open): %d event(s) left to the sweep", len(event_ids)
