@@ -67,7 +67,8 @@ def _check_relay_on_commit(value: Any) -> list[Message]:
     return [
         _error(
             f"DJANGO_UOW['RELAY_ON_COMMIT'] must be 'celery', 'inline' or False, not {value!r}.",
-            "'celery' enqueues the relay task after commit, 'inline' relays in-process, "
+            "'celery' relays after commit (in-process with broker publishers, else the "
+            "relay task), 'inline' relays in-process, "
             "False leaves relaying to relay_outbox / the beat task.",
             3,
         )
