@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -183,8 +184,11 @@ def test_a_redis_batch_is_one_round_trip(
     sends: list[int] = []
     real = redis.connection.AbstractConnection.send_packed_command
 
+    me = threading.get_ident()
+
     def spy(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        sends.append(1)
+        if threading.get_ident() == me:  # not another test's worker threads
+            sends.append(1)
         return real(self, command, *args, **kwargs)
 
     with override_settings(DJANGO_UOW={**UOW, "CELERY_QUEUE": queue}):
@@ -196,7 +200,7 @@ def test_a_redis_batch_is_one_round_trip(
         monkeypatch.undo()
         after = stats()["cmdstat_lpush"]["calls"]
     assert len(sends) == 1  # every LPUSH of the batch in one write, one round trip
-    assert after - before == 40
+    assert after - before >= 40  # server-wide: other clients may LPUSH meanwhile
     queued = redis_messages(redis_app, queue)
     assert [(m["decoded"][0][0]["event_id"], m["decoded"][0][1]) for m in queued] == [
         (str(r.event_id), h.name) for r in rows for h in handlers_for(r.event_type)
