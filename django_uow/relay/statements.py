@@ -7,10 +7,10 @@ the database supports it, so concurrent relays never pick the same row), and an
 ``UPDATE ... RETURNING`` takes the lease (``claimed_by``, ``claimed_until``) and counts
 the attempt. Ordering is enforced in the same statement:
 
-* a candidate is skipped before ``LIMIT`` when an earlier event of its aggregate is
+* a candidate is skipped before ``LIMIT`` when an event before it in its aggregate is
   owed and cannot be claimed now (failed, backing off, or leased to another relay),
   so a poisoned aggregate never fills the batch;
-* a candidate is only leased when every earlier owed (pending or failed) event of its
+* a candidate is only leased when every owed (pending or failed) event before it in its
   aggregate is in this same batch (a concurrent relay holding an earlier one blocks it).
 
 Per-aggregate order is order among due events: by due time (``deliver_at`` for a
@@ -297,9 +297,9 @@ def claim_batch(
     eligible = "SELECT c.id FROM cand c"
     full_params: list[Any] = []
     if ordered:
-        # Every earlier owed event of the aggregate must be in this batch. Per aggregate,
-        # the first owed event NOT in the batch (found by walking uow_outbox_owed_idx, so
-        # the cost grows with the batch, not with the backlog) blocks every later one.
+        # Every owed event before it in its aggregate must be in this batch. Per aggregate,
+        # the first owed event NOT in the batch by id (found by walking uow_outbox_owed_idx,
+        # so the cost grows with the batch, not with the backlog) settles the usual case.
         cte += (
             ", blockers AS MATERIALIZED (SELECT a.aggregate_type, a.aggregate_id, (SELECT p.id "
             f"FROM {t} p WHERE p.aggregate_type = a.aggregate_type "
