@@ -14,9 +14,10 @@ router (``task_routes``, the handler's queue or ``CELERY_QUEUE``), Celery's own
 - anything else returns ``None`` and the caller sends one ``send_task`` per delivery.
 
 Also ``None`` (one ``send_task`` each, exactly as before) when the configuration is one
-this module does not reproduce: task protocol 1, ``task_send_sent_event``, compression,
-a route with an exchange, a routing key, an ``expires`` or options it does not know, a
-queue on a non-direct exchange or with ``x-expires``. ``_Unusual`` says which.
+this module does not reproduce: task protocol 1, ``task_send_sent_event`` (or a receiver
+of the deprecated ``task_sent`` signal), compression, a route with an exchange, a
+routing key, an ``expires`` or options it does not know, a queue on a non-direct
+exchange or with ``x-expires``. ``_Unusual`` says which.
 An unreachable broker raises, as ``send_task`` does: the relay hands the batch back.
 """
 
@@ -91,6 +92,10 @@ class _Builder:
             raise _Unusual(f"task_protocol is {conf.task_protocol}")
         if conf.task_send_sent_event:
             raise _Unusual("task_send_sent_event is on")
+        from celery import signals
+
+        if getattr(signals, "task_sent", None) is not None and signals.task_sent.receivers:
+            raise _Unusual("a receiver listens to the deprecated task_sent signal")
         self.app = app
         self.amqp = app.amqp
         self.router = app.amqp.router

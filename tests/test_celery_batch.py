@@ -222,12 +222,26 @@ def test_redis_priority_routes_use_the_transports_priority_queues(
     assert message["properties"]["priority"] == 5
 
 
+def _sent_receiver(sender: Any = None, **kwargs: Any) -> None: ...
+
+
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("unusual", ["compression", "protocol 1", "task_sent", "topic"])
 def test_an_unusual_configuration_sends_one_task_at_a_time(
-    redis_app: Any, queue: str, monkeypatch: pytest.MonkeyPatch
+    redis_app: Any, queue: str, monkeypatch: pytest.MonkeyPatch, unusual: str
 ) -> None:
-    redis_app.conf.task_compression = "gzip"  # not reproduced by the batch path
+    from celery import signals
+    from kombu import Exchange, Queue
+
+    if unusual == "compression":
+        redis_app.conf.task_compression = "gzip"
+    elif unusual == "protocol 1":
+        redis_app.conf.task_protocol = 1
+    elif unusual == "task_sent":
+        signals.task_sent.connect(_sent_receiver)
+    else:
+        redis_app.conf.task_queues = [Queue(queue, Exchange(queue, type="topic"), queue)]
     rows = write(3)
     calls: list[str] = []
     real = redis_app.send_task
@@ -237,12 +251,17 @@ def test_an_unusual_configuration_sends_one_task_at_a_time(
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(redis_app, "send_task", spy)
-    with override_settings(DJANGO_UOW={**UOW, "CELERY_QUEUE": queue}):
-        assert CeleryPublisher(redis_app).publish([r.to_envelope() for r in rows]) is None
+    try:
+        with override_settings(DJANGO_UOW={**UOW, "CELERY_QUEUE": queue}):
+            assert CeleryPublisher(redis_app).publish([r.to_envelope() for r in rows]) is None
+    finally:
+        signals.task_sent.disconnect(_sent_receiver)
+    assert sorted(calls) == sorted(handler_task_id(e, h) for e, h in expected_tasks(rows))
     with redis_app.connection_for_write() as conn:
         raw = conn.default_channel.client.lrange(queue, 0, -1)
-    assert sorted(calls) == sorted(handler_task_id(e, h) for e, h in expected_tasks(rows))
-    assert {json.loads(m)["headers"]["compression"] for m in raw} == {"application/x-gzip"}
+    assert len(raw) == len(calls)  # every task still reached the queue
+    if unusual == "compression":
+        assert {json.loads(m)["headers"]["compression"] for m in raw} == {"application/x-gzip"}
 
 
 @pytest.mark.django_db(transaction=True)
