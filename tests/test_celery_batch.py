@@ -405,3 +405,36 @@ def test_a_real_worker_runs_every_task_of_the_batches_once(
     }
     effects = Counter(str(e) for e in Effect.objects.values_list("event_id", flat=True))
     assert effects == Counter({str(r.event_id): 1 for r in rows})
+
+
+@pytest.mark.celery
+@pytest.mark.server_db  # the worker's threads need a real server (in-memory SQLite locks tables)
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("broker", ["redis", "amqp"])
+def test_a_commit_publishes_its_handler_tasks_itself_through_a_bounded_connection(
+    broker: str, queue: str, request: pytest.FixtureRequest
+) -> None:
+    from celery import current_app
+
+    from django_uow import UnitOfWork
+    from tests.testapp.events import Pinged
+
+    app = request.getfixturevalue(f"{broker}_app")
+    previous = current_app._get_current_object()
+    app.set_current()
+    worker = start_worker(REDIS if broker == "redis" else AMQP, queue)
+    celery_mode = {**UOW, "RELAY_ON_COMMIT": "celery", "CELERY_QUEUE": queue}
+    try:
+        with override_settings(DJANGO_UOW=celery_mode):
+            for i in range(5):
+                with UnitOfWork() as uow:
+                    uow.record_event(Pinged(note=f"n{i}"))
+                # One hop: the commit itself claimed, published and acknowledged its event.
+                assert OutboxEvent.objects.filter(status="dispatched").count() == i + 1
+        assert wait_for(lambda: Effect.objects.count() == 5, timeout=60)
+    finally:
+        previous.set_current()
+        stop(worker)
+    assert set(Effect.objects.values_list("event_id", flat=True)) == set(
+        OutboxEvent.objects.values_list("event_id", flat=True)
+    )
