@@ -264,7 +264,16 @@ def write_chart(results: Results, path: Path) -> bool:
         colors = [
             "#2a9d8f"
             if r.key.startswith(
-                ("write.c", "write.d", "versioned.uow", "relay.uow", "conc.", "latency.", "scale.")
+                (
+                    "write.c",
+                    "write.d",
+                    "versioned.uow",
+                    "relay.uow",
+                    "conc.",
+                    "consumer.uow",
+                    "latency.",
+                    "scale.",
+                )
             )
             else ("#e76f51" if r.key.startswith("peer") or ".peer" in r.key else "#8d99ae")
             for r in rows
@@ -283,13 +292,13 @@ def write_chart(results: Results, path: Path) -> bool:
         ax.tick_params(labelsize=8)
         for i, r in enumerate(rows[::-1]):
             ax.text(
-                r.ratio,
+                r.spread[1] if r.spread else r.ratio,  # right of the error bar
                 i,
                 f" {r.ratio:.2f}× ({_fmt(r.value, r.unit)} {r.unit})",
                 va="center",
                 fontsize=7,
             )
-        ax.set_xlim(0, max(max(ratios), *(r.spread[1] for r in rows if r.spread)) * 1.45)
+        ax.set_xlim(0, max([*ratios, *(r.spread[1] for r in rows if r.spread)]) * 1.45)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
