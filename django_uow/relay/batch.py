@@ -48,6 +48,7 @@ from ..retry import backoff_delay, describe, is_connection_error
 from ..tracing import span
 from . import statements
 from .heartbeat import lease_kept
+from .rows import ClaimedRow
 
 logger = logging.getLogger("django_uow.relay")
 
@@ -128,7 +129,7 @@ def publish_all(
     return failures
 
 
-def failure_for(row: OutboxEvent, exc: BaseException, max_attempts: int) -> statements.Failure:
+def failure_for(row: ClaimedRow, exc: BaseException, max_attempts: int) -> statements.Failure:
     """The failure to record: dead letter, or a retry after backoff (or ``RetryAfter``)."""
     now = timezone.now()
     cause = exc.original if isinstance(exc, HandlerFailed) else exc
@@ -144,7 +145,7 @@ def failure_for(row: OutboxEvent, exc: BaseException, max_attempts: int) -> stat
     )
 
 
-def _log_extra(row: OutboxEvent) -> dict[str, Any]:
+def _log_extra(row: ClaimedRow) -> dict[str, Any]:
     return {
         "event_id": str(row.event_id),
         "event_type": row.event_type,
@@ -157,7 +158,7 @@ def _log_extra(row: OutboxEvent) -> dict[str, Any]:
 class _Batch:
     """The working state of one claimed batch, from triage to report."""
 
-    rows: list[OutboxEvent]
+    rows: list[ClaimedRow]
     using: str
     relay_id: str
     max_attempts: int
@@ -165,8 +166,8 @@ class _Batch:
     #: transaction, held by its row locks (no lease: statements fence with "").
     direct: bool = False
     envelopes: dict[int, Envelope] = field(default_factory=dict)
-    to_publish: list[OutboxEvent] = field(default_factory=list)
-    dispatched: list[OutboxEvent] = field(default_factory=list)
+    to_publish: list[ClaimedRow] = field(default_factory=list)
+    dispatched: list[ClaimedRow] = field(default_factory=list)
     handed_back: list[int] = field(default_factory=list)
     failures: dict[int, statements.Failure] = field(default_factory=dict)
     errors: dict[int, BaseException] = field(default_factory=dict)
@@ -174,7 +175,7 @@ class _Batch:
     #: Aggregates with an event acknowledged by this batch: what waited behind it is owed.
     acknowledged: set[statements.AggregateKey] = field(default_factory=set)
 
-    def fail(self, row: OutboxEvent, exc: BaseException, failure: statements.Failure) -> None:
+    def fail(self, row: ClaimedRow, exc: BaseException, failure: statements.Failure) -> None:
         # Signal receivers get what the handler raised, as before it was classified.
         self.errors[row.id] = exc.original if isinstance(exc, HandlerFailed) else exc
         self.failures[row.id] = failure
