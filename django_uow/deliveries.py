@@ -167,15 +167,23 @@ def _upsert(
     returning: bool = False,
 ) -> list[tuple[Any, ...]]:
     table = connection.ops.quote_name(ProcessedEvent._meta.db_table)
-    placeholders = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+    if connection.vendor == "postgresql" and len(rows) > 1:
+        # One array per column: a statement with 14 parameters whatever the batch size
+        # (psycopg parses a query with thousands of placeholders on every call).
+        meta = ProcessedEvent._meta
+        arrays = ", ".join(f"%s::{meta.get_field(c).db_type(connection)}[]" for c in _COLUMNS)
+        source = f"SELECT * FROM unnest({arrays})"
+        params = [list(column) for column in zip(*rows, strict=True)]
+    else:
+        placeholders = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+        source = "VALUES " + ", ".join([placeholders] * len(rows))
+        params = [value for row in rows for value in row]
     sql = (
-        f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES "
-        + ", ".join([placeholders] * len(rows))
+        f"INSERT INTO {table} ({', '.join(_COLUMNS)}) {source}"
         + f" ON CONFLICT (event_id, handler) DO UPDATE SET {updates.format(t=table)}"
         + (f" WHERE {where.format(t=table)}" if where else "")
         + (" RETURNING status, attempts" if returning else "")
     )
-    params = [value for row in rows for value in row]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return list(cursor.fetchall()) if returning else []
