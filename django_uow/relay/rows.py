@@ -88,9 +88,7 @@ def row_reader(using: str) -> Callable[[Sequence[Any]], ClaimedRow]:
         field = OutboxEvent._meta.get_field(name)
         assert isinstance(field, Field)  # concrete columns, no relations
         column = field.get_col(table)
-        converters = connection.ops.get_db_converters(column) + field.get_db_converters(
-            connection
-        )
+        converters = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
         if converters:
             steps.append((index, column, converters))
 

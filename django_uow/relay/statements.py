@@ -60,7 +60,6 @@ OWED = (PENDING, FAILED)
 ONE_STATEMENT_VENDORS = frozenset({"postgresql", "sqlite"})
 
 
-
 #: ``(aggregate_type, aggregate_id)``: the unit of per-aggregate ordering.
 AggregateKey = tuple[str, str]
 
