@@ -343,6 +343,21 @@ class Envelope:
         }
 
     @classmethod
+    def of_row(cls, row: Any) -> Envelope:
+        """The envelope of a stored outbox row (the model, or the relay's ``ClaimedRow``)."""
+        return cls(
+            event_id=row.event_id,
+            event_type=row.event_type,
+            aggregate_type=row.aggregate_type,
+            aggregate_id=row.aggregate_id,
+            aggregate_version=row.aggregate_version,
+            occurred_at=row.occurred_at,
+            payload=row.payload,
+            headers=row.headers,
+            attempts=row.attempts,
+        )
+
+    @classmethod
     def from_message(cls, message: Mapping[str, Any]) -> Envelope:
         occurred = dateparse.parse_datetime(message["occurred_at"])
         assert occurred is not None

@@ -103,17 +103,7 @@ class OutboxEvent(models.Model):
         return f"{self.event_type} {self.event_id} ({self.status})"
 
     def to_envelope(self) -> Envelope:
-        return Envelope(
-            event_id=self.event_id,
-            event_type=self.event_type,
-            aggregate_type=self.aggregate_type,
-            aggregate_id=self.aggregate_id,
-            aggregate_version=self.aggregate_version,
-            occurred_at=self.occurred_at,
-            payload=self.payload,
-            headers=self.headers,
-            attempts=self.attempts,
-        )
+        return Envelope.of_row(self)
 
 
 class DeliveryStatus(models.TextChoices):

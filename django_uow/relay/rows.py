@@ -60,17 +60,7 @@ class ClaimedRow:
         return self.id
 
     def to_envelope(self) -> Envelope:
-        return Envelope(
-            event_id=self.event_id,
-            event_type=self.event_type,
-            aggregate_type=self.aggregate_type,
-            aggregate_id=self.aggregate_id,
-            aggregate_version=self.aggregate_version,
-            occurred_at=self.occurred_at,
-            payload=self.payload,
-            headers=self.headers,
-            attempts=self.attempts,
-        )
+        return Envelope.of_row(self)
 
 
 Converter = Callable[[Any, Any, Any], Any]
