@@ -246,7 +246,7 @@ def test_scheduled_events_are_shown_apart_from_pending_ones(admin_client: Client
     assert page.count('class="uow-status uow-status-pending"') == 3
     assert f"scheduled for {later.isoformat(timespec='seconds')}" in page
     # The event recorded after the scheduled one waits for nothing.
-    assert f"behind event <a href=\"{url('change', scheduled.pk)}\"" not in page
+    assert f'behind event <a href="{url("change", scheduled.pk)}"' not in page
     ids = {e: str(e.event_id)[:8] for e in (due, scheduled, behind_schedule, retrying)}
     only = admin_client.get(url("changelist"), {"status__exact": "scheduled"}).content.decode()
     assert [e for e, short in ids.items() if short in only] == [scheduled]
