@@ -124,7 +124,7 @@ class Results:
         inputs: list[str] | None = None,
     ) -> None:
         inputs = inputs or []
-        fresh = [key in self.fresh_rows for key in inputs]
+        fresh = [name in self.fresh_rows for name in inputs]
         if any(fresh) and not all(fresh):  # a --merge re-run beside older rows
             measured += " (inputs from different runs)"
         target = Target(

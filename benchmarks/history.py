@@ -123,11 +123,15 @@ class Summary:
         """The median and the range over the runs, e.g. ``190 ms (150-420)``."""
         if self.median is None or self.low is None or self.high is None:
             return "—"
-        unit = self.unit if self.unit == "×" else f" {self.unit}"
-        return f"{_num(self.median)}{unit} ({_num(self.low)}–{_num(self.high)})"
+        ratio = self.unit == "×"
+        unit = self.unit if ratio else f" {self.unit}"
+        low, high = _num(self.low, ratio), _num(self.high, ratio)
+        return f"{_num(self.median, ratio)}{unit} ({low}–{high})"
 
 
-def _num(value: float) -> str:
+def _num(value: float, ratio: bool = False) -> str:
+    if ratio:
+        return f"{value:.2f}"
     if abs(value) >= 100 or value == int(value):
         return f"{value:,.0f}"
     return f"{value:.2f}"
