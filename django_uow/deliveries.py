@@ -16,11 +16,12 @@ import traceback as tb
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from django.db import IntegrityError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Count, Min, QuerySet
+from django.db.models import Count, Field, Min, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -129,6 +130,11 @@ def _can_upsert(connection: BaseDatabaseWrapper) -> bool:
     )
 
 
+@cache
+def _event_id_field() -> Field[Any, Any]:
+    return ProcessedEvent._meta.get_field("event_id")
+
+
 def _row(
     connection: BaseDatabaseWrapper,
     envelope: Envelope,
@@ -136,7 +142,7 @@ def _row(
     **values: Any,
 ) -> list[Any]:
     """One row's parameters in ``_COLUMNS`` order, adapted for ``connection``."""
-    event_field = ProcessedEvent._meta.get_field("event_id")
+    event_field = _event_id_field()
     base: dict[str, Any] = {
         "event_id": event_field.get_db_prep_value(envelope.event_id, connection),
         "handler": handler_name,
@@ -198,6 +204,29 @@ _SUCCESS_UPDATES = (
 )
 
 
+def _success_sql(connection: BaseDatabaseWrapper, only_once: bool) -> str:
+    """The success upsert, built once per vendor: constants inline, 8 parameters.
+
+    Fewer bound parameters is less work per delivery for the driver (client-side
+    binding adapts each one), and the text is not rebuilt for every run.
+    """
+    key = (connection.vendor, only_once)
+    sql = _SUCCESS_SQL.get(key)
+    if sql is None:
+        table = connection.ops.quote_name(ProcessedEvent._meta.db_table)
+        where = f" WHERE {table}.status <> 'succeeded'" if only_once else ""
+        sql = _SUCCESS_SQL[key] = (
+            f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES "
+            "(%s, %s, 'succeeded', 1, '', '', %s, %s, %s, NULL, NULL, %s, %s, %s)"
+            f" ON CONFLICT (event_id, handler) DO UPDATE SET {_SUCCESS_UPDATES.format(t=table)}"
+            f"{where} RETURNING status, attempts"
+        )
+    return sql
+
+
+_SUCCESS_SQL: dict[tuple[str, bool], str] = {}
+
+
 def record_success(
     handler_name: str, envelope: Envelope, *, using: str, only_once: bool = True
 ) -> bool:
@@ -207,22 +236,26 @@ def record_success(
     the row and the handler's effect commit or roll back together, and a redelivery
     finds ``succeeded`` and is skipped. A non-idempotent handler records its success
     after the fact, with ``only_once=False``.
+
+    One statement where the database upserts (no read first, no savepoint).
     """
     connection = connections[using]
     now = timezone.now()
     if _can_upsert(connection):
-        row = _row(
-            connection,
-            envelope,
+        stamp = connection.ops.adapt_datetimefield_value(now)
+        params = [
+            _event_id_field().get_db_prep_value(envelope.event_id, connection),
             handler_name,
-            status=DeliveryStatus.SUCCEEDED,
-            attempts=1,
-            first_attempt_at=now,
-            last_attempt_at=now,
-            processed_at=now,
-        )
-        where = "{t}.status <> 'succeeded'" if only_once else ""
-        return bool(_upsert(connection, [row], _SUCCESS_UPDATES, where, returning=True))
+            storable_text(envelope.event_type, 255),
+            storable_text(envelope.aggregate_type, 255),
+            storable_text(envelope.aggregate_id, 255),
+            stamp,
+            stamp,
+            stamp,
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(_success_sql(connection, only_once), params)
+            return bool(cursor.fetchall())
     with transaction.atomic(using=using):
         found = _locked(envelope, handler_name, using)
         if found is None:
