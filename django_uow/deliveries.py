@@ -256,7 +256,9 @@ def record_success(
         with connection.cursor() as cursor:
             cursor.execute(_success_sql(connection, only_once), params)
             return bool(cursor.fetchall())
-    with transaction.atomic(using=using):
+    # Inside the handler's unit the enclosing transaction is enough: no savepoint of its
+    # own (an error here propagates and rolls the whole unit back anyway).
+    with transaction.atomic(using=using, savepoint=False):
         found = _locked(envelope, handler_name, using)
         if found is None:
             try:
