@@ -46,6 +46,21 @@ def _parent_context(headers: Mapping[str, Any] | None) -> Any:
     return propagate.extract(carrier)
 
 
+def _nothing_to_trace(headers: Mapping[str, Any] | None) -> bool:
+    """No tracer provider is configured and there is no trace to continue.
+
+    A span opened then would be the no-op API's invalid span: it records nothing and
+    puts no trace context in force, so it is not opened at all (a handler run skips
+    that work). With a trace context in ``headers`` or in force, the no-op span still
+    carries it on to the events recorded inside, so it is opened.
+    """
+    return (
+        isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        and not (headers and headers.get("traceparent"))
+        and not trace.get_current_span().get_span_context().is_valid
+    )
+
+
 @contextmanager
 def span(
     name: str,
@@ -58,10 +73,11 @@ def span(
 
     ``kind`` is a ``SpanKind`` name (``"internal"``, ``"consumer"``, ``"producer"``...).
     Attributes whose value is ``None`` are left out. Yields the span (``None`` when
-    OpenTelemetry is not installed). An exception leaving the block is recorded on the
+    OpenTelemetry is not installed, or when no tracer provider is configured and there
+    is no trace to continue). An exception leaving the block is recorded on the
     span, which is marked as an error, and propagates.
     """
-    if trace is None:
+    if trace is None or _nothing_to_trace(headers):
         yield None
         return
     tracer = trace.get_tracer(TRACER_NAME)

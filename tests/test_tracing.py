@@ -141,3 +141,32 @@ def test_no_op_without_opentelemetry() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_without_a_tracer_provider_only_a_trace_to_continue_opens_a_span() -> None:
+    # A fresh process: no tracer provider is configured there.
+    code = textwrap.dedent(
+        """
+        from opentelemetry import trace
+        from django_uow import tracing
+        parent = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+        with tracing.span("x", {"schema_version": 1}) as s:
+            assert s is None, s  # nothing would record it, nothing to carry on
+            carried = {}
+            tracing.inject_trace_context(carried)
+            assert carried == {}, carried
+        with tracing.span("x", {"traceparent": parent}) as s:
+            assert s is not None and not s.is_recording()
+            carried = {}
+            tracing.inject_trace_context(carried)  # events recorded here continue it
+            assert carried["traceparent"].startswith("00-" + "1" * 32), carried
+            with tracing.span("inner", {}) as inner:
+                assert inner is not None  # a trace is in force: it is carried on
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
