@@ -89,9 +89,11 @@ def check(results: Results) -> None:
         "Relay with RedisStreamPublisher ≥ 0.8 × hand-written XADD relay",
         ("relay.uow.redis", "relay.hand"),
         0.8,
-        "django-uow's claim statement (per-aggregate ordering check, lease, attempts) and "
-        "its per-row model instances and Envelope JSON cost more per event than the bare "
-        "hand-written loop.",
+        "The direct mode writes each row once, as the hand-written loop does, and claimed "
+        "rows are tuples; what remains is the per-aggregate ordering check in the claim "
+        "(about 35 ms per 500-event claim on PostgreSQL against about 24 ms for the bare "
+        "select and update together, measured with cProfile) and an Envelope per event. "
+        "The ordering guarantee is that price; ORDERING='none' drops it.",
     )
     best = _best(
         results, ["peer.relay.celery_outbox", "peer.relay.jaiminho", "peer.relay.outbox_pattern"]
@@ -101,8 +103,9 @@ def check(results: Results) -> None:
         "Relay with RedisStreamPublisher ≥ 20 × the fastest peer relay",
         ("relay.uow.redis", best[0]) if best else None,
         20,
-        "20× the fastest peer would need about the hand-written relay's rate; django-uow's "
-        "relay is at less than half of it (previous target).",
+        "20× the fastest peer (about 1,000 events/s) is about 20,000 events/s: twice "
+        "what the hand-written SKIP LOCKED + pipelined XADD relay itself reaches on this "
+        "machine, so ten lines of SQL miss it too.",
         f" (vs {best[0].split('.')[-1]})" if best else "",
     )
     target(
