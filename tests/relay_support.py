@@ -103,3 +103,30 @@ class RedisListPublisher:
             pipe.rpush(self.key, f"{e.aggregate_id}:{e.payload['reason']}:{e.event_id}")
         pipe.execute()
         return None
+
+
+def select_claim(mode: str, monkeypatch: Any) -> str:
+    """Route the relay through ``mode``: "one-statement" (skipped where the database has
+    none) or "portable" (the MySQL/MariaDB claim, on any database)."""
+    import pytest
+    from django.db import connection
+
+    from django_uow.relay import statements
+
+    if mode == "one-statement" and not statements.one_statement(connection.alias):
+        pytest.skip(f"no one-statement claim on {connection.vendor}: the portable run covers it")
+    if mode == "portable":
+        monkeypatch.setattr(statements, "ONE_STATEMENT_VENDORS", frozenset())
+    return mode
+
+
+def take_list(redis_url: str, key: str) -> list[str]:
+    """Every item of a Redis list, in order, deleting the list."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [item.decode() for item in client.lrange(key, 0, -1)]
+    finally:
+        client.delete(key)
+        client.close()

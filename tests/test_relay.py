@@ -25,7 +25,13 @@ from django_uow.relay import (
 from django_uow.relay import statements as claims
 from django_uow.retry import backoff_delay
 from django_uow.signals import event_dispatched, event_failed
-from tests.relay_support import RaisingPublisher, RecordingPublisher, interleaved, make_rows
+from tests.relay_support import (
+    RaisingPublisher,
+    RecordingPublisher,
+    interleaved,
+    make_rows,
+    select_claim,
+)
 from tests.testapp import handlers
 from tests.testapp.models import Effect, Order
 
@@ -37,11 +43,7 @@ P, D, F = "pending", "dispatched", "failed"
 @pytest.fixture(autouse=True, params=["one-statement", "portable"])
 def claim_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run every test through the one-statement claim and the portable (MySQL...) claim."""
-    if request.param == "one-statement" and not claims.one_statement(connection.alias):
-        pytest.skip(f"no one-statement claim on {connection.vendor}: the portable run covers it")
-    if request.param == "portable":
-        monkeypatch.setattr(claims, "ONE_STATEMENT_VENDORS", frozenset())
-    return str(request.param)
+    return select_claim(str(request.param), monkeypatch)
 
 
 @pytest.fixture(autouse=True)

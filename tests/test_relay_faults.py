@@ -24,7 +24,7 @@ from django_uow.models import OutboxEvent, ProcessedEvent
 from django_uow.publishers import RedisStreamPublisher
 from django_uow.relay import RelayLoop, relay_pending
 from tests.conftest import CI
-from tests.relay_support import RedisListPublisher, interleaved, make_rows
+from tests.relay_support import RedisListPublisher, interleaved, make_rows, take_list
 from tests.testapp.models import Effect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,7 +298,6 @@ def test_three_concurrent_relays_publish_each_event_once_in_aggregate_order(
     monkeypatch: pytest.MonkeyPatch,
     in_relay_mode: str,
 ) -> None:
-    import redis
 
     from django_uow.relay import statements as claims
 
@@ -341,12 +340,7 @@ def test_three_concurrent_relays_publish_each_event_once_in_aggregate_order(
         t.start()
     for t in threads:
         t.join(timeout=120)
-    client = redis.Redis.from_url(redis_server)
-    try:
-        published = [item.decode() for item in client.lrange(key, 0, -1)]
-    finally:
-        client.delete(key)
-        client.close()
+    published = take_list(redis_server, key)
     assert not errors, errors
     assert len(batches) == 3
     event_ids = [item.rsplit(":", 1)[1] for item in published]

@@ -28,7 +28,7 @@ from django_uow.relay import relay_events, relay_pending
 from django_uow.relay import statements as claims
 from django_uow.relay.batch import follow_up
 from tests.hot_aggregate import write_concurrently
-from tests.relay_support import RecordingPublisher, make_rows
+from tests.relay_support import RecordingPublisher, make_rows, select_claim
 from tests.test_publishers import celery_worker  # noqa: F401 - a real worker for this module
 from tests.testapp import handlers
 from tests.testapp.events import OrderFlagged
@@ -45,11 +45,7 @@ INLINE = {
 @pytest.fixture(params=["one-statement", "portable"])
 def claim_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The one-statement claim and the portable (MySQL...) claim."""
-    if request.param == "one-statement" and not claims.one_statement(connection.alias):
-        pytest.skip(f"no one-statement claim on {connection.vendor}: the portable run covers it")
-    if request.param == "portable":
-        monkeypatch.setattr(claims, "ONE_STATEMENT_VENDORS", frozenset())
-    return str(request.param)
+    return select_claim(str(request.param), monkeypatch)
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ from django_uow.models import OutboxEvent
 from django_uow.outbox import write_events
 from django_uow.relay import relay_batch, relay_events, relay_pending
 from django_uow.relay import statements as claims
-from tests.relay_support import CANCELLED, RecordingPublisher
+from tests.relay_support import CANCELLED, RecordingPublisher, select_claim, take_list
 from tests.testapp import handlers
 from tests.testapp.events import OrderCancelled, OrderPaid, Pinged
 from tests.testapp.models import Order
@@ -37,11 +37,7 @@ NOW = timezone.now
 @pytest.fixture(autouse=True, params=["one-statement", "portable"])
 def claim_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test through the one-statement claim and the portable (MySQL...) claim."""
-    if request.param == "one-statement" and not claims.one_statement(connection.alias):
-        pytest.skip(f"no one-statement claim on {connection.vendor}: the portable run covers it")
-    if request.param == "portable":
-        monkeypatch.setattr(claims, "ONE_STATEMENT_VENDORS", frozenset())
-    return str(request.param)
+    return select_claim(str(request.param), monkeypatch)
 
 
 @pytest.fixture(autouse=True)
@@ -363,7 +359,6 @@ def test_concurrent_relays_publish_scheduled_and_plain_events_once_in_order(
     import threading
     import time
 
-    import redis
     from django.db import connections
 
     from tests.relay_support import RedisListPublisher
@@ -420,12 +415,7 @@ def test_concurrent_relays_publish_scheduled_and_plain_events_once_in_order(
         t.start()
     for t in threads:
         t.join(timeout=120)
-    client = redis.Redis.from_url(redis_server)
-    try:
-        published = [item.decode() for item in client.lrange(key, 0, -1)]
-    finally:
-        client.delete(key)
-        client.close()
+    published = take_list(redis_server, key)
     assert not errors, errors
     event_ids = [item.rsplit(":", 1)[1] for item in published]
     assert len(event_ids) == len(set(event_ids)) == len(due_of)  # each due event once
