@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 from uuid import UUID
-
-from django.core.serializers.json import DjangoJSONEncoder
 
 from .conf import uow_settings
 from .events import Envelope
@@ -174,7 +171,7 @@ class NatsJetStreamPublisher:
 
     def message(self, envelope: Envelope) -> tuple[str, bytes, dict[str, str]]:
         """``(subject, body, headers)`` of one event."""
-        body = json.dumps(envelope.to_message(), cls=DjangoJSONEncoder).encode()
+        body = envelope.to_json().encode()
         headers = {
             "Nats-Msg-Id": str(envelope.event_id),
             "Content-Type": "application/json",

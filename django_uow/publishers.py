@@ -10,7 +10,6 @@ reports them as ``BlockedByEarlierFailure`` and the relay hands them back untouc
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -18,7 +17,6 @@ from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
-from django.core.serializers.json import DjangoJSONEncoder
 from django.core.signals import setting_changed
 from django.db import router
 from django.utils.module_loading import import_string
@@ -360,7 +358,7 @@ class RedisStreamPublisher:
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
         pipe = self.client.pipeline(transaction=False)
         for envelope in envelopes:
-            body = json.dumps(envelope.to_message(), cls=DjangoJSONEncoder)
+            body = envelope.to_json()
             if self.maxlen:
                 pipe.xadd(
                     self.stream_key(envelope),

@@ -19,7 +19,6 @@ Uses ``amqp`` (py-amqp, a dependency of kombu and Celery): ``pip install
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -28,8 +27,6 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
-
-from django.core.serializers.json import DjangoJSONEncoder
 
 from .conf import uow_settings
 from .events import Envelope
@@ -172,7 +169,7 @@ class RabbitMQPublisher:
         import amqp
 
         return amqp.Message(
-            json.dumps(envelope.to_message(), cls=DjangoJSONEncoder),
+            envelope.to_json(),
             content_type="application/json",
             content_encoding="utf-8",
             delivery_mode=2,

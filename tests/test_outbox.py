@@ -110,3 +110,60 @@ def test_events_of_several_aggregates_keep_record_order() -> None:
         ("orders.cancelled", str(a.pk)),
         ("testapp.OrderPaid", str(b.pk)),
     ]
+
+
+#: Text that a JSON document of rows must carry unchanged (the one-statement path of a
+#: commit of several events): quotes, backslashes, escapes that only look like escapes,
+#: characters outside the BMP, and a 1 MB value.
+HOSTILE_NOTES = [
+    'quote " and backslash \\ and \\u0000 (six characters)',
+    "naïve café \U0001f600 \u2028 line separator",
+    "],[\"payload\": {} }]",
+    "x" * 1_000_000,
+]
+
+
+def _columns(row: OutboxEvent) -> tuple[object, ...]:
+    return (
+        row.event_type,
+        row.aggregate_type,
+        row.aggregate_id,
+        row.payload,
+        {k: v for k, v in row.headers.items() if k != "correlation_id"},
+        row.status,
+        row.attempts,
+        row.last_error,
+        row.claimed_by,
+        row.dispatched_at,
+        row.claimed_until,
+    )
+
+
+def test_a_commit_of_many_events_stores_exactly_what_a_commit_of_one_does() -> None:
+    # One event goes through INSERT ... VALUES; eight are past psycopg's cached parameter
+    # count, so PostgreSQL gets them as one JSON document. Both must store the same row.
+    order = Order.objects.create(total=Decimal("1.00"))
+    singles = []
+    for note in HOSTILE_NOTES:
+        with UnitOfWork() as uow:
+            uow.record_event(Pinged(note=note, extra={"k": [1, None, "two"]}))
+        singles.append(OutboxEvent.objects.latest("id"))
+    with capture_statements() as statements, UnitOfWork() as uow:
+        for note in HOSTILE_NOTES:
+            uow.record_event(Pinged(note=note, extra={"k": [1, None, "two"]}))
+        for i in range(4):
+            order.record_event(OrderPlaced(order_id=order.pk, total=Decimal(f"{i}.25")))
+        order.save()
+    assert statements == ["UPDATE testapp_order", "INSERT django_uow_outboxevent"]
+
+    many = list(OutboxEvent.objects.order_by("id"))[len(singles) :]
+    assert [_columns(row) for row in many[: len(singles)]] == [_columns(r) for r in singles]
+    assert [row.payload["note"] for row in many[: len(singles)]] == HOSTILE_NOTES
+    placed = many[len(singles) :]
+    assert [row.payload["total"] for row in placed] == ["0.25", "1.25", "2.25", "3.25"]
+    assert [row.aggregate_version for row in placed] == [2, 2, 2, 2]
+    assert {row.aggregate_id for row in placed} == {str(order.pk)}
+    # Datetimes keep their microseconds (not cut to milliseconds), ids are distinct.
+    assert all(row.occurred_at == row.available_at == row.created_at for row in many)
+    assert any(row.occurred_at.microsecond % 1000 for row in many)
+    assert len({row.event_id for row in many}) == len(many)
