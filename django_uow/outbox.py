@@ -207,9 +207,10 @@ def _jsonb_rows_sql(using: str) -> tuple[str, tuple[str, ...]]:
     names = [f.name for f in fields]
     selected = [f"(r->>{i})::{f.db_type(connection)}" for i, f in enumerate(fields)]
     columns = [connection.ops.quote_name(f.column) for f in fields]
+    json_fields = {f.name: f for f in _fields() if f.name in JSON_FIELDS}
     for offset, name in enumerate(("payload", "headers")):
         selected.append(f"r->{len(fields) + offset}")
-        columns.append(connection.ops.quote_name(OutboxEvent._meta.get_field(name).column))
+        columns.append(connection.ops.quote_name(json_fields[name].column))
     table = connection.ops.quote_name(OutboxEvent._meta.db_table)
     sql = (
         f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(selected)} "
