@@ -9,7 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
+from django.test.utils import override_settings
 
 from ..db import OUTBOX, redis_client, seed_outbox, truncate, vacuum
 from ..harness import Config, Results, Row, bench_env, interleaved, paired_row
@@ -60,7 +62,12 @@ def run_relay(cfg: Config, results: Results) -> None:
         "relay.hand": lambda: drained(n, hand_relay_drain()),
         "relay.send_task": lambda: send_task_loop(count),
     }
-    sizes = {"relay.hand": n, "relay.uow.redis": n, "relay.uow.celery": n_celery}
+    sizes = {
+        "relay.hand": n,
+        "relay.uow.redis": n,
+        "relay.uow.redis.none": n,
+        "relay.uow.celery": n_celery,
+    }
     reason = relay_available()
     if not reason:
         from django_uow.publishers import CeleryPublisher, RedisStreamPublisher
@@ -72,7 +79,13 @@ def run_relay(cfg: Config, results: Results) -> None:
             summary = relay_pending(publishers=[publisher], batch_size=500)
             return drained(count, summary.relayed)
 
+        def unordered_drain() -> int:
+            # What the per-aggregate ordering check costs: the same drain without it.
+            with override_settings(DJANGO_UOW={**settings.DJANGO_UOW, "ORDERING": "none"}):
+                return uow_drain(RedisStreamPublisher(), n)
+
         runs["relay.uow.redis"] = lambda: uow_drain(RedisStreamPublisher(), n)
+        runs["relay.uow.redis.none"] = unordered_drain
         runs["relay.uow.celery"] = lambda: uow_drain(CeleryPublisher(app=app), n_celery)
 
     counted: dict[str, int] = {}
@@ -114,6 +127,17 @@ def run_relay(cfg: Config, results: Results) -> None:
             samples,
             "relay.hand",
             note=f"{counted.get('relay.uow.redis')} stream entries for {n} events",
+        )
+    )
+    results.add(
+        paired_row(
+            "relay",
+            "relay.uow.redis.none",
+            "django-uow relay, RedisStreamPublisher, ORDERING='none'",
+            "events/s",
+            samples,
+            "relay.hand",
+            note="no per-aggregate order: what the ordering check in the claim costs",
         )
     )
     results.add(
