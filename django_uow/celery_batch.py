@@ -38,6 +38,7 @@ logger = logging.getLogger("django_uow.publishers")
 
 #: The Celery task that runs one handler for one event.
 HANDLE_TASK = "django_uow.tasks.handle_event"
+HANDLE_BATCH_TASK = "django_uow.tasks.handle_events"
 
 #: Route options ``send_task`` would turn into something this module reproduces.
 _KNOWN_OPTIONS = frozenset({"queue", "priority", "serializer", "delivery_mode"})
@@ -49,13 +50,32 @@ class _Unusual(Exception):
 
 @dataclass(frozen=True)
 class Delivery:
-    """One handler task to send: the event, the handler, its queue, its task id."""
+    """One handler task to send: the event, the handler, its queue, its task id.
+
+    With ``more`` (``HANDLER_BATCH`` > 1) the task is ``handle_events`` and runs the
+    handler for this event and then for each of those, in order.
+    """
 
     envelope: Envelope
     handler: str
     queue: str | None
     message: dict[str, Any]
     task_id: str
+    more: tuple[tuple[Envelope, dict[str, Any]], ...] = ()
+
+    @property
+    def task(self) -> str:
+        return HANDLE_BATCH_TASK if self.more else HANDLE_TASK
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        if not self.more:
+            return (self.message, self.handler)
+        return ([self.message, *(message for _, message in self.more)], self.handler)
+
+    @property
+    def envelopes(self) -> list[Envelope]:
+        return [self.envelope, *(envelope for envelope, _ in self.more)]
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,7 @@ class _Prepared:
     content_encoding: str
     headers: dict[str, Any]
     properties: dict[str, Any]
+    task: str = HANDLE_TASK
 
 
 class _Builder:
@@ -99,12 +120,8 @@ class _Builder:
         self.app = app
         self.amqp = app.amqp
         self.router = app.amqp.router
-        registry = getattr(app, "_tasks", None)
-        self.task = registry.get(HANDLE_TASK) if registry is not None else None
-        options: dict[str, Any] = {}
-        if self.task is not None and hasattr(self.task, "_get_exec_options"):
-            options = {k: v for k, v in self.task._get_exec_options().items() if v is not None}
-        self.defaults = options
+        self.registry = getattr(app, "_tasks", None)
+        self._tasks: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.reply_to = app.thread_oid
         self.root_id: str | None = None
         self.parent_id: str | None = None
@@ -117,14 +134,25 @@ class _Builder:
                 self.parent_priority = (parent.request.delivery_info or {}).get("priority")
         self.retry_policy = dict(conf.task_publish_retry_policy or {})
         self.maxsize = int(getattr(self.amqp, "argsrepr_maxsize", 1024))
-        self._routes: dict[str | None, _Route] = {}
+        self._routes: dict[tuple[str, str | None], _Route] = {}
 
-    def route(self, queue: str | None, args: tuple[Any, ...]) -> _Route:
+    def task(self, name: str) -> tuple[Any, dict[str, Any]]:
+        """The registered task ``name`` (None when not imported here) and its options."""
+        if name not in self._tasks:
+            task = self.registry.get(name) if self.registry is not None else None
+            options: dict[str, Any] = {}
+            if task is not None and hasattr(task, "_get_exec_options"):
+                options = {k: v for k, v in task._get_exec_options().items() if v is not None}
+            self._tasks[name] = (task, options)
+        return self._tasks[name]
+
+    def route(self, name: str, queue: str | None, args: tuple[Any, ...]) -> _Route:
         """Where ``send_task`` would send this task; cached when no ``task_routes``."""
         cacheable = not self.router.routes
-        if cacheable and queue in self._routes:
-            return self._routes[queue]
-        options = dict(self.defaults)
+        if cacheable and (name, queue) in self._routes:
+            return self._routes[(name, queue)]
+        task, defaults = self.task(name)
+        options = dict(defaults)
         if queue:
             options["queue"] = queue
         time_limit = options.pop("time_limit", None)
@@ -132,7 +160,7 @@ class _Builder:
         options.pop("ignore_result", None)
         if options.pop("expires", None) is not None:
             raise _Unusual("the task has an expires option")
-        options = self.router.route(options, HANDLE_TASK, args, {}, self.task)
+        options = self.router.route(options, name, args, {}, task)
         if self.parent_priority is not None:
             options.setdefault("priority", self.parent_priority)
         unknown = {k for k, v in options.items() if v is not None} - _KNOWN_OPTIONS
@@ -160,7 +188,7 @@ class _Builder:
             soft_time_limit=soft_time_limit,
         )
         if cacheable:
-            self._routes[queue] = route
+            self._routes[(name, queue)] = route
         return route
 
     def argsrepr(self, args: tuple[Any, ...]) -> str:
@@ -174,11 +202,11 @@ class _Builder:
         from celery import signals
         from kombu.serialization import dumps
 
-        args = (delivery.message, delivery.handler)
-        route = self.route(delivery.queue, args)
+        args = delivery.args
+        route = self.route(delivery.task, delivery.queue, args)
         headers, properties, body, _ = self.amqp.create_task_message(
             delivery.task_id,
-            HANDLE_TASK,
+            delivery.task,
             args,
             {},
             reply_to=self.reply_to,
@@ -191,7 +219,7 @@ class _Builder:
             kwargsrepr="{}",
         )
         signals.before_task_publish.send(
-            sender=HANDLE_TASK,
+            sender=delivery.task,
             body=body,
             exchange="",
             routing_key=route.qname,
@@ -203,14 +231,22 @@ class _Builder:
         content_type, content_encoding, payload = dumps(body, serializer=route.serializer)
         properties["delivery_mode"] = route.delivery_mode
         return _Prepared(
-            index, route, body, payload, content_type, content_encoding, headers, properties
+            index,
+            route,
+            body,
+            payload,
+            content_type,
+            content_encoding,
+            headers,
+            properties,
+            delivery.task,
         )
 
     def after(self, prepared: _Prepared) -> None:
         from celery import signals
 
         signals.after_task_publish.send(
-            sender=HANDLE_TASK,
+            sender=prepared.task,
             body=prepared.task_body,
             headers=prepared.headers,
             exchange="",

@@ -518,6 +518,7 @@ VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
     "NATS_SUBJECT_PREFIX": _check_nats_subject_prefix,
     "HANDLER_DEADLINE": _check_handler_deadline_value,
     "ORDERED_WAIT": _check_ordered_wait_value,
+    "HANDLER_BATCH": _positive_int("HANDLER_BATCH", 90),
     "INBOX_RETENTION": _check_inbox_retention_value,
     "FAST_PATH_TIMEOUT": _check_fast_path_timeout,
     "FAST_PATH_COOLDOWN": _check_fast_path_cooldown,

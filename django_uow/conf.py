@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
     # for its aggregate's previous event before it is reported blocked. Unset, it is
     # also at most half of HANDLER_DEADLINE.
     "ORDERED_WAIT": timedelta(minutes=1),
+    # CeleryPublisher: up to this many deliveries of one handler in one Celery task
+    # (django_uow.tasks.handle_events). 1: one task per event and handler.
+    "HANDLER_BATCH": 1,
     # Succeeded handler deliveries (the inbox) are pruned after this.
     "INBOX_RETENTION": timedelta(days=30),
     # Seconds the commit path may spend on broker work (connect + send) in the fast path.
@@ -238,6 +241,10 @@ class UowSettings:
         if "ORDERED_WAIT" in self.user_settings:
             return wait
         return min(wait, self.HANDLER_DEADLINE / 2)
+
+    @property
+    def HANDLER_BATCH(self) -> int:
+        return int(self._get("HANDLER_BATCH"))
 
     @property
     def INBOX_RETENTION(self) -> timedelta:

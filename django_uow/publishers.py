@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
@@ -193,17 +194,21 @@ class CeleryPublisher:
     ) -> None:
         app = self.app
         with self._producer(app) as producer:
-            batch = [d for _, deliveries in events for d in deliveries]
+            deliveries = [d for _, deliveries in events for d in deliveries]
+            batch = in_tasks(deliveries, uow_settings.HANDLER_BATCH)
             errors = send_batch(app, producer, batch, confirm_timeout=self.confirm_timeout)
             if errors is None:
                 self._publish_each(app, producer, events, outcome, sent)
                 return
-        failed = dict(zip((d.task_id for d in batch), errors, strict=True))
+        failed: dict[tuple[UUID, str], Exception | None] = {}
+        for task, task_error in zip(batch, errors, strict=True):
+            for envelope in task.envelopes:
+                failed[(envelope.event_id, task.handler)] = task_error
         for envelope, deliveries in events:
             blocked = outcome.blocked(envelope)  # sent, but an earlier event failed
             error = None
             for delivery in deliveries:
-                exc = failed[delivery.task_id]
+                exc = failed[(envelope.event_id, delivery.handler)]
                 if exc is None:
                     sent.append((envelope, delivery.handler))
                 else:
@@ -290,6 +295,29 @@ def _deliveries(envelope: Envelope, handlers: Iterable[Handler]) -> list[Deliver
         )
         for handler in handlers
     ]
+
+
+def in_tasks(deliveries: Sequence[Delivery], size: int) -> list[Delivery]:
+    """``deliveries`` as Celery tasks: each handler's, in order, up to ``size`` per task.
+
+    A task of one delivery is the usual ``handle_event`` task (its deterministic id
+    kept); a longer one is a ``handle_events`` task, which runs them in turn.
+    """
+    if size <= 1:
+        return list(deliveries)
+    groups: dict[tuple[str, str | None], list[Delivery]] = {}
+    for delivery in deliveries:
+        groups.setdefault((delivery.handler, delivery.queue), []).append(delivery)
+    tasks: list[Delivery] = []
+    for group in groups.values():
+        for start in range(0, len(group), size):
+            first, *rest = group[start : start + size]
+            if not rest:
+                tasks.append(first)
+                continue
+            more = tuple((d.envelope, d.message) for d in rest)
+            tasks.append(replace(first, task_id=str(uuid.uuid4()), more=more))
+    return tasks
 
 
 def _record_published(sent: Sequence[tuple[Envelope, str]]) -> None:

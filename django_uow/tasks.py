@@ -23,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 from . import signals
+from .celery_batch import HANDLE_TASK
 from .conf import uow_settings
 from .deliveries import Outcome
 from .events import Envelope
@@ -30,7 +31,7 @@ from .exceptions import PermanentFailure, PredecessorPending, RelayError, RetryA
 from .handlers import Handler, registry
 from .inbox import run_handler
 from .models import OutboxEvent
-from .publishers import CeleryPublisher
+from .publishers import CeleryPublisher, handler_task_id
 from .relay import prune, relay_events, relay_pending, republish_overdue
 from .retry import backoff_delay
 
@@ -186,6 +187,93 @@ def run_handler_task(
         ) from exc
 
 
+def run_handler_batch(task: Any, messages: Sequence[dict[str, Any]], handler_name: str) -> int:
+    """Body of the batch handler task: run the handler for each event in turn.
+
+    Each delivery is what ``handle_event`` would have run: its own unit of work and
+    inbox row. One that must run again (a failure to retry, an ordered handler's
+    predecessor not done yet) continues as a ``handle_event`` task of its own, sent with
+    the countdown a retry would have had, so the rest of the batch is not held up.
+    Returns the number of deliveries that ran.
+    """
+    ran = 0
+    for message in messages:
+        try:
+            ran += _run_one_of_batch(task, message, handler_name)
+        except Exception:
+            # A message that cannot even be read, or a handler name unknown here: logged
+            # like a failing task would be; its row is owed and the deadline sweep sends
+            # it again.
+            logger.exception(
+                "Handler %s could not run a delivery of a batch (event %s)",
+                handler_name,
+                message.get("event_id") if isinstance(message, dict) else None,
+            )
+    return ran
+
+
+def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> bool:
+    envelope = Envelope.from_message(message)
+    handler = registry.get(handler_name)
+    outcomes: list[Outcome] = []
+    delays: list[float] = []
+
+    def retry_delay(exc: BaseException) -> float:
+        delay = (
+            exc.seconds
+            if isinstance(exc, RetryAfter)
+            else backoff_delay(1, *uow_settings.BACKOFF)
+        )
+        delays.append(delay)
+        return delay
+
+    def wake(follower_handler: Handler, follower: Envelope) -> None:
+        CeleryPublisher(task.app).send_deliveries([(follower, follower_handler)], record=False)
+
+    def again(countdown: float, **kwargs: Any) -> None:
+        task.app.send_task(
+            HANDLE_TASK,
+            args=(message, handler_name),
+            kwargs=kwargs,
+            countdown=countdown,
+            task_id=handler_task_id(envelope.event_id, handler_name),
+            ignore_result=True,
+            **({"queue": handler.queue} if handler.queue else {}),
+        )
+
+    try:
+        return run_handler(
+            handler, envelope, retry_delay=retry_delay, report=outcomes.append, wait=True, wake=wake
+        )
+    except PredecessorPending:
+        again(ordered_poll_delay(0), waiting_since=time.time(), waits=1)
+        return False
+    except PermanentFailure as exc:
+        logger.error("Handler %s gave up on event %s: %s", handler_name, envelope.event_id, exc)
+        signals.event_failed.send(sender=OutboxEvent, envelope=envelope, error=exc, dead=True)
+        return False
+    except Exception as exc:
+        dead = bool(outcomes) and outcomes[0].dead
+        signals.event_failed.send(sender=OutboxEvent, envelope=envelope, error=exc, dead=dead)
+        if dead:
+            logger.error(
+                "Handler %s failed event %s for good after %d attempt(s): %s",
+                handler_name,
+                envelope.event_id,
+                outcomes[0].attempts,
+                exc,
+            )
+            return False
+        logger.warning(
+            "Handler %s failed event %s (a batch delivery); retried on its own: %s",
+            handler_name,
+            envelope.event_id,
+            exc,
+        )
+        again(delays[0] if delays else retry_delay(exc), waiting_since=None, waits=0)
+        return False
+
+
 if shared_task is not None:
 
     @shared_task(name="django_uow.tasks.relay_outbox", ignore_result=True)
@@ -219,3 +307,14 @@ if shared_task is not None:
     ) -> bool:
         """Run one handler for one event (idempotent handlers skip redeliveries)."""
         return run_handler_task(self, message, handler_name, waiting_since, waits)
+
+    @shared_task(
+        name="django_uow.tasks.handle_events",
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+    )
+    def handle_events(self: Any, messages: list[dict[str, Any]], handler_name: str) -> int:
+        """Run one handler for several events in turn (``HANDLER_BATCH`` > 1)."""
+        return run_handler_batch(self, messages, handler_name)

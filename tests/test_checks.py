@@ -114,6 +114,8 @@ def test_e005_missing_attribute() -> None:
         ("FAST_PATH_TIMEOUT", 120, 60, "E020"),
         ("FAST_PATH_COOLDOWN", -1, 0, "E021"),
         ("FAST_PATH_COOLDOWN", None, 5.0, "E021"),
+        ("HANDLER_BATCH", 0, 50, "E090"),
+        ("HANDLER_BATCH", "50", 1, "E090"),
     ],
 )
 def test_scalar_keys(key: str, bad: Any, good: Any, check_id: str) -> None:
