@@ -220,9 +220,7 @@ def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> 
 
     def retry_delay(exc: BaseException) -> float:
         delay = (
-            exc.seconds
-            if isinstance(exc, RetryAfter)
-            else backoff_delay(1, *uow_settings.BACKOFF)
+            exc.seconds if isinstance(exc, RetryAfter) else backoff_delay(1, *uow_settings.BACKOFF)
         )
         delays.append(delay)
         return delay

@@ -118,7 +118,7 @@ def test_events_of_several_aggregates_keep_record_order() -> None:
 HOSTILE_NOTES = [
     'quote " and backslash \\ and \\u0000 (six characters)',
     "naïve café \U0001f600 \u2028 line separator",
-    "],[\"payload\": {} }]",
+    '],["payload": {} }]',
     "x" * 1_000_000,
 ]
 
