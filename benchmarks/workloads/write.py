@@ -182,8 +182,11 @@ def run_write(cfg: Config, results: Results) -> None:
         "(d) ≥ 2 × events/s of (b) with one INSERT per event",
         ratio_text(results.rows["write.d"]),
         d >= 2,
-        "Encoding and staging each event (UUID, JSON payload and headers, five indexes per "
-        "new row) costs more than the nine round trips the single INSERT saves.",
+        "The commit is BEGIN, two INSERTs and COMMIT against twelve statements, but each "
+        "outbox row is wider and enters five indexes where the hand-written row enters two "
+        f"(the same table cost puts (b'') at {table:.2f}× of (b) in this run), and each "
+        "event is staged in Python (its id, time, headers): on this machine the ratio sits "
+        "at about 2×, on either side of it from run to run.",
         value=d,
         inputs=["write.d", "write.b10"],
     )
