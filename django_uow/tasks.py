@@ -148,34 +148,15 @@ def run_handler_task(
             max_retries=None,
         ) from None
     except PermanentFailure as exc:
-        logger.error(
-            "Handler %s gave up on event %s (%s) of %s %s: %s",
-            handler_name,
-            envelope.event_id,
-            envelope.event_type,
-            envelope.aggregate_type,
-            envelope.aggregate_id,
-            exc,
-        )
-        signals.event_failed.send(sender=OutboxEvent, envelope=envelope, error=exc, dead=True)
+        report_failure(handler_name, envelope, exc, dead=True)
         return False
     except Exception as exc:
         if outcomes:
             dead, attempts = outcomes[0].dead, outcomes[0].attempts
         else:  # the failure could not be recorded: count Celery's retries instead
             dead, attempts = retries + 1 >= uow_settings.MAX_ATTEMPTS, retries + 1
-        signals.event_failed.send(sender=OutboxEvent, envelope=envelope, error=exc, dead=dead)
+        report_failure(handler_name, envelope, exc, dead=dead, attempts=attempts)
         if dead:
-            logger.error(
-                "Handler %s failed event %s (%s) of %s %s for good after %d attempt(s): %s",
-                handler_name,
-                envelope.event_id,
-                envelope.event_type,
-                envelope.aggregate_type,
-                envelope.aggregate_id,
-                attempts,
-                exc,
-            )
             raise
         countdown = delays[0] if delays else retry_delay(exc)
         raise task.retry(
@@ -185,6 +166,31 @@ def run_handler_task(
             countdown=countdown,
             max_retries=None,
         ) from exc
+
+
+def report_failure(
+    handler_name: str, envelope: Envelope, exc: Exception, *, dead: bool, attempts: int = 0
+) -> None:
+    """Signal a failed delivery; log it when it is final (a permanent failure, or the last
+    attempt)."""
+    signals.event_failed.send(sender=OutboxEvent, envelope=envelope, error=exc, dead=dead)
+    if not dead:
+        return
+    if isinstance(exc, PermanentFailure):
+        verb, end = "gave up on", ""
+    else:
+        verb, end = "failed", f" for good after {attempts} attempt(s)"
+    logger.error(
+        "Handler %s %s event %s (%s) of %s %s%s: %s",
+        handler_name,
+        verb,
+        envelope.event_id,
+        envelope.event_type,
+        envelope.aggregate_type,
+        envelope.aggregate_id,
+        end,
+        exc,
+    )
 
 
 def run_handler_batch(task: Any, messages: Sequence[dict[str, Any]], handler_name: str) -> int:
@@ -247,20 +253,13 @@ def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> 
         again(ordered_poll_delay(0), waiting_since=time.time(), waits=1)
         return False
     except PermanentFailure as exc:
-        logger.error("Handler %s gave up on event %s: %s", handler_name, envelope.event_id, exc)
-        signals.event_failed.send(sender=OutboxEvent, envelope=envelope, error=exc, dead=True)
+        report_failure(handler_name, envelope, exc, dead=True)
         return False
     except Exception as exc:
         dead = bool(outcomes) and outcomes[0].dead
-        signals.event_failed.send(sender=OutboxEvent, envelope=envelope, error=exc, dead=dead)
+        attempts = outcomes[0].attempts if outcomes else 1
+        report_failure(handler_name, envelope, exc, dead=dead, attempts=attempts)
         if dead:
-            logger.error(
-                "Handler %s failed event %s for good after %d attempt(s): %s",
-                handler_name,
-                envelope.event_id,
-                outcomes[0].attempts,
-                exc,
-            )
             return False
         logger.warning(
             "Handler %s failed event %s (a batch delivery); retried on its own: %s",
