@@ -235,6 +235,8 @@ def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> 
         CeleryPublisher(task.app).send_deliveries([(follower, follower_handler)], record=False)
 
     def again(countdown: float, **kwargs: Any) -> None:
+        # Where the batch came from: the handler's queue, or CELERY_QUEUE.
+        queue = handler.queue or uow_settings.CELERY_QUEUE
         task.app.send_task(
             HANDLE_TASK,
             args=(message, handler_name),
@@ -242,7 +244,7 @@ def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> 
             countdown=countdown,
             task_id=handler_task_id(envelope.event_id, handler_name),
             ignore_result=True,
-            **({"queue": handler.queue} if handler.queue else {}),
+            **({"queue": queue} if queue else {}),
         )
 
     try:

@@ -134,7 +134,6 @@ def test_a_failing_delivery_of_a_batch_continues_as_a_task_of_its_own(
     monkeypatch.setitem(testapp_handlers.BEHAVIOUR, 5, "permanent")
     task = SimpleNamespace(app=redis_app, request=SimpleNamespace(retries=0))
     with override_settings(DJANGO_UOW={**UOW, "CELERY_QUEUE": queue}):
-        redis_app.conf.task_default_queue = queue
         ran = run_handler_batch(task, messages, "testapp.record_placed")
 
     assert ran == 3  # 1, 2 and 4; 3 failed, 5 failed for good
@@ -148,7 +147,8 @@ def test_a_failing_delivery_of_a_batch_continues_as_a_task_of_its_own(
     }
     assert rows["3"].attempts == 1 and "handler refused order 3" in rows["3"].last_error
     assert sorted(Effect.objects.values_list("aggregate_id", flat=True)) == ["1", "2", "4"]
-    # Only the retryable failure was sent again: a handle_event task, with a countdown.
+    # Only the retryable failure was sent again, to the queue the batch came from
+    # (CELERY_QUEUE here): a handle_event task, with a countdown.
     (again,) = redis_messages(redis_app, queue)
     assert again["headers"]["task"] == HANDLE_TASK
     assert again["headers"]["eta"] is not None
