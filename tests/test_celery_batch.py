@@ -394,12 +394,23 @@ def test_a_real_worker_runs_every_task_of_the_batches_once(
         with override_settings(DJANGO_UOW={**UOW, "CELERY_QUEUE": queue}):
             summary = relay_pending(publishers=[CeleryPublisher(app)], batch_size=50)
         assert (summary.relayed, summary.batches) == (200, 4)
-        succeeded = ProcessedEvent.objects.filter(status="succeeded")
-        assert wait_for(lambda: succeeded.count() == len(expected), timeout=90), (
-            f"{succeeded.count()} of {len(expected)} handler tasks ran"
-        )
+        wait_for_deliveries(expected)
     finally:
         stop(worker)
+    assert_each_ran_once(rows, expected)
+
+
+def wait_for_deliveries(expected: set[tuple[str, str]]) -> None:
+    """Wait (90 s at most) until every expected (event, handler) delivery succeeded."""
+    succeeded = ProcessedEvent.objects.filter(status="succeeded")
+    assert wait_for(lambda: succeeded.count() == len(expected), timeout=90), (
+        f"{succeeded.count()} of {len(expected)} handler deliveries ran"
+    )
+
+
+def assert_each_ran_once(rows: list[OutboxEvent], expected: set[tuple[str, str]]) -> None:
+    """Exactly the expected deliveries succeeded, and each event's effect happened once."""
+    succeeded = ProcessedEvent.objects.filter(status="succeeded")
     assert set(succeeded.values_list("event_id", "handler")) == {
         (uuid.UUID(e), h) for e, h in expected
     }

@@ -26,11 +26,12 @@ from django_uow.tasks import run_handler_batch, run_handler_task
 from tests.test_celery_batch import (
     REDIS,
     UOW,
+    assert_each_ran_once,
     expected_tasks,
     redis_messages,
     start_worker,
     stop,
-    wait_for,
+    wait_for_deliveries,
     write,
 )
 from tests.testapp import handlers as testapp_handlers
@@ -95,17 +96,10 @@ def test_a_real_worker_runs_every_delivery_of_batched_tasks_once(
     assert len(queued) == sum(math.ceil(n / 25) for n in per_handler.values()) < len(expected)
     worker = start_worker(REDIS, queue)
     try:
-        succeeded = ProcessedEvent.objects.filter(status="succeeded")
-        assert wait_for(lambda: succeeded.count() == len(expected), timeout=90), (
-            f"{succeeded.count()} of {len(expected)} deliveries ran"
-        )
+        wait_for_deliveries(expected)
     finally:
         stop(worker)
-    assert set(succeeded.values_list("event_id", "handler")) == {
-        (uuid.UUID(e), h) for e, h in expected
-    }
-    effects = Counter(str(e) for e in Effect.objects.values_list("event_id", flat=True))
-    assert effects == Counter({str(r.event_id): 1 for r in rows})
+    assert_each_ran_once(rows, expected)
 
 
 def placed(order_ids: list[int]) -> list[dict[str, Any]]:
