@@ -1,0 +1,1 @@
+"""What differs between databases: the clock (``clock``), and later the other capabilities."""
