@@ -476,3 +476,12 @@ def _listening(channel: Any, handlers: dict[str, Callable[..., None]]) -> Iterat
     finally:
         for name, handler in handlers.items():
             channel.events[name].discard(handler)
+
+
+def task_queue(app: Any, queue: str | None) -> str | None:
+    """The broker queue a ``handle_event`` task for a handler with ``queue`` goes to, as
+    ``send_task`` routes it (``task_routes`` included); None when it cannot be told."""
+    try:
+        return _Builder(app).route(HANDLE_TASK, queue, ()).qname
+    except Exception:
+        return None

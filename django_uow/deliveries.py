@@ -13,7 +13,7 @@ The functions here only write and read rows; running handlers is ``django_uow.in
 from __future__ import annotations
 
 import traceback as tb
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -21,10 +21,11 @@ from typing import Any
 
 from django.db import IntegrityError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Count, Field, Min, QuerySet
+from django.db.models import Count, F, Field, Min, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from .db.clock import DatabaseNow, later, now_sql
 from .events import Envelope
 from .models import OWED_DELIVERY_STATUSES, DeliveryStatus, ProcessedEvent
 from .retry import describe, storable_text
@@ -33,23 +34,6 @@ from .retry import describe, storable_text
 TRACEBACK_LIMIT = 16_000
 #: Rows per upsert statement when publishing (a relay batch fits in one).
 UPSERT_CHUNK = 2_000
-
-_COLUMNS = (
-    "event_id",
-    "handler",
-    "status",
-    "attempts",
-    "last_error",
-    "traceback",
-    "event_type",
-    "aggregate_type",
-    "aggregate_id",
-    "published_at",
-    "due_at",
-    "first_attempt_at",
-    "last_attempt_at",
-    "processed_at",
-)
 
 
 @dataclass(frozen=True)
@@ -135,64 +119,19 @@ def _event_id_field() -> Field[Any, Any]:
     return ProcessedEvent._meta.get_field("event_id")
 
 
-def _row(
-    connection: BaseDatabaseWrapper,
-    envelope: Envelope,
-    handler_name: str,
-    **values: Any,
-) -> list[Any]:
-    """One row's parameters in ``_COLUMNS`` order, adapted for ``connection``."""
-    event_field = _event_id_field()
-    base: dict[str, Any] = {
-        "event_id": event_field.get_db_prep_value(envelope.event_id, connection),
-        "handler": handler_name,
-        "attempts": 0,
-        "last_error": "",
-        "traceback": "",
-        "event_type": storable_text(envelope.event_type, 255),
-        "aggregate_type": storable_text(envelope.aggregate_type, 255),
-        "aggregate_id": storable_text(envelope.aggregate_id, 255),
-        "published_at": None,
-        "due_at": None,
-        "first_attempt_at": None,
-        "last_attempt_at": None,
-        "processed_at": None,
-    }
-    base.update(values)
+def _identity(connection: BaseDatabaseWrapper, envelope: Envelope, handler_name: str) -> list[Any]:
+    """The ``_KEY_COLUMNS`` parameters of one delivery, adapted for ``connection``."""
     return [
-        connection.ops.adapt_datetimefield_value(v) if isinstance(v, datetime) else v
-        for v in (base[c] for c in _COLUMNS)
+        _event_id_field().get_db_prep_value(envelope.event_id, connection),
+        handler_name,
+        storable_text(envelope.event_type, 255),
+        storable_text(envelope.aggregate_type, 255),
+        storable_text(envelope.aggregate_id, 255),
     ]
 
 
-def _upsert(
-    connection: BaseDatabaseWrapper,
-    rows: Sequence[list[Any]],
-    updates: str,
-    where: str,
-    returning: bool = False,
-) -> list[tuple[Any, ...]]:
-    table = connection.ops.quote_name(ProcessedEvent._meta.db_table)
-    if connection.vendor == "postgresql" and len(rows) > 1:
-        # One array per column: a statement with 14 parameters whatever the batch size
-        # (psycopg parses a query with thousands of placeholders on every call).
-        meta = ProcessedEvent._meta
-        arrays = ", ".join(f"%s::{meta.get_field(c).db_type(connection)}[]" for c in _COLUMNS)
-        source = f"SELECT * FROM unnest({arrays})"
-        params = [list(column) for column in zip(*rows, strict=True)]
-    else:
-        placeholders = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
-        source = "VALUES " + ", ".join([placeholders] * len(rows))
-        params = [value for row in rows for value in row]
-    sql = (
-        f"INSERT INTO {table} ({', '.join(_COLUMNS)}) {source}"
-        + f" ON CONFLICT (event_id, handler) DO UPDATE SET {updates.format(t=table)}"
-        + (f" WHERE {where.format(t=table)}" if where else "")
-        + (" RETURNING status, attempts" if returning else "")
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return list(cursor.fetchall()) if returning else []
+#: Columns every write of a delivery row fills from the envelope, in parameter order.
+_KEY_COLUMNS = ("event_id", "handler", "event_type", "aggregate_type", "aggregate_id")
 
 
 # ----------------------------------------------------------------------- success
@@ -205,19 +144,22 @@ _SUCCESS_UPDATES = (
 
 
 def _success_sql(connection: BaseDatabaseWrapper, only_once: bool) -> str:
-    """The success upsert, built once per vendor: constants inline, 8 parameters.
+    """The success upsert, built once per vendor: constants and the database's clock inline.
 
-    Fewer bound parameters is less work per delivery for the driver (client-side
-    binding adapts each one), and the text is not rebuilt for every run.
+    Five bound parameters (the delivery's identity): less work per delivery for the
+    driver, and the text is not rebuilt for every run.
     """
     key = (connection.vendor, only_once)
     sql = _SUCCESS_SQL.get(key)
     if sql is None:
         table = connection.ops.quote_name(ProcessedEvent._meta.db_table)
+        now = now_sql(connection.vendor)
         where = f" WHERE {table}.status <> 'succeeded'" if only_once else ""
+        columns = (*_KEY_COLUMNS, "status", "attempts", "last_error", "traceback", "publishes")
+        times = ("first_attempt_at", "last_attempt_at", "processed_at")
         sql = _SUCCESS_SQL[key] = (
-            f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES "
-            "(%s, %s, 'succeeded', 1, '', '', %s, %s, %s, NULL, NULL, %s, %s, %s)"
+            f"INSERT INTO {table} ({', '.join((*columns, *times))}) VALUES "
+            f"(%s, %s, %s, %s, %s, 'succeeded', 1, '', '', 0, {now}, {now}, {now})"
             f" ON CONFLICT (event_id, handler) DO UPDATE SET {_SUCCESS_UPDATES.format(t=table)}"
             f"{where} RETURNING status, attempts"
         )
@@ -237,24 +179,15 @@ def record_success(
     finds ``succeeded`` and is skipped. A non-idempotent handler records its success
     after the fact, with ``only_once=False``.
 
-    One statement where the database upserts (no read first, no savepoint).
+    One statement where the database upserts (no read first, no savepoint). Its times
+    come from the database's clock.
     """
     connection = connections[using]
-    now = timezone.now()
     if _can_upsert(connection):
-        stamp = connection.ops.adapt_datetimefield_value(now)
-        params = [
-            _event_id_field().get_db_prep_value(envelope.event_id, connection),
-            handler_name,
-            storable_text(envelope.event_type, 255),
-            storable_text(envelope.aggregate_type, 255),
-            storable_text(envelope.aggregate_id, 255),
-            stamp,
-            stamp,
-            stamp,
-        ]
         with connection.cursor() as cursor:
-            cursor.execute(_success_sql(connection, only_once), params)
+            cursor.execute(
+                _success_sql(connection, only_once), _identity(connection, envelope, handler_name)
+            )
             return bool(cursor.fetchall())
     # Inside the handler's unit the enclosing transaction is enough: no savepoint of its
     # own (an error here propagates and rolls the whole unit back anyway).
@@ -269,9 +202,9 @@ def record_success(
                         using,
                         status=DeliveryStatus.SUCCEEDED,
                         attempts=1,
-                        first_attempt_at=now,
-                        last_attempt_at=now,
-                        processed_at=now,
+                        first_attempt_at=DatabaseNow(),
+                        last_attempt_at=DatabaseNow(),
+                        processed_at=DatabaseNow(),
                     )
                 return True
             except IntegrityError:
@@ -279,20 +212,12 @@ def record_success(
                 assert found is not None
         if only_once and found.status == DeliveryStatus.SUCCEEDED:
             return False
-        found.status = DeliveryStatus.SUCCEEDED
-        found.attempts += 1
-        found.processed_at = now
-        found.last_attempt_at = now
-        found.first_attempt_at = found.first_attempt_at or now
-        found.save(
-            using=using,
-            update_fields=[
-                "status",
-                "attempts",
-                "processed_at",
-                "last_attempt_at",
-                "first_attempt_at",
-            ],
+        ProcessedEvent.objects.using(using).filter(pk=found.pk).update(
+            status=DeliveryStatus.SUCCEEDED,
+            attempts=F("attempts") + 1,
+            processed_at=DatabaseNow(),
+            last_attempt_at=DatabaseNow(),
+            first_attempt_at=Coalesce(F("first_attempt_at"), DatabaseNow()),
         )
     return True
 
@@ -319,6 +244,9 @@ def _create(envelope: Envelope, handler_name: str, using: str, **values: Any) ->
 
 # ----------------------------------------------------------------------- failure
 
+#: Seconds until a failed delivery is due again, from its attempts so far (this one included).
+RetryIn = Callable[[int], float | None]
+
 
 def record_failure(
     handler_name: str,
@@ -329,20 +257,19 @@ def record_failure(
     max_attempts: int,
     dead: bool = False,
     attempts_floor: int = 0,
-    retry_in: float | None = None,
+    retry_in: RetryIn | float | None = None,
 ) -> Outcome:
     """Count a failed run of (event, handler) and store its error and traceback.
 
     The row becomes ``failed`` when ``dead`` (a permanent failure), or when its attempts
     (at least ``attempts_floor``: the relay's own count in inline mode) reach
-    ``max_attempts``; ``retrying`` otherwise, due again in ``retry_in`` seconds. Call it
+    ``max_attempts``; ``retrying`` otherwise, due again ``retry_in`` seconds from now on
+    the database's clock (a number, or a function of the attempts so far). Call it
     outside the handler's rolled-back transaction. Storing never fails on the error's
     text: NUL and lone surrogates are replaced, and the text is capped.
     """
-    now = timezone.now()
     error = describe(exc)
     trace = traceback_text(exc)
-    due = now + timedelta(seconds=retry_in or 0.0)
     with transaction.atomic(using=using):
         found = _locked(envelope, handler_name, using)
         if found is None:
@@ -354,7 +281,6 @@ def record_failure(
                         using,
                         status=DeliveryStatus.RETRYING,
                         processed_at=None,
-                        first_attempt_at=now,
                     )
             except IntegrityError:
                 found = _locked(envelope, handler_name, using)
@@ -363,14 +289,15 @@ def record_failure(
         status = (
             DeliveryStatus.FAILED if dead or attempts >= max_attempts else DeliveryStatus.RETRYING
         )
+        delay = retry_in(attempts) if callable(retry_in) else retry_in
         ProcessedEvent.objects.using(using).filter(pk=found.pk).update(
             status=status,
             attempts=attempts,
             last_error=error,
             traceback=trace,
-            due_at=due,
-            first_attempt_at=found.first_attempt_at or now,
-            last_attempt_at=now,
+            due_at=later(delay or 0.0),
+            first_attempt_at=Coalesce(F("first_attempt_at"), DatabaseNow()),
+            last_attempt_at=DatabaseNow(),
             processed_at=None,
         )
     return Outcome(status=status, attempts=attempts)
@@ -378,55 +305,80 @@ def record_failure(
 
 # ----------------------------------------------------------------------- publishing
 
-_PUBLISH_UPDATES = (
-    "status = 'published', published_at = excluded.published_at, due_at = excluded.due_at"
-)
 
-
-def record_published(
-    deliveries: Sequence[tuple[Envelope, str]], *, using: str, force: bool = False
-) -> int:
+def record_published(deliveries: Sequence[tuple[Envelope, str]], *, using: str) -> int:
     """Mark each ``(envelope, handler name)`` as handed to the broker; return the count.
 
-    One statement for a whole batch where the database upserts. A row that already
-    succeeded or failed keeps its outcome (a duplicate publish changes nothing) unless
-    ``force`` (a redelivery the operator asked for).
+    One statement per ``UPSERT_CHUNK`` deliveries where the database upserts. A row that
+    already has an outcome (succeeded, failed, discarded) or is blocked keeps it: a
+    duplicate publish changes nothing. ``published_at`` keeps the first publish (the
+    consumer lag counts from there), ``due_at`` becomes now and ``publishes`` counts up:
+    both on the database's clock. An operator's re-run uses ``claim_redelivery`` instead.
     """
     if not deliveries:
         return 0
     connection = connections[using]
-    now = timezone.now()
-    if _can_upsert(connection):
-        where = "" if force else "{t}.status IN ('published', 'retrying')"
-        rows = [
-            _row(
-                connection,
-                envelope,
-                name,
-                status=DeliveryStatus.PUBLISHED,
-                published_at=now,
-                due_at=now,
-            )
-            for envelope, name in deliveries
-        ]
-        for start in range(0, len(rows), UPSERT_CHUNK):
-            _upsert(connection, rows[start : start + UPSERT_CHUNK], _PUBLISH_UPDATES, where)
-        return len(rows)
-    if connection.vendor == "mysql":
-        rows = [
-            _row(
-                connection,
-                envelope,
-                name,
-                status=DeliveryStatus.PUBLISHED,
-                published_at=now,
-                due_at=now,
-            )
-            for envelope, name in deliveries
-        ]
-        for start in range(0, len(rows), UPSERT_CHUNK):
-            _upsert_mysql(connection, rows[start : start + UPSERT_CHUNK], force)
-        return len(rows)
+    rows = [_identity(connection, envelope, name) for envelope, name in deliveries]
+    for start in range(0, len(rows), UPSERT_CHUNK):
+        chunk = rows[start : start + UPSERT_CHUNK]
+        if _can_upsert(connection):
+            _publish_upsert(connection, chunk)
+        elif connection.vendor == "mysql":
+            _publish_upsert_mysql(connection, chunk)
+        else:
+            _publish_portable(using, [d for d in deliveries[start : start + UPSERT_CHUNK]])
+    return len(rows)
+
+
+def _publish_upsert(connection: BaseDatabaseWrapper, rows: Sequence[list[Any]]) -> None:
+    """``INSERT ... ON CONFLICT DO UPDATE``, the times from the database's clock."""
+    table = connection.ops.quote_name(ProcessedEvent._meta.db_table)
+    now = now_sql(connection.vendor)
+    names = ", ".join(_KEY_COLUMNS)
+    fixed = "'published', 0, '', '', 1"
+    if connection.vendor == "postgresql" and len(rows) > 1:
+        # One array per column: five parameters whatever the batch size (psycopg parses a
+        # query with thousands of placeholders on every call).
+        meta = ProcessedEvent._meta
+        arrays = ", ".join(f"%s::{meta.get_field(c).db_type(connection)}[]" for c in _KEY_COLUMNS)
+        source = f"SELECT r.*, {fixed}, {now}, {now} FROM unnest({arrays}) AS r({names})"
+        params: list[Any] = [list(column) for column in zip(*rows, strict=True)]
+    else:
+        row = f"(%s, %s, %s, %s, %s, {fixed}, {now}, {now})"
+        source = "VALUES " + ", ".join([row] * len(rows))
+        params = [value for row_params in rows for value in row_params]
+    sql = (
+        f"INSERT INTO {table} ({names}, status, attempts, last_error, traceback, publishes, "
+        f"published_at, due_at) {source} ON CONFLICT (event_id, handler) DO UPDATE SET "
+        f"status = 'published', publishes = {table}.publishes + 1, "
+        f"published_at = COALESCE({table}.published_at, excluded.published_at), "
+        f"due_at = excluded.due_at WHERE {table}.status IN ('published', 'retrying')"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _publish_upsert_mysql(connection: BaseDatabaseWrapper, rows: Sequence[list[Any]]) -> None:
+    """``INSERT ... ON DUPLICATE KEY UPDATE``: MySQL and MariaDB assign left to right, so
+    ``status`` goes first and the other columns follow only where it says published."""
+    table = connection.ops.quote_name(ProcessedEvent._meta.db_table)
+    now = now_sql(connection.vendor)
+    row = f"(%s, %s, %s, %s, %s, 'published', 0, '', '', 1, {now}, {now})"
+    owed = "status IN ('published', 'retrying')"
+    sql = (
+        f"INSERT INTO {table} ({', '.join(_KEY_COLUMNS)}, status, attempts, last_error, "
+        "traceback, publishes, published_at, due_at) VALUES "
+        + ", ".join([row] * len(rows))
+        + f" ON DUPLICATE KEY UPDATE status = IF({owed}, 'published', status), "
+        f"publishes = IF({owed}, publishes + 1, publishes), "
+        f"published_at = IF({owed}, COALESCE(published_at, VALUES(published_at)), published_at), "
+        f"due_at = IF({owed}, VALUES(due_at), due_at)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value for row_params in rows for value in row_params])
+
+
+def _publish_portable(using: str, deliveries: Sequence[tuple[Envelope, str]]) -> None:
     with transaction.atomic(using=using):
         for envelope, name in deliveries:
             found = _locked(envelope, name, using)
@@ -438,40 +390,76 @@ def record_published(
                             name,
                             using,
                             status=DeliveryStatus.PUBLISHED,
-                            published_at=now,
-                            due_at=now,
+                            publishes=1,
+                            published_at=DatabaseNow(),
+                            due_at=DatabaseNow(),
                             processed_at=None,
                         )
                     continue
                 except IntegrityError:
                     found = _locked(envelope, name, using)
                     assert found is not None
-            if force or found.status in OWED_DELIVERY_STATUSES:
+            if found.status in OWED_DELIVERY_STATUSES:
                 ProcessedEvent.objects.using(using).filter(pk=found.pk).update(
-                    status=DeliveryStatus.PUBLISHED, published_at=now, due_at=now
+                    status=DeliveryStatus.PUBLISHED,
+                    publishes=F("publishes") + 1,
+                    published_at=Coalesce(F("published_at"), DatabaseNow()),
+                    due_at=DatabaseNow(),
                 )
-    return len(deliveries)
 
 
-def _upsert_mysql(connection: BaseDatabaseWrapper, rows: Sequence[list[Any]], force: bool) -> None:
-    """``INSERT ... ON DUPLICATE KEY UPDATE``: MySQL and MariaDB assign left to right, so
-    ``status`` goes first and the other columns follow only where it became published."""
-    table = connection.ops.quote_name(ProcessedEvent._meta.db_table)
-    placeholders = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
-    owed = "status IN ('published', 'retrying')"
-    if force:
-        updates = ", ".join(f"{c} = VALUES({c})" for c in ("status", "published_at", "due_at"))
-    else:
-        updates = ", ".join(
-            f"{c} = IF({owed}, VALUES({c}), {c})" for c in ("status", "published_at", "due_at")
-        )
-    sql = (
-        f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES "
-        + ", ".join([placeholders] * len(rows))
-        + f" ON DUPLICATE KEY UPDATE {updates}"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [value for row in rows for value in row])
+# ----------------------------------------------------------------------- operators
+
+
+@dataclass(frozen=True)
+class RedeliveryClaim:
+    """What ``claim_redelivery`` found and did: ``taken`` when the caller should send it."""
+
+    taken: bool
+    previous: str  # the status it had ("" when it had no row)
+
+
+def claim_redelivery(
+    envelope: Envelope, handler_name: str, *, using: str, allowed: Sequence[str], publish: bool
+) -> RedeliveryClaim:
+    """Take one delivery for an operator's re-run, only from a status in ``allowed``.
+
+    The row is locked before its status is read (``SELECT ... FOR UPDATE``): a handler
+    running it holds that lock until it commits, so a success committed meanwhile is
+    seen, never overwritten. With ``publish`` the row becomes ``published`` (due now,
+    one more publish; created when missing) for the caller to send.
+    """
+    with transaction.atomic(using=using):
+        found = _locked(envelope, handler_name, using)
+        if found is None:
+            if "" not in allowed:
+                return RedeliveryClaim(False, "")
+            if publish:
+                try:
+                    with transaction.atomic(using=using):
+                        _create(
+                            envelope,
+                            handler_name,
+                            using,
+                            status=DeliveryStatus.PUBLISHED,
+                            publishes=1,
+                            published_at=DatabaseNow(),
+                            due_at=DatabaseNow(),
+                            processed_at=None,
+                        )
+                except IntegrityError:
+                    return RedeliveryClaim(False, "")  # someone wrote it first: read it again later
+            return RedeliveryClaim(True, "")
+        if found.status not in allowed:
+            return RedeliveryClaim(False, found.status)
+        if publish:
+            ProcessedEvent.objects.using(using).filter(pk=found.pk).update(
+                status=DeliveryStatus.PUBLISHED,
+                publishes=F("publishes") + 1,
+                published_at=Coalesce(F("published_at"), DatabaseNow()),
+                due_at=DatabaseNow(),
+            )
+        return RedeliveryClaim(True, found.status)
 
 
 # ----------------------------------------------------------------------- reading
@@ -492,12 +480,14 @@ def failed_deliveries(
     return rows.order_by("-last_attempt_at", "-id")
 
 
-def overdue_deliveries(
-    using: str = "default", *, deadline: timedelta, now: datetime | None = None
-) -> QuerySet[ProcessedEvent]:
-    """Owed deliveries whose ``due_at`` is more than ``deadline`` ago, oldest first."""
-    cutoff = (now or timezone.now()) - deadline
-    return owed_deliveries(using).filter(due_at__lt=cutoff).order_by("due_at", "id")
+def overdue_deliveries(using: str = "default", *, deadline: timedelta) -> QuerySet[ProcessedEvent]:
+    """Owed deliveries whose ``due_at`` is more than ``deadline`` ago on the database's
+    clock, oldest first."""
+    return (
+        owed_deliveries(using)
+        .filter(due_at__lt=later(-deadline.total_seconds()))
+        .order_by("due_at", "id")
+    )
 
 
 def consumer_lag(using: str = "default", *, now: datetime | None = None) -> ConsumerLag:

@@ -44,6 +44,10 @@ class Ran(enum.Enum):
     BLOCKED = "blocked"
 
 
+#: Seconds until a failed delivery is due again, from the error and its attempts so far
+#: (this one included); None: due at once.
+RetryDelay = Callable[[BaseException, int], float | None]
+
 #: Wakes a blocked delivery taken back for it (publishes it); None runs it in this process.
 Wake = Callable[[Handler, Envelope], None]
 
@@ -53,7 +57,7 @@ def run_handler(
     envelope: Envelope,
     *,
     using: str | None = None,
-    retry_delay: Callable[[BaseException], float | None] | None = None,
+    retry_delay: RetryDelay | None = None,
     report: Callable[[Outcome], None] | None = None,
     wait: bool = False,
     wake: Wake | None = None,
@@ -64,7 +68,7 @@ def run_handler(
     An idempotent handler runs inside a ``UnitOfWork`` that also marks its delivery
     succeeded: if it raises, neither its effect nor the mark is kept and a redelivery
     runs it again. A handler that raises has the failure recorded (due again after
-    ``retry_delay(exc)`` seconds; ``report`` gets the row's new status and attempts),
+    ``retry_delay(exc, attempts)`` seconds; ``report`` gets the row's new status and attempts),
     then the exception propagates unchanged.
 
     An ordered handler whose predecessor has not succeeded yet raises
@@ -92,7 +96,7 @@ def run_delivery(
     envelope: Envelope,
     *,
     using: str | None = None,
-    retry_delay: Callable[[BaseException], float | None] | None = None,
+    retry_delay: RetryDelay | None = None,
     report: Callable[[Outcome], None] | None = None,
     wait: bool = False,
     wake: Wake | None = None,
@@ -109,7 +113,7 @@ def _attempt(
     handler: Handler,
     envelope: Envelope,
     db: str,
-    retry_delay: Callable[[BaseException], float | None] | None,
+    retry_delay: RetryDelay | None,
     report: Callable[[Outcome], None] | None,
     wait: bool,
 ) -> Ran:
@@ -248,7 +252,7 @@ def _record_failure(
     envelope: Envelope,
     exc: BaseException,
     db: str,
-    retry_delay: Callable[[BaseException], float | None] | None,
+    retry_delay: RetryDelay | None,
 ) -> Outcome | None:
     """Write the failed run; never let a failure to write it hide the handler's error."""
     try:
@@ -260,7 +264,7 @@ def _record_failure(
             max_attempts=uow_settings.MAX_ATTEMPTS,
             dead=isinstance(exc, PermanentFailure | UnknownEventType),
             attempts_floor=envelope.attempts,
-            retry_in=retry_delay(exc) if retry_delay is not None else None,
+            retry_in=(lambda attempts: retry_delay(exc, attempts)) if retry_delay else None,
         )
     except Exception:
         logger.exception(

@@ -159,7 +159,10 @@ class ProcessedEvent(models.Model):
     event_type = models.CharField(max_length=255, blank=True, default="")
     aggregate_type = models.CharField(max_length=255, blank=True, default="")
     aggregate_id = models.CharField(max_length=255, blank=True, default="")
+    # The first publish: consumer lag counts from here (a republished copy does not reset it).
     published_at = models.DateTimeField(null=True, blank=True)
+    # How many times the delivery was handed to the broker (the first publish included).
+    publishes = models.PositiveIntegerField(default=0)
     # When the next run is due: the publish time, or the time of a scheduled retry. The
     # deadline sweep republishes owed rows whose due_at is older than HANDLER_DEADLINE.
     due_at = models.DateTimeField(null=True, blank=True)

@@ -5,10 +5,8 @@ the event of the same aggregate, of the type H handles and still in the outbox, 
 comes right before e in ``(aggregate_version, id)`` order (record order when the
 aggregate has no version field), leaving out scheduled events due after e (the relay
 delivers e first, and so does H). e runs only once H's delivery of its predecessor has
-succeeded (or was discarded by an operator; a predecessor older than ``INBOX_RETENTION``
-without a delivery row counts as done, since its succeeded row may have been pruned);
-otherwise ``check_predecessor`` raises ``PredecessorPending`` and nothing runs. Events
-without an aggregate are not ordered.
+succeeded (or was discarded by an operator); otherwise ``check_predecessor`` raises
+``PredecessorPending`` and nothing runs. Events without an aggregate are not ordered.
 
 The check runs inside the handler's transaction and reads the predecessor's delivery
 row with ``SELECT ... FOR UPDATE``: a predecessor whose success is not committed yet
@@ -16,25 +14,28 @@ is never taken for done (PostgreSQL and MariaDB wait for its transaction to end;
 SQLite has one writer), so two workers cannot run two events of one aggregate out of
 order.
 
+Retention keeps the succeeded row of an ordered handler while its event is still in the
+outbox (``relay.retention``), so a predecessor without a row has not been delivered yet.
+
 A delivery that waited ``ORDERED_WAIT`` becomes ``blocked`` (``record_blocked``). When
 a delivery of H succeeds, ``claim_next_blocked`` takes the first blocked delivery of H
-in that aggregate back (``blocked`` -> ``published``, one conditional UPDATE, so only one
-caller gets it) for the caller to run or publish. A delivery that blocks reads its
-predecessor again after its own row is committed, so a success committed meanwhile is
-never missed by both sides.
+in that aggregate, in version order, back (``blocked`` -> ``published``, one
+conditional UPDATE, so only one caller gets it) for the caller to run or publish. A
+delivery that blocks reads its predecessor again after its own row is committed, so a
+success committed meanwhile is never missed by both sides; and the sweep
+(``relay.redelivery.wake_blocked``) wakes a blocked delivery whose predecessor is done if
+that wake-up was lost (a worker killed in between, a message the broker lost).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from uuid import UUID
 
 from django.db import IntegrityError, transaction
 from django.db.models import Q, Subquery
 from django.db.models.functions import Coalesce
-from django.utils import timezone
 
-from .conf import uow_settings
+from .db.clock import DatabaseNow
 from .events import Envelope
 from .exceptions import PredecessorPending
 from .handlers import Handler
@@ -42,8 +43,6 @@ from .models import DeliveryStatus, OutboxEvent, ProcessedEvent
 
 #: Predecessor states that let the follower run (discarded: an operator gave up on it).
 DONE = (DeliveryStatus.SUCCEEDED, DeliveryStatus.DISCARDED)
-#: Blocked deliveries looked at per wake-up (they are woken one at a time, in order).
-WAKE_SCAN = 50
 
 
 def is_ordered(handler: Handler, envelope: Envelope) -> bool:
@@ -51,8 +50,8 @@ def is_ordered(handler: Handler, envelope: Envelope) -> bool:
     return handler.ordered and bool(envelope.aggregate_id)
 
 
-def predecessor(handler: Handler, envelope: Envelope, using: str) -> tuple[UUID, datetime] | None:
-    """``envelope``'s predecessor for ``handler``: its event id and creation time (one query)."""
+def predecessor(handler: Handler, envelope: Envelope, using: str) -> UUID | None:
+    """``envelope``'s predecessor for ``handler``: its event id (one query)."""
     same = OutboxEvent.objects.using(using).filter(
         aggregate_type=envelope.aggregate_type,
         aggregate_id=envelope.aggregate_id,
@@ -71,7 +70,7 @@ def predecessor(handler: Handler, envelope: Envelope, using: str) -> tuple[UUID,
     return (
         same.filter(earlier, due_before)
         .order_by("-aggregate_version", "-id")
-        .values_list("event_id", "created_at")
+        .values_list("event_id", flat=True)
         .first()
     )
 
@@ -83,12 +82,10 @@ def _status(handler: Handler, event_id: UUID, using: str, *, lock: bool) -> str:
     return str(rows.values_list("status", flat=True).first() or "")
 
 
-def _done(status: str, created_at: datetime) -> bool:
-    """Succeeded or discarded; or no row for an event older than ``INBOX_RETENTION``,
-    whose succeeded row may have been pruned (only succeeded rows are)."""
-    if status in DONE:
-        return True
-    return not status and created_at < timezone.now() - uow_settings.INBOX_RETENTION
+def _done(status: str) -> bool:
+    """Succeeded or discarded (retention never prunes an ordered handler's row while its
+    event is in the outbox, so no row means not delivered yet)."""
+    return status in DONE
 
 
 def check_predecessor(handler: Handler, envelope: Envelope, using: str) -> None:
@@ -102,22 +99,21 @@ def check_predecessor(handler: Handler, envelope: Envelope, using: str) -> None:
     before = predecessor(handler, envelope, using)
     if before is None:
         return
-    status = _status(handler, before[0], using, lock=True)
-    if not _done(status, before[1]):
-        raise PredecessorPending(handler.name, envelope.event_id, before[0], status)
+    status = _status(handler, before, using, lock=True)
+    if not _done(status):
+        raise PredecessorPending(handler.name, envelope.event_id, before, status)
 
 
 def predecessor_done(handler: Handler, envelope: Envelope, using: str) -> bool:
     """The same test outside a transaction (a fresh read of committed rows)."""
     before = predecessor(handler, envelope, using)
-    return before is None or _done(_status(handler, before[0], using, lock=False), before[1])
+    return before is None or _done(_status(handler, before, using, lock=False))
 
 
 def record_blocked(
     handler: Handler, envelope: Envelope, pending: PredecessorPending, using: str
 ) -> None:
     """Mark the delivery ``blocked`` with the reason, unless it already has an outcome."""
-    now = timezone.now()
     reason = str(pending)
     rows = ProcessedEvent.objects.using(using)
     with transaction.atomic(using=using):
@@ -138,7 +134,7 @@ def record_blocked(
                         aggregate_type=envelope.aggregate_type[:255],
                         aggregate_id=envelope.aggregate_id[:255],
                         last_error=reason,
-                        due_at=now,
+                        due_at=DatabaseNow(),
                         processed_at=None,
                     )
                 return
@@ -147,7 +143,9 @@ def record_blocked(
         pk, status = found
         if status in (DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED):
             return
-        rows.filter(pk=pk).update(status=DeliveryStatus.BLOCKED, last_error=reason, due_at=now)
+        rows.filter(pk=pk).update(
+            status=DeliveryStatus.BLOCKED, last_error=reason, due_at=DatabaseNow()
+        )
 
 
 def unblock(handler: Handler, event_id: UUID, using: str) -> bool:
@@ -155,32 +153,48 @@ def unblock(handler: Handler, event_id: UUID, using: str) -> bool:
     return bool(
         ProcessedEvent.objects.using(using)
         .filter(event_id=event_id, handler=handler.name, status=DeliveryStatus.BLOCKED)
-        .update(status=DeliveryStatus.PUBLISHED, due_at=timezone.now(), last_error="")
+        .update(status=DeliveryStatus.PUBLISHED, due_at=DatabaseNow(), last_error="")
     )
+
+
+def first_blocked(
+    handler: Handler, aggregate_type: str, aggregate_id: str, using: str
+) -> Envelope | None:
+    """The first blocked delivery of ``handler`` in this aggregate, in version order.
+
+    All of them are read (the partial index of blocked rows narrows it to this handler
+    and aggregate), never a sample, so the true next one is found; one query. Deliveries
+    whose event left the outbox are left alone.
+    """
+    blocked = ProcessedEvent.objects.using(using).filter(
+        handler=handler.name,
+        status=DeliveryStatus.BLOCKED,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+    )
+    event = (
+        OutboxEvent.objects.using(using)
+        .filter(
+            event_id__in=blocked.values("event_id"),
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+        )
+        .order_by("aggregate_version", "id")
+        .first()
+    )
+    return event.to_envelope() if event is not None else None
 
 
 def claim_next_blocked(handler: Handler, envelope: Envelope, using: str) -> Envelope | None:
     """Take back the first blocked delivery of ``handler`` in ``envelope``'s aggregate.
 
     Returns its envelope for the caller to run or publish, or None (one query when
-    nothing is blocked). Deliveries whose event left the outbox are left alone.
+    nothing is blocked): also when that delivery still waits for another predecessor,
+    or someone else took it back first (they run it, and what follows it).
     """
     if not is_ordered(handler, envelope):
         return None
-    blocked = list(
-        ProcessedEvent.objects.using(using)
-        .filter(
-            handler=handler.name,
-            status=DeliveryStatus.BLOCKED,
-            aggregate_type=envelope.aggregate_type,
-            aggregate_id=envelope.aggregate_id,
-        )
-        .values_list("event_id", flat=True)[:WAKE_SCAN]
-    )
-    if not blocked:
+    follower = first_blocked(handler, envelope.aggregate_type, envelope.aggregate_id, using)
+    if follower is None or not predecessor_done(handler, follower, using):
         return None
-    events = OutboxEvent.objects.using(using).filter(event_id__in=blocked)
-    for event in events.order_by("aggregate_version", "id"):
-        if unblock(handler, event.event_id, using):
-            return event.to_envelope()
-    return None
+    return follower if unblock(handler, follower.event_id, using) else None

@@ -10,6 +10,7 @@ reports them as ``BlockedByEarlierFailure`` and the relay hands them back untouc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,7 +24,7 @@ from django.db import router
 from django.utils.module_loading import import_string
 
 from .brokers import celery_connection, redis_client_options
-from .celery_batch import HANDLE_TASK, Delivery, send_batch
+from .celery_batch import HANDLE_TASK, Delivery, send_batch, task_queue
 from .conf import uow_settings
 from .deliveries import record_published
 from .events import Envelope
@@ -265,6 +266,30 @@ class CeleryPublisher:
             if record:
                 _record_published(sent)
 
+    def queue_depths(self, handlers: Iterable[Handler], *, timeout: float = 5.0) -> dict[str, int]:
+        """Messages waiting in the broker queue of each handler (by name), where the
+        transport can tell (Redis, AMQP); handlers it cannot tell about are left out.
+
+        Waiting means ready to be taken: messages a worker holds (running, prefetched,
+        or kept for a countdown) are not counted. Bounded by ``timeout``; a broker error
+        propagates.
+        """
+        app = self.app
+        depths: dict[str, int] = {}
+        by_queue: dict[str, list[str]] = {}
+        for handler in handlers:
+            name = task_queue(app, handler.queue or uow_settings.CELERY_QUEUE or None)
+            if name is not None:
+                by_queue.setdefault(name, []).append(handler.name)
+        if not by_queue:
+            return depths
+        with celery_connection(app, timeout) as connection:
+            for queue, names in by_queue.items():
+                count = _ready_messages(connection, queue)
+                if count is not None:
+                    depths.update(dict.fromkeys(names, count))
+        return depths
+
     @staticmethod
     def _send(app: Any, producer: Any, delivery: Delivery) -> None:
         options: dict[str, Any] = {}
@@ -280,6 +305,26 @@ class CeleryPublisher:
             ignore_result=True,  # as the task does: no result backend call
             **options,
         )
+
+
+def _ready_messages(connection: Any, queue: str) -> int | None:
+    """``queue``'s ready messages (a passive declare: Redis sums its priority lists); 0 for
+    a queue the broker does not have; None when the transport cannot tell."""
+    if connection.transport.driver_type not in ("redis", "amqp"):
+        return None
+    channel = connection.channel()
+    try:
+        return int(channel.queue_declare(queue=queue, passive=True).message_count)
+    except Exception as exc:
+        codes = {str(getattr(exc, name, "")) for name in ("code", "reply_code")}
+        if "404" in codes:
+            # No such queue (AMQP; kombu's Redis transport says the same of an empty
+            # one), so nothing waits in it.
+            return 0
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
 
 
 def _deliveries(envelope: Envelope, handlers: Iterable[Handler]) -> list[Delivery]:

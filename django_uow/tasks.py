@@ -17,8 +17,9 @@ Beat schedule::
 from __future__ import annotations
 
 import logging
-import time
+import math
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -32,7 +33,7 @@ from .handlers import Handler, registry
 from .inbox import run_handler
 from .models import OutboxEvent
 from .publishers import CeleryPublisher, handler_task_id
-from .relay import prune, relay_events, relay_pending, republish_overdue
+from .relay import prune, relay_events, relay_pending, republish_overdue, wake_blocked
 from .retry import backoff_delay
 
 logger = logging.getLogger("django_uow.tasks")
@@ -61,6 +62,7 @@ def run_relay(
             }
         summary = relay_pending(using=using, limit=limit, batch_size=batch_size)
         republished = republish_overdue(using=using)
+        woken = wake_blocked(using=using)
     except RelayError as exc:
         # The broker or database is down: the sweep tries again at its next run.
         logger.warning("Relay paused: %s", exc)
@@ -72,6 +74,7 @@ def run_relay(
         "retried": summary.retried,
         "left": summary.left,
         "republished": republished,
+        "woken": woken,
     }
 
 
@@ -86,10 +89,38 @@ def run_prune(using: str = "default") -> dict[str, int]:
 ORDERED_POLL = (0.05, 0.5)
 
 
-def ordered_poll_delay(waits: int) -> float:
+def ordered_poll_delay(waited: int) -> float:
     """How long a waiting delivery stays out of the queue before its next look."""
     first, cap = ORDERED_POLL
-    return float(min(cap, first * 2 ** min(waits, 16)))
+    return float(min(cap, first * 2 ** min(waited, 16)))
+
+
+def ordered_polls(wait: timedelta) -> int:
+    """How many re-queues add up to ``wait`` (``ORDERED_WAIT``); then the delivery blocks.
+
+    Counted, not timed: the re-queues of one delivery run on workers whose clocks may
+    disagree, so no start time is carried from one to the next.
+    """
+    budget = wait.total_seconds()
+    polls, spent = 0, 0.0
+    while spent < budget and ordered_poll_delay(polls) < ORDERED_POLL[1]:
+        spent += ordered_poll_delay(polls)
+        polls += 1
+    if spent < budget:
+        polls += math.ceil((budget - spent) / ORDERED_POLL[1])
+    return polls
+
+
+def celery_retry_limit(max_attempts: int, polls: int) -> int:
+    """The ``max_retries`` every re-queue of a handler task states: beyond our own rules.
+
+    Each of ``max_attempts`` attempts may first wait ``polls`` re-queues for its
+    predecessor, and every attempt but the last is followed by one retry; django-uow's
+    own rules (the delivery row's attempts, ``ORDERED_WAIT``) stop the task before
+    Celery's counter gets there. Passing ``max_retries=None`` would mean Celery's
+    default of 3 instead.
+    """
+    return max_attempts * (polls + 1)
 
 
 def run_handler_task(
@@ -98,37 +129,47 @@ def run_handler_task(
     handler_name: str,
     waiting_since: float | None = None,
     waits: int = 0,
+    waited: int = 0,
 ) -> bool:
     """Body of the handler task: rebuild the envelope, run the handler, retry on failure.
 
     The delivery row counts the attempts (a copy republished after ``HANDLER_DEADLINE``
     counts too): after ``MAX_ATTEMPTS`` the row is ``failed`` and the task stops retrying.
+    The backoff grows with those attempts.
 
     An ordered handler's delivery whose predecessor has not succeeded is re-queued with
-    a short countdown (``waiting_since``/``waits`` ride along; no attempt is spent) until
-    ``ORDERED_WAIT`` has passed; then its row becomes ``blocked`` and the predecessor's
-    success publishes it again.
+    a short countdown (no attempt is spent; ``waits`` counts every re-queue of the task,
+    ``waited`` those since its last attempt) until ``ordered_polls(ORDERED_WAIT)``
+    re-queues; then its row becomes ``blocked`` and the predecessor's success, or the
+    sweep, publishes it again. ``waiting_since`` is accepted from messages sent by
+    earlier releases and not used.
     """
     envelope = Envelope.from_message(message)
     handler = registry.get(handler_name)
-    # Celery counts the re-queues of a waiting delivery as retries: they are not failures.
-    retries = max(0, int(getattr(task.request, "retries", 0) or 0) - waits)
+    polls = ordered_polls(uow_settings.ORDERED_WAIT)
+    limit = celery_retry_limit(uow_settings.MAX_ATTEMPTS, polls)
     delays: list[float] = []
     outcomes: list[Outcome] = []
-    now = time.time()
-    started = now if waiting_since is None else float(waiting_since)
-    may_wait = now - started < uow_settings.ORDERED_WAIT.total_seconds()
 
-    def retry_delay(exc: BaseException) -> float:
+    def retry_delay(exc: BaseException, attempts: int) -> float:
         if isinstance(exc, RetryAfter):
             delay = exc.seconds
         else:
-            delay = backoff_delay(retries + 1, *uow_settings.BACKOFF)
+            delay = backoff_delay(attempts, *uow_settings.BACKOFF)
         delays.append(delay)
         return delay
 
     def wake(follower_handler: Handler, follower: Envelope) -> None:
         CeleryPublisher(task.app).send_deliveries([(follower, follower_handler)], record=False)
+
+    def requeue(countdown: float, exc: Exception | None, **kwargs: Any) -> Exception:
+        return task.retry(  # type: ignore[no-any-return]
+            args=(message, handler_name),
+            kwargs=kwargs,
+            exc=exc,
+            countdown=countdown,
+            max_retries=limit,
+        )
 
     try:
         return run_handler(
@@ -136,16 +177,13 @@ def run_handler_task(
             envelope,
             retry_delay=retry_delay,
             report=outcomes.append,
-            wait=may_wait,
+            wait=waited < polls and _retries(task) < limit,
             wake=wake,
         )
     except PredecessorPending as pending:
-        logger.debug("%s; re-queued (wait %d)", pending, waits + 1)
-        raise task.retry(
-            args=(message, handler_name),
-            kwargs={"waiting_since": started, "waits": waits + 1},
-            countdown=ordered_poll_delay(waits),
-            max_retries=None,
+        logger.debug("%s; re-queued (wait %d of %d)", pending, waited + 1, polls)
+        raise requeue(
+            ordered_poll_delay(waited), None, waits=waits + 1, waited=waited + 1
         ) from None
     except PermanentFailure as exc:
         report_failure(handler_name, envelope, exc, dead=True)
@@ -154,18 +192,18 @@ def run_handler_task(
         if outcomes:
             dead, attempts = outcomes[0].dead, outcomes[0].attempts
         else:  # the failure could not be recorded: count Celery's retries instead
-            dead, attempts = retries + 1 >= uow_settings.MAX_ATTEMPTS, retries + 1
+            attempts = _retries(task) - waits + 1
+            dead = attempts >= uow_settings.MAX_ATTEMPTS
         report_failure(handler_name, envelope, exc, dead=dead, attempts=attempts)
         if dead:
             raise
-        countdown = delays[0] if delays else retry_delay(exc)
-        raise task.retry(
-            args=(message, handler_name),
-            kwargs={"waiting_since": None, "waits": waits},  # a new wait starts afresh
-            exc=exc,
-            countdown=countdown,
-            max_retries=None,
-        ) from exc
+        countdown = delays[0] if delays else retry_delay(exc, attempts)
+        # A new wait starts afresh after an attempt.
+        raise requeue(countdown, exc, waits=waits, waited=0) from exc
+
+
+def _retries(task: Any) -> int:
+    return int(getattr(task.request, "retries", 0) or 0)
 
 
 def report_failure(
@@ -224,10 +262,11 @@ def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> 
     outcomes: list[Outcome] = []
     delays: list[float] = []
 
-    def retry_delay(exc: BaseException) -> float:
-        delay = (
-            exc.seconds if isinstance(exc, RetryAfter) else backoff_delay(1, *uow_settings.BACKOFF)
-        )
+    def retry_delay(exc: BaseException, attempts: int) -> float:
+        if isinstance(exc, RetryAfter):
+            delay = exc.seconds
+        else:
+            delay = backoff_delay(attempts, *uow_settings.BACKOFF)
         delays.append(delay)
         return delay
 
@@ -252,7 +291,7 @@ def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> 
             handler, envelope, retry_delay=retry_delay, report=outcomes.append, wait=True, wake=wake
         )
     except PredecessorPending:
-        again(ordered_poll_delay(0), waiting_since=time.time(), waits=1)
+        again(ordered_poll_delay(0), waits=1, waited=1)
         return False
     except PermanentFailure as exc:
         report_failure(handler_name, envelope, exc, dead=True)
@@ -269,7 +308,7 @@ def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> 
             envelope.event_id,
             exc,
         )
-        again(delays[0] if delays else retry_delay(exc), waiting_since=None, waits=0)
+        again(delays[0] if delays else retry_delay(exc, attempts), waits=0, waited=0)
         return False
 
 
@@ -293,6 +332,8 @@ if shared_task is not None:
     @shared_task(
         name="django_uow.tasks.handle_event",
         bind=True,
+        # Every re-queue states its own limit (celery_retry_limit); this is only the default.
+        max_retries=None,
         acks_late=True,
         reject_on_worker_lost=True,
         ignore_result=True,
@@ -303,9 +344,10 @@ if shared_task is not None:
         handler_name: str,
         waiting_since: float | None = None,
         waits: int = 0,
+        waited: int = 0,
     ) -> bool:
         """Run one handler for one event (idempotent handlers skip redeliveries)."""
-        return run_handler_task(self, message, handler_name, waiting_since, waits)
+        return run_handler_task(self, message, handler_name, waiting_since, waits, waited)
 
     @shared_task(
         name="django_uow.tasks.handle_events",

@@ -196,9 +196,9 @@ def test_handlers_for_an_event_without_handlers_is_empty() -> None:
 
 def test_inbox_fallback_without_on_conflict_returning(monkeypatch: pytest.MonkeyPatch) -> None:
     # Databases without INSERT ... ON CONFLICT ... RETURNING use a savepoint instead.
-    from django.db import connection
+    from django_uow import deliveries
 
-    monkeypatch.setattr(connection, "vendor", "mysql")
+    monkeypatch.setattr(deliveries, "_can_upsert", lambda connection: False)
     env = envelope_for(OrderPlaced(order_id=7, total=Decimal("1")))
     handler = registry.get("testapp.record_placed")
     assert run_handler(handler, env) is True

@@ -34,8 +34,8 @@ from django_uow.inbox import run_handler
 from django_uow.models import OutboxEvent, ProcessedEvent
 from django_uow.outbox import write_events
 from django_uow.publishers import CeleryPublisher
-from django_uow.relay import relay_batch, relay_pending
-from django_uow.tasks import ORDERED_POLL, run_handler_task
+from django_uow.relay import prune_inbox, relay_batch, relay_pending
+from django_uow.tasks import ORDERED_POLL, celery_retry_limit, ordered_polls, run_handler_task
 from tests.testapp import handlers
 from tests.testapp.events import OrderSequenced
 from tests.testapp.models import Effect
@@ -139,9 +139,9 @@ def test_a_follower_waits_without_spending_an_attempt_then_runs_after_its_predec
         run_handler_task(StandInTask(), message(second), HANDLER)
     options = requeued.value.options
     assert options["countdown"] == ORDERED_POLL[0]
-    assert options["max_retries"] is None
-    assert options["kwargs"]["waits"] == 1
-    assert options["kwargs"]["waiting_since"] <= time.time()
+    # Its own limit, never None (Celery's None means its default of 3 retries).
+    assert options["max_retries"] == celery_retry_limit(10, ordered_polls(timedelta(minutes=1)))
+    assert options["kwargs"] == {"waits": 1, "waited": 1}
     assert delivery(second) is None  # no row: nothing recorded, no attempt spent
     assert sequenced() == []
 
@@ -160,7 +160,7 @@ def test_the_re_queue_delay_grows_to_its_cap() -> None:
     for waits in range(8):
         with pytest.raises(Requeued) as requeued:
             run_handler_task(
-                StandInTask(retries=waits), message(second), HANDLER, time.time(), waits
+                StandInTask(retries=waits), message(second), HANDLER, None, waits, waits
             )
         countdowns.append(requeued.value.options["countdown"])
     assert countdowns == sorted(countdowns)
@@ -213,10 +213,11 @@ def test_after_ordered_wait_the_delivery_is_blocked_and_its_predecessor_wakes_it
 ) -> None:
     settings.DJANGO_UOW = {"ORDERED_WAIT": 30}
     first, second, third = write([("1", 1), ("1", 2), ("1", 3)])
-    long_ago = time.time() - 31
-
-    assert run_handler_task(StandInTask(), message(third), HANDLER, long_ago, 40) is False
-    assert run_handler_task(StandInTask(), message(second), HANDLER, long_ago, 40) is False
+    # Waited its ORDERED_WAIT: as many re-queues as add up to 30 s (counted, not timed).
+    waited = ordered_polls(timedelta(seconds=30))
+    for row in (third, second):
+        task = StandInTask(retries=waited)
+        assert run_handler_task(task, message(row), HANDLER, None, waited, waited) is False
     for row, before in ((second, first), (third, second)):
         blocked = delivery(row)
         assert blocked is not None
@@ -271,8 +272,8 @@ def test_a_dead_predecessor_blocks_only_this_handler_and_this_aggregate(
         run_handler_task(StandInTask(), message(a1), HANDLER)
     assert delivery(a1).status == "failed"  # type: ignore[union-attr]
 
-    long_ago = time.time() - 31
-    assert run_handler_task(StandInTask(), message(a2), HANDLER, long_ago, 40) is False
+    waited = ordered_polls(timedelta(seconds=30))
+    assert run_handler_task(StandInTask(), message(a2), HANDLER, None, waited, waited) is False
     assert delivery(a2).status == "blocked"  # type: ignore[union-attr]
     # The other aggregate and the other handler go on.
     for row in (b1, b2):
@@ -565,21 +566,31 @@ def test_blocked_deliveries_are_counted_and_keep_their_event(settings: Any) -> N
 
 
 @pytest.mark.django_db
-def test_a_predecessor_whose_row_retention_pruned_does_not_hold_the_follower() -> None:
+def test_retention_keeps_an_ordered_predecessors_row_while_its_event_is_in_the_outbox() -> None:
     first, second = write([("1", 1), ("1", 2)])
-    # Events kept longer than their inbox rows (RETENTION None for an audit log): the
-    # predecessor's succeeded row is gone after INBOX_RETENTION.
+    # Events kept longer than their inbox rows (RETENTION None for an audit log).
     OutboxEvent.objects.filter(pk=first.pk).update(created_at=timezone.now() - timedelta(days=31))
-    assert run_handler_task(StandInTask(), message(second), HANDLER) is True
-    # A recent predecessor without a row is waited for.
-    (third,) = write([("1", 3)])
-    (fourth,) = write([("1", 4)])
+    # An old predecessor without a delivery row has not been delivered: it is waited for.
     with pytest.raises(Requeued):
-        run_handler_task(StandInTask(), message(fourth), HANDLER)
-    assert sequenced() == [second.event_id]
-    assert run_handler_task(StandInTask(), message(third), HANDLER) is True
-    assert run_handler_task(StandInTask(), message(fourth), HANDLER) is True
-    assert sequenced() == [second.event_id, third.event_id, fourth.event_id]
+        run_handler_task(StandInTask(), message(second), HANDLER)
+    assert run_handler_task(StandInTask(), message(first), HANDLER) is True
+    ProcessedEvent.objects.filter(event_id=first.event_id).update(
+        processed_at=timezone.now() - timedelta(days=31)
+    )
+    other = ProcessedEvent.objects.create(
+        event_id=uuid.uuid4(),
+        handler="testapp.record_cancelled",
+        processed_at=timezone.now() - timedelta(days=31),
+    )
+    # The unordered handler's old row goes; the ordered one's stays while its event does.
+    assert prune_inbox() == 1
+    assert not ProcessedEvent.objects.filter(pk=other.pk).exists()
+    assert delivery(first).status == "succeeded"  # type: ignore[union-attr]
+    assert run_handler_task(StandInTask(), message(second), HANDLER) is True
+    assert sequenced() == [first.event_id, second.event_id]
+    OutboxEvent.objects.filter(pk=first.pk).delete()
+    assert prune_inbox() == 1  # its event is gone: nothing waits on it any more
+    assert delivery(first) is None
 
 
 @pytest.mark.django_db

@@ -18,7 +18,12 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_uow import UnitOfWork
-from django_uow.deliveries import consumer_lag, failed_deliveries, record_published
+from django_uow.deliveries import (
+    claim_redelivery,
+    consumer_lag,
+    failed_deliveries,
+    record_published,
+)
 from django_uow.handlers import event_handler, registry
 from django_uow.models import OutboxEvent, ProcessedEvent
 from django_uow.publishers import CeleryPublisher
@@ -308,8 +313,15 @@ def test_publishing_again_never_undoes_an_outcome() -> None:
         rows[1].event_id: "failed",
         rows[2].event_id: "published",
     }
-    record_published(pairs[1:2], using="default", force=True)
+    # Only an operator's re-run takes a settled delivery back, from the status it read.
+    claim = claim_redelivery(envelopes[1], "h", using="default", allowed=("failed",), publish=True)
+    assert claim.taken and claim.previous == "failed"
     assert ProcessedEvent.objects.get(event_id=rows[1].event_id).status == "published"
+    refused = claim_redelivery(
+        envelopes[0], "h", using="default", allowed=("failed",), publish=True
+    )
+    assert not refused.taken and refused.previous == "succeeded"
+    assert ProcessedEvent.objects.get(event_id=rows[0].event_id).status == "succeeded"
 
 
 @pytest.mark.django_db
@@ -497,7 +509,8 @@ def test_the_relay_prunes_the_inbox_with_the_outbox(settings: Any) -> None:
 @pytest.mark.celery
 @pytest.mark.django_db
 def test_every_sweep_runs_the_deadline_step(unconsumed_queue: Any, settings: Any) -> None:
-    """The beat task and ``relay_outbox --once`` publish overdue deliveries again."""
+    """The beat task and ``relay_outbox --once`` publish overdue deliveries again, once
+    their previous copies are no longer queued; never a second copy of a queued one."""
     from django_uow.tasks import run_relay
 
     unconsumed_queue.set_current()
@@ -508,14 +521,22 @@ def test_every_sweep_runs_the_deadline_step(unconsumed_queue: Any, settings: Any
     long_ago = timezone.now() - datetime.timedelta(minutes=5)
     ProcessedEvent.objects.update(due_at=long_ago, published_at=long_ago)
 
+    # Nothing in the queue (the broker lost them): published again.
     assert run_relay()["republished"] == 2
     assert run_relay()["republished"] == 0  # published again just now: not overdue
     ProcessedEvent.objects.update(due_at=long_ago)
+    # Overdue again, but their copies still wait in the queue: no second copy.
+    call_command("relay_outbox", "--once", stdout=io.StringIO())
+    with unconsumed_queue.connection_for_write() as conn:
+        assert conn.default_channel.client.llen(uow_queue_name()) == 2
+        conn.default_channel.client.delete(uow_queue_name())  # lost, as in a restart
     call_command("relay_outbox", "--once", stdout=io.StringIO())
     assert not ProcessedEvent.objects.filter(
         due_at__lt=timezone.now() - datetime.timedelta(minutes=1)
     ).exists()
     with unconsumed_queue.connection_for_write() as conn:
-        assert conn.default_channel.client.llen(uow_queue_name()) == 4
+        assert conn.default_channel.client.llen(uow_queue_name()) == 2
     assert set(ProcessedEvent.objects.values_list("status", flat=True)) == {"published"}
-    assert all(p.published_at > long_ago for p in ProcessedEvent.objects.all())
+    assert set(ProcessedEvent.objects.values_list("publishes", flat=True)) == {3}
+    # Consumer lag counts from the first publish: republishing does not reset it.
+    assert all(p.published_at == long_ago for p in ProcessedEvent.objects.all())

@@ -462,6 +462,7 @@ def test_relay_task_reports_a_paused_relay_when_the_broker_is_down() -> None:
         "retried": 0,
         "left": 0,
         "republished": 0,
+        "woken": 0,
     }
 
 

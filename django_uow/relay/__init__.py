@@ -8,7 +8,8 @@
 - ``fastpath``: the on-commit receiver, its broker work bounded by a time budget;
 - ``breaker``: the fast path's circuit breaker (skip the broker for a cool-down);
 - ``retention``: pruning dispatched events and succeeded handler deliveries;
-- ``redelivery``: the handler deadline sweep, and ``redeliver`` for operators.
+- ``redelivery``: the handler deadline sweep, waking blocked deliveries, and
+  ``redeliver`` for operators.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .batch import (
     relay_events,
 )
 from .loop import RelayLoop, relay_pending
-from .redelivery import Redelivery, redeliver, republish_overdue
+from .redelivery import Redelivery, redeliver, republish_overdue, wake_blocked
 from .retention import Pruned, prune, prune_inbox, prune_outbox
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "relay_events",
     "relay_pending",
     "republish_overdue",
+    "wake_blocked",
 ]

@@ -30,7 +30,7 @@ from ..exceptions import RelayError
 from ..publishers import Publisher
 from .batch import RelayResult, count_pending, default_relay_id, relay_batch
 from .fastpath import NOTIFY_CHANNEL
-from .redelivery import republish_overdue
+from .redelivery import republish_overdue, wake_blocked
 from .retention import prune
 
 logger = logging.getLogger("django_uow.relay")
@@ -104,6 +104,7 @@ class RelayLoop:
     pruned: int = 0
     pruned_inbox: int = 0
     republished: int = 0
+    woken: int = 0
 
     def stop(self, *args: Any) -> None:
         self.stopping.set()
@@ -197,6 +198,7 @@ class RelayLoop:
         if self.once:
             self.total.left = drained.left
         self.republished += republish_overdue(using=self.using, publishers=self.publishers)
+        self.woken += wake_blocked(using=self.using, publishers=self.publishers)
         if self.prune and time.monotonic() - self._last_prune >= (0 if self.once else PRUNE_EVERY):
             pruned = prune(using=self.using)
             self.pruned += pruned.events

@@ -1,15 +1,18 @@
-"""Handler deliveries again: the deadline sweep, and ``redeliver`` for an operator.
+"""Handler deliveries again: the deadline sweep, waking blocked ones, and ``redeliver``.
 
 - ``republish_overdue``: a delivery published (or due for a retry) more than
   ``HANDLER_DEADLINE`` ago that has neither succeeded nor failed is published again,
-  in bounded batches. The broker may have lost it (a Redis restart) or be holding it
-  for a dead worker until its visibility timeout; idempotent handlers skip the copy.
-  Runs with every sweep (``relay_outbox``, the beat task) when ``CeleryPublisher`` is
-  configured; with ``InlinePublisher`` nothing is ever left published.
-- ``redeliver``: run one (event, handler) delivery again: the admin's action and the
-  ``redeliver`` command. With ``CeleryPublisher`` configured the task is published
-  again; otherwise the handler runs here and now. Idempotent handlers skip a delivery
-  that already succeeded.
+  in bounded batches, once its previous copy can no longer be in the broker's queue:
+  the broker may have lost it (a Redis restart) or be holding it for a dead worker
+  until its visibility timeout. A backlog behind slow workers is left alone.
+  Idempotent handlers skip a copy that arrives after all. Runs with every sweep
+  (``relay_outbox``, the beat task) when ``CeleryPublisher`` is configured; with
+  ``InlinePublisher`` nothing is ever left published.
+- ``wake_blocked``: an ordered handler's blocked delivery whose predecessor is done is
+  published again (or run here), when the predecessor's own wake-up was lost.
+- ``redeliver``: run one (event, handler) delivery again: the admin's actions and the
+  ``redeliver`` command. Every change is made from the status read under the row's
+  lock, so an operator racing a worker never undoes what the worker did.
 """
 
 from __future__ import annotations
@@ -17,19 +20,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from django.db import transaction
-from django.utils import timezone
+from django.db.models import F, Max
 
+from .. import ordering
 from ..conf import uow_settings
-from ..deliveries import overdue_deliveries, record_published
+from ..db.clock import DatabaseNow, database_now
+from ..deliveries import claim_redelivery, overdue_deliveries
 from ..events import Envelope
 from ..exceptions import RelayError
 from ..handlers import Handler, registry
 from ..inbox import Ran, run_delivery
-from ..models import DeliveryStatus, OutboxEvent, OutboxStatus, ProcessedEvent
+from ..models import (
+    OWED_DELIVERY_STATUSES,
+    DeliveryStatus,
+    OutboxEvent,
+    OutboxStatus,
+    ProcessedEvent,
+)
 from ..publishers import CeleryPublisher, Publisher, get_publishers
 from ..retry import describe
 
@@ -46,21 +57,85 @@ def celery_publisher(publishers: Sequence[Publisher] | None = None) -> CeleryPub
 
 # ----------------------------------------------------------------------- deadline sweep
 
+#: Publish times closer than this are not told apart when reading the queue's progress
+#: (several relays publish at once; each row's time is taken around its send).
+FRONTIER_SLACK = timedelta(seconds=2)
+#: Without a broker that reports its queue, each republish of a delivery doubles its
+#: deadline, up to this many doublings.
+MAX_DEADLINE_DOUBLINGS = 6
 
-def _claim_overdue(using: str, limit: int, now: datetime) -> list[tuple[int, UUID, str]]:
-    """Take up to ``limit`` overdue deliveries: move their ``due_at`` to now, so a sweep
-    running beside this one does not publish them a second time."""
+
+def _frontiers(using: str, handlers: Sequence[str], since: datetime) -> dict[str, datetime]:
+    """For each handler, the latest publish time of a delivery a worker took and finished
+    at its first attempt, among those finished since ``since``.
+
+    A broker queue hands out messages in the order they were sent: once a delivery sent
+    at time T was taken, every delivery of that handler sent well before T was taken
+    too. Only first-attempt successes count: a retry's row holds its retry's due time,
+    not its place in the queue. One statement, over the index of succeeded rows.
+    """
+    rows = (
+        ProcessedEvent.objects.using(using)
+        .filter(
+            status=DeliveryStatus.SUCCEEDED,
+            processed_at__gte=since,
+            handler__in=list(handlers),
+            attempts=1,
+            publishes__gte=1,
+        )
+        .values("handler")
+        .annotate(frontier=Max("due_at"))
+        .order_by()
+        .values_list("handler", "frontier")
+    )
+    return {name: frontier for name, frontier in rows if frontier is not None}
+
+
+def _copy_gone(
+    row: tuple[int, UUID, str, datetime, int],
+    now: datetime,
+    depths: dict[str, int],
+    frontiers: dict[str, datetime],
+) -> bool:
+    """Whether the previous copy of an overdue delivery can no longer be in the queue.
+
+    - the broker's queue of its handler is empty: no copy waits there;
+    - or a delivery of its handler sent after it was already taken (the queue's order);
+    - or, when the broker cannot say, its deadline has passed again, doubled with every
+      republish, so a backlog is not copied again and again.
+    """
+    _pk, _event_id, handler, due_at, publishes = row
+    deadline = uow_settings.HANDLER_DEADLINE
+    if handler in depths:
+        if depths[handler] == 0:
+            return True
+        frontier = frontiers.get(handler)
+        return frontier is not None and due_at < frontier - FRONTIER_SLACK
+    doublings = min(max(publishes - 1, 0), MAX_DEADLINE_DOUBLINGS)
+    return bool(due_at < now - deadline * 2**doublings)
+
+
+def _overdue(using: str, limit: int) -> list[tuple[int, UUID, str, datetime, int]]:
+    """Up to ``limit`` overdue deliveries, oldest due first (``due_at`` is set on owed rows)."""
+    rows = overdue_deliveries(using, deadline=uow_settings.HANDLER_DEADLINE).values_list(
+        "id", "event_id", "handler", "due_at", "publishes"
+    )[:limit]
+    return [(pk, event_id, name, due, n) for pk, event_id, name, due, n in rows if due]
+
+
+def _claim(using: str, ids: Sequence[int]) -> list[tuple[int, UUID, str]]:
+    """Take the chosen deliveries for this sweep: still owed and overdue, locked (others
+    skip them), due now and one more publish. Rows a handler finished meanwhile are left."""
+    deadline = uow_settings.HANDLER_DEADLINE
     with transaction.atomic(using=using):
-        rows = overdue_deliveries(using, deadline=uow_settings.HANDLER_DEADLINE, now=now)
+        rows = overdue_deliveries(using, deadline=deadline).filter(id__in=list(ids))
         taken = list(
-            rows.select_for_update(skip_locked=True).values_list("id", "event_id", "handler")[
-                :limit
-            ]
+            rows.select_for_update(skip_locked=True).values_list("id", "event_id", "handler")
         )
         if taken:
-            ProcessedEvent.objects.using(using).filter(id__in=[t[0] for t in taken]).update(
-                due_at=now
-            )
+            ProcessedEvent.objects.using(using).filter(
+                id__in=[t[0] for t in taken], status__in=OWED_DELIVERY_STATUSES
+            ).update(due_at=DatabaseNow(), publishes=F("publishes") + 1)
     return taken
 
 
@@ -69,11 +144,11 @@ def _envelopes(using: str, event_ids: set[UUID]) -> dict[UUID, Envelope]:
     return {event.event_id: event.to_envelope() for event in events}
 
 
-def _give_up(using: str, ids: Sequence[int], reason: str, now: datetime) -> None:
+def _give_up(using: str, ids: Sequence[int], reason: str) -> None:
     if ids:
-        ProcessedEvent.objects.using(using).filter(id__in=ids).update(
-            status=DeliveryStatus.FAILED, last_error=reason, last_attempt_at=now
-        )
+        ProcessedEvent.objects.using(using).filter(
+            id__in=ids, status__in=OWED_DELIVERY_STATUSES
+        ).update(status=DeliveryStatus.FAILED, last_error=reason, last_attempt_at=DatabaseNow())
 
 
 def republish_overdue(
@@ -81,20 +156,39 @@ def republish_overdue(
     using: str = "default",
     publishers: Sequence[Publisher] | None = None,
     batch_size: int | None = None,
-    now: datetime | None = None,
 ) -> int:
-    """Publish again the deliveries not handled ``HANDLER_DEADLINE`` after they were due.
+    """Publish again the deliveries not handled ``HANDLER_DEADLINE`` after they were due,
+    when their previous copy can no longer be in the broker's queue (``_copy_gone``).
 
+    A backlog is therefore not copied: while workers are behind, the queue grows by the
+    new work only, and each delivery keeps its first publish time (the consumer lag).
     Bounded: at most ``batch_size`` (default ``BATCH_SIZE``) deliveries per call; returns
     how many were published. A delivery whose event is gone from the outbox, or whose
     handler is no longer registered, becomes ``failed`` with the reason. Broker errors
-    propagate; the deliveries stay owed and the next sweep tries again after the deadline.
+    propagate; the deliveries stay owed and a later sweep tries again.
     """
     publisher = celery_publisher(publishers)
     if publisher is None:
         return 0
-    now = now or timezone.now()
-    taken = _claim_overdue(using, batch_size or uow_settings.BATCH_SIZE, now)
+    size = batch_size or uow_settings.BATCH_SIZE
+    overdue = _overdue(using, size)
+    if not overdue:
+        return 0
+    now = database_now(using)
+    names = sorted({row[2] for row in overdue})
+    known = {name: handler for name in names if (handler := _registered(name)) is not None}
+    try:
+        depths = publisher.queue_depths(known.values())
+    except Exception as exc:
+        raise RelayError(
+            f"Could not read the broker's queues ({describe(exc)}); overdue handler "
+            "deliveries are published again by a later sweep."
+        ) from exc
+    frontiers = _frontiers(using, names, now - 2 * uow_settings.HANDLER_DEADLINE)
+    chosen = [
+        row[0] for row in overdue if row[2] not in known or _copy_gone(row, now, depths, frontiers)
+    ]
+    taken = _claim(using, chosen) if chosen else []
     if not taken:
         return 0
     envelopes = _envelopes(using, {event_id for _, event_id, _ in taken})
@@ -105,28 +199,94 @@ def republish_overdue(
         envelope = envelopes.get(event_id)
         if envelope is None:
             gone.append(row_id)
-            continue
-        try:
-            deliveries.append((envelope, registry.get(name)))
-        except LookupError:
+        elif name not in known:
             unknown.append(row_id)
-    _give_up(using, gone, "The outbox event is gone (pruned or deleted): cannot publish.", now)
-    _give_up(using, unknown, "No handler is registered under this name any more.", now)
+        else:
+            deliveries.append((envelope, known[name]))
+    _give_up(using, gone, "The outbox event is gone (pruned or deleted): cannot publish.")
+    _give_up(using, unknown, "No handler is registered under this name any more.")
     try:
-        publisher.send_deliveries(deliveries)
+        publisher.send_deliveries(deliveries, record=False)
     except Exception as exc:
         raise RelayError(
             f"Could not publish {len(deliveries)} overdue handler deliveries again "
-            f"({describe(exc)}); the next sweep tries again after HANDLER_DEADLINE."
+            f"({describe(exc)}); a later sweep tries again after HANDLER_DEADLINE."
         ) from exc
     if deliveries:
         logger.warning(
             "Published %d handler deliveries again: not handled %s after they were due "
-            "(HANDLER_DEADLINE); the broker may have lost them.",
+            "(HANDLER_DEADLINE), and their previous copies are no longer queued; the broker "
+            "may have lost them.",
             len(deliveries),
             uow_settings.HANDLER_DEADLINE,
         )
     return len(deliveries)
+
+
+def _registered(name: str) -> Handler | None:
+    try:
+        return registry.get(name)
+    except LookupError:
+        return None
+
+
+# ----------------------------------------------------------------------- blocked
+
+
+def wake_blocked(
+    *,
+    using: str = "default",
+    publishers: Sequence[Publisher] | None = None,
+    batch_size: int | None = None,
+) -> int:
+    """Wake the first blocked delivery of each (handler, aggregate) whose predecessor is
+    done (succeeded, discarded, or gone from the outbox).
+
+    The predecessor's success wakes its follower at once; this sweep covers a wake-up
+    that was lost (a worker killed between the two, a message the broker lost). With
+    ``CeleryPublisher`` the woken delivery is published again, otherwise it runs here.
+    Bounded by ``batch_size`` chains per call; returns how many were woken.
+    """
+    chains = list(
+        ProcessedEvent.objects.using(using)
+        .filter(status=DeliveryStatus.BLOCKED)
+        .values_list("handler", "aggregate_type", "aggregate_id")
+        .distinct()
+        .order_by()[: batch_size or uow_settings.BATCH_SIZE]
+    )
+    publisher = celery_publisher(publishers)
+    woken = 0
+    for name, aggregate_type, aggregate_id in chains:
+        handler = _registered(name)
+        if handler is None:
+            continue
+        follower = ordering.first_blocked(handler, aggregate_type, aggregate_id, using)
+        if follower is None or not ordering.predecessor_done(handler, follower, using):
+            continue
+        if not ordering.unblock(handler, follower.event_id, using):
+            continue  # someone else woke it
+        woken += 1
+        logger.info(
+            "Woke the blocked delivery of event %s to handler %s: its predecessor is done",
+            follower.event_id,
+            name,
+        )
+        if publisher is not None:
+            try:
+                publisher.send_deliveries([(follower, handler)])
+            except Exception as exc:
+                raise RelayError(
+                    f"Could not publish the woken delivery of event {follower.event_id} to "
+                    f"handler {name} ({describe(exc)}); the deadline sweep publishes it again."
+                ) from exc
+        else:
+            try:
+                run_delivery(handler, follower, using=using)
+            except Exception:
+                logger.exception(
+                    "Handler %s failed event %s, woken by the sweep", name, follower.event_id
+                )
+    return woken
 
 
 # ----------------------------------------------------------------------- redeliver
@@ -136,7 +296,10 @@ def republish_overdue(
 class Redelivery:
     """What ``redeliver`` did with one (event, handler).
 
-    ``outcome``: ``"published"`` (sent to Celery again), ``"succeeded"`` (ran here),
+    ``outcome``: ``"published"`` (sent to Celery again), ``"queued"`` (a copy was in
+    flight: another is queued behind it, and the inbox lets only one have its effect),
+    ``"in-flight"`` (refused: a non-idempotent handler's delivery is published or
+    retrying, and a second copy could have its effect twice), ``"succeeded"`` (ran here),
     ``"skipped"`` (an idempotent handler that already succeeded), ``"blocked"`` (an
     ordered handler whose previous event of the aggregate has not succeeded: it runs
     when that one does), or ``"failed"`` (ran here and raised; ``error`` says why, and
@@ -153,6 +316,10 @@ class Redelivery:
         return f"{self.event_id} {self.handler}: {self.outcome}{tail}"
 
 
+#: Statuses an operator may run again: no row yet (a backfill), and the settled ones.
+RERUNNABLE = ("", DeliveryStatus.FAILED, DeliveryStatus.DISCARDED, DeliveryStatus.BLOCKED)
+
+
 def redeliver(
     event_id: UUID | str,
     handler_name: str,
@@ -166,8 +333,11 @@ def redeliver(
     With ``CeleryPublisher`` configured (and ``inline`` not True) the handler task is
     published again and its row says ``published``; otherwise the handler runs in this
     process and its row says how it went. An idempotent handler whose delivery already
-    succeeded is skipped either way. Raises ``LookupError`` when the event is not in the
-    outbox or the handler is not registered.
+    succeeded is skipped either way; one in flight gets a copy queued behind it. A
+    non-idempotent handler's delivery in flight is refused. The row is locked before
+    its status is read, so a handler finishing meanwhile is seen, never overwritten.
+    Raises ``LookupError`` when the event is not in the outbox or the handler is not
+    registered.
     """
     event_id = UUID(str(event_id))
     event = OutboxEvent.objects.using(using).filter(event_id=event_id).first()
@@ -178,22 +348,46 @@ def redeliver(
         )
     handler = registry.get(handler_name)
     envelope = event.to_envelope()
-    row = ProcessedEvent.objects.using(using).filter(event_id=event_id, handler=handler.name)
-    if handler.idempotent and row.filter(status=DeliveryStatus.SUCCEEDED).exists():
-        return Redelivery(event_id, handler.name, "skipped")
+    in_flight = OWED_DELIVERY_STATUSES
+    if handler.idempotent:
+        allowed: tuple[str, ...] = (*RERUNNABLE, *in_flight)
+    else:
+        allowed = (*RERUNNABLE, DeliveryStatus.SUCCEEDED)
     publisher = None if inline else celery_publisher(publishers)
+    claim = claim_redelivery(
+        envelope, handler.name, using=using, allowed=allowed, publish=publisher is not None
+    )
+    if not claim.taken:
+        return _refusal(event_id, handler, claim.previous)
     if publisher is not None:
-        # Marked first: a worker that finishes before this write would otherwise be undone.
-        record_published([(envelope, handler.name)], using=using, force=True)
         publisher.send_deliveries([(envelope, handler)], record=False)
         logger.info("Published handler %s for event %s again", handler.name, event_id)
-        return Redelivery(event_id, handler.name, "published")
+        outcome = "queued" if claim.previous in in_flight else "published"
+        return Redelivery(event_id, handler.name, outcome)
     try:
         ran = run_delivery(handler, envelope, using=using)
     except Exception as exc:
         return Redelivery(event_id, handler.name, "failed", describe(exc))
     outcome = {Ran.RAN: "succeeded", Ran.SKIPPED: "skipped", Ran.BLOCKED: "blocked"}[ran]
     return Redelivery(event_id, handler.name, outcome)
+
+
+def _refusal(event_id: UUID, handler: Handler, status: str) -> Redelivery:
+    if status == DeliveryStatus.SUCCEEDED:
+        return Redelivery(event_id, handler.name, "skipped")
+    if status in OWED_DELIVERY_STATUSES:
+        return Redelivery(
+            event_id,
+            handler.name,
+            "in-flight",
+            f"the delivery is {status}: a worker has it or will take it, and handler "
+            f"{handler.name} is not idempotent, so a second copy could have its effect "
+            "twice. Re-run it once it has failed, or after HANDLER_DEADLINE, when the sweep "
+            "publishes it again if the broker lost it.",
+        )
+    return Redelivery(
+        event_id, handler.name, "in-flight", f"another writer changed the delivery ({status})"
+    )
 
 
 def deliveries_to_redeliver(

@@ -7,7 +7,11 @@
   ``"<app_label>.*"`` patterns, then ``"*"``; ``None`` keeps those events forever (an
   audit log). Each rule deletes only the rows no more specific rule claims;
 - the inbox: succeeded handler deliveries past ``INBOX_RETENTION``. Deliveries still
-  owed (published, retrying), blocked and dead letters (failed) are never pruned.
+  owed (published, retrying), blocked and dead letters (failed) are never pruned, nor is
+  an ordered handler's succeeded row while its event is still in the outbox: the next
+  event of the aggregate waits for it, and a missing row would read as "not delivered".
+
+Ages count on the database's clock.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db.models import Exists, OuterRef, Q
-from django.utils import timezone
 
 from ..conf import uow_settings
+from ..db.clock import database_now
+from ..handlers import registry
 from ..models import DeliveryStatus, OutboxEvent, OutboxStatus, ProcessedEvent
 
 logger = logging.getLogger("django_uow.relay")
@@ -112,7 +117,7 @@ def prune_outbox(
     owed, failed or blocked: it may be delivered again.
     """
     size = batch_size or uow_settings.PRUNE_BATCH_SIZE
-    now = now or timezone.now()
+    now = now or database_now(using)
     policy: dict[str, timedelta | None] = (
         {"*": older_than} if older_than is not None else uow_settings.RETENTION_BY_TYPE
     )
@@ -141,19 +146,21 @@ def prune_inbox(
 ) -> int:
     """Delete succeeded handler deliveries older than ``INBOX_RETENTION``; return the count.
 
-    Bounded batches walk the partial index on succeeded rows by ``processed_at``.
+    Bounded batches walk the partial index on succeeded rows by ``processed_at``. An
+    ordered handler's row is kept while its event is in the outbox.
     """
     age = older_than if older_than is not None else uow_settings.INBOX_RETENTION
     size = batch_size or uow_settings.PRUNE_BATCH_SIZE
-    cutoff = (now or timezone.now()) - age
+    cutoff = (now or database_now(using)) - age
     manager = ProcessedEvent.objects.using(using)
+    ordered = [h.name for h in registry.all() if h.ordered]
+    in_outbox = OutboxEvent.objects.using(using).filter(event_id=OuterRef("event_id"))
+    prunable = manager.filter(status=DeliveryStatus.SUCCEEDED, processed_at__lt=cutoff)
+    if ordered:
+        prunable = prunable.exclude(Q(handler__in=ordered) & Exists(in_outbox))
     total = 0
     while True:
-        ids = list(
-            manager.filter(status=DeliveryStatus.SUCCEEDED, processed_at__lt=cutoff)
-            .order_by("processed_at")
-            .values_list("id", flat=True)[:size]
-        )
+        ids = list(prunable.order_by("processed_at").values_list("id", flat=True)[:size])
         if not ids:
             break
         deleted, _ = manager.filter(id__in=ids, status=DeliveryStatus.SUCCEEDED).delete()
