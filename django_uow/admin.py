@@ -49,6 +49,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .admin_deadletters import group_action_view, groups_view
 from .admin_lookups import StrictLookupsMixin
+from .db.clock import DatabaseNow
 from .deliveries import ConsumerLag, consumer_lag
 from .events import registry
 from .handlers import registry as handler_registry
@@ -783,7 +784,7 @@ class OutboxEventAdmin(StrictLookupsMixin, admin.ModelAdmin):  # type: ignore[ty
             changes={
                 "status": Status.PENDING,
                 "attempts": 0,
-                "available_at": timezone.now(),
+                "available_at": DatabaseNow(),
                 "claimed_by": "",
                 "claimed_until": None,
             },

@@ -22,10 +22,10 @@ from django.db import router, transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.translation import gettext, ngettext
 
+from .db.clock import DatabaseNow
 from .deadletters import AGGREGATES_SHOWN, Group, dead_letter_groups, find_group, retry_delivery
 from .models import DeliveryStatus, OutboxEvent, OutboxStatus, ProcessedEvent
 
@@ -150,7 +150,7 @@ def _act_on_events(model_admin: Any, request: HttpRequest, group: Group, action:
             changes={
                 "status": OutboxStatus.PENDING,
                 "attempts": 0,
-                "available_at": timezone.now(),
+                "available_at": DatabaseNow(),
                 "claimed_by": "",
                 "claimed_until": None,
             },
@@ -169,7 +169,7 @@ def _act_on_events(model_admin: Any, request: HttpRequest, group: Group, action:
             from_statuses=(OutboxStatus.FAILED,),
             changes={
                 "status": OutboxStatus.DISCARDED,
-                "discarded_at": timezone.now(),
+                "discarded_at": DatabaseNow(),
                 "claimed_by": "",
                 "claimed_until": None,
             },

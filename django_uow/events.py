@@ -25,7 +25,7 @@ from django.utils import dateparse, timezone
 from . import decoding, encoding
 from .audit import audit_headers
 from .exceptions import EventDecodeError, EventSerializationError, UnknownEventType
-from .scheduling import due_time
+from .scheduling import due_time, seconds
 from .tracing import inject_trace_context
 
 E = TypeVar("E", bound="DomainEvent")
@@ -400,8 +400,11 @@ class StagedEvent:
     occurred_at: datetime.datetime
     payload: dict[str, Any]
     headers: dict[str, Any]
-    #: When a scheduled event is due (``None``: due when committed, an ordinary event).
+    #: When a scheduled event is due (``None``: due when committed, an ordinary event);
+    #: for a ``delay`` this process's estimate, the database counts from the commit.
     deliver_at: datetime.datetime | None = None
+    #: ``record_event(delay=...)``: seconds after the commit (``None`` otherwise).
+    delay: float | None = None
     #: ``payload`` as JSON text, encoded once at ``record_event()`` and written at commit.
     payload_json: str | None = None
 
@@ -417,6 +420,7 @@ class StagedEvent:
             )
         now = timezone.now()
         due = due_time(delay=delay, deliver_at=deliver_at, now=now)
+        after_commit = seconds(delay) if delay is not None and due is not None else None
         payload, payload_json = encode_payload_text(event)
         correlation_id, causation_id = current_event_context()
         headers: dict[str, Any] = {SCHEMA_VERSION_HEADER: type(event).event_version}
@@ -435,5 +439,6 @@ class StagedEvent:
             payload=payload,
             headers=headers,
             deliver_at=due,
+            delay=after_commit,
             payload_json=payload_json,
         )

@@ -130,6 +130,15 @@ class RelayError(UnitOfWorkError):
     """Raised when the relay cannot reach the database or a broker; raised ``from`` the cause."""
 
 
+class DeliveriesNotRecorded(ConnectionError):
+    """The broker took a batch's handler tasks, but their delivery rows could not be written.
+
+    A task the broker then lost would have no row for the deadline sweep to find, so the
+    batch is not acknowledged: the relay hands it back, as after a broker outage, and
+    publishes it again (idempotent handlers run each delivery once).
+    """
+
+
 class BlockedByEarlierFailure(Exception):
     """Reported for an event not published because an earlier event of its aggregate failed.
 

@@ -65,7 +65,7 @@ def predecessor(handler: Handler, envelope: Envelope, using: str) -> UUID | None
     else:
         earlier = Q(aggregate_version__lt=version) | Q(aggregate_version=version, id__lt=own_id)
     # A scheduled event due after this one is delivered after it: it is not waited for.
-    own_due = own.annotate(due=Coalesce("deliver_at", "occurred_at")).values("due")[:1]
+    own_due = own.annotate(due=Coalesce("deliver_at", "created_at")).values("due")[:1]
     due_before = Q(deliver_at__isnull=True) | Q(deliver_at__lte=Subquery(own_due))
     return (
         same.filter(earlier, due_before)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from django.core.signals import setting_changed
-from django.db import router
+from django.db import connections, router
 from django.utils.module_loading import import_string
 
 from .brokers import celery_connection, redis_client_options
@@ -30,6 +31,7 @@ from .deliveries import record_published
 from .events import Envelope
 from .exceptions import (
     BlockedByEarlierFailure,
+    DeliveriesNotRecorded,
     HandlerFailed,
     PermanentFailure,
     RetryAfter,
@@ -103,6 +105,10 @@ class InlinePublisher:
     ``RetryAfter`` as they are), so a handler's ``ConnectionError`` is never taken for a
     broker outage.
     """
+
+    #: Runs the handlers here: an outage of another publisher of the batch does not stop
+    #: it (each handler's inbox row makes the batch's retry skip what already ran).
+    in_process = True
 
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
         outcome = _OrderedFailures()
@@ -183,8 +189,10 @@ class CeleryPublisher:
         sent: list[tuple[Envelope, str]] = []
         try:
             self._publish(events, outcome, sent)
-        finally:
-            _record_published(sent)
+        except BaseException:
+            _record_published(sent, strict=False)  # the outage is what the relay must see
+            raise
+        _record_published(sent, strict=True)
         return outcome.result()
 
     def _publish(
@@ -264,7 +272,7 @@ class CeleryPublisher:
                 raise failures[0]
         finally:
             if record:
-                _record_published(sent)
+                _record_published(sent, strict=False)
 
     def queue_depths(self, handlers: Iterable[Handler], *, timeout: float = 5.0) -> dict[str, int]:
         """Messages waiting in the broker queue of each handler (by name), where the
@@ -365,19 +373,46 @@ def in_tasks(deliveries: Sequence[Delivery], size: int) -> list[Delivery]:
     return tasks
 
 
-def _record_published(sent: Sequence[tuple[Envelope, str]]) -> None:
-    """Mark what was sent as published; a database error must not undo a publish."""
+#: Tries of the write that records a batch's deliveries as published, and the first pause.
+RECORD_TRIES = (3, 0.05)
+
+
+def _record_published(sent: Sequence[tuple[Envelope, str]], *, strict: bool) -> None:
+    """Mark what was sent as published, trying again a few times.
+
+    The rows are what the deadline sweep finds a lost task by. ``strict`` (the batch was
+    sent): a write that keeps failing raises ``DeliveriesNotRecorded``, so the relay does
+    not acknowledge the batch and sends it again later. Otherwise (the send itself failed
+    and that error is the one to report) the failure is logged.
+    """
     if not sent:
         return
-    try:
-        record_published(sent, using=router.db_for_write(ProcessedEvent))
-    except Exception as exc:
-        logger.warning(
-            "Could not record %d published handler deliveries (%s); the handlers still run, "
-            "but a task the broker loses is not published again by the deadline sweep.",
-            len(sent),
-            describe(exc),
-        )
+    using = router.db_for_write(ProcessedEvent)
+    tries, pause = RECORD_TRIES
+    error: Exception | None = None
+    for attempt in range(tries):
+        try:
+            record_published(sent, using=using)
+            return
+        except Exception as exc:
+            error = exc
+            connection = connections[using]
+            if connection.in_atomic_block:
+                break  # the transaction is broken: only its rollback helps
+            connection.close_if_unusable_or_obsolete()
+            time.sleep(pause * 2**attempt)
+    if strict:
+        raise DeliveriesNotRecorded(
+            f"The broker took {len(sent)} handler task(s), but their delivery rows could not "
+            f"be written ({describe(error) if error else 'unknown error'}); the batch is "
+            "published again later."
+        ) from error
+    logger.warning(
+        "Could not record %d published handler deliveries (%s); their events are published "
+        "again, and idempotent handlers run each once.",
+        len(sent),
+        describe(error) if error else "unknown error",
+    )
 
 
 class RedisStreamPublisher:
@@ -387,6 +422,8 @@ class RedisStreamPublisher:
     (default ``"django_uow:{aggregate_type}"``: one stream per aggregate type; use
     ``"...:{event_type}"`` for one per event type). Streams are capped with
     ``MAXLEN ~ STREAM_MAXLEN``. Each entry has one field, ``message``: the envelope as JSON.
+    A batch is one server-side script (``XADD_IN_ORDER``): one round trip, and an
+    aggregate whose event failed gets none of its later events in that batch.
     """
 
     #: A batch is one pipeline that Redis answers in milliseconds: under RELAY_MODE
@@ -406,6 +443,7 @@ class RedisStreamPublisher:
         self.maxlen = uow_settings.STREAM_MAXLEN if maxlen == -1 else maxlen
         self.timeout = timeout
         self._client: Any = None
+        self._xadd: Any = None
 
     def for_commit_path(self, timeout: float) -> RedisStreamPublisher:
         """This publisher with a client of its own: connect and commands bounded, no retries."""
@@ -429,26 +467,62 @@ class RedisStreamPublisher:
         )
 
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
-        pipe = self.client.pipeline(transaction=False)
+        if not envelopes:
+            return None
+        ordered = uow_settings.ORDERING == "aggregate"
+        keys: list[str] = []
+        args: list[Any] = [self.maxlen or 0, 1 if ordered else 0]
         for envelope in envelopes:
-            body = envelope.to_json()
-            if self.maxlen:
-                pipe.xadd(
-                    self.stream_key(envelope),
-                    {"message": body},
-                    maxlen=self.maxlen,
-                    approximate=True,
-                )
-            else:
-                pipe.xadd(self.stream_key(envelope), {"message": body})
-        results = pipe.execute(raise_on_error=False)
+            keys.append(self.stream_key(envelope))
+            aggregate = f"{envelope.aggregate_type}\x1f{envelope.aggregate_id}"
+            args += [aggregate if envelope.aggregate_id else "", envelope.to_json()]
+        results = self._script(keys=keys, args=args)
         outcome = _OrderedFailures()
         for envelope, result in zip(envelopes, results, strict=True):
             if outcome.blocked(envelope):
                 continue
             if isinstance(result, Exception):
                 outcome.fail(envelope, result)
+            elif result == b"blocked" or result == "blocked":
+                outcome.failures[envelope.event_id] = BlockedByEarlierFailure(envelope)
         return outcome.result()
+
+    @property
+    def _script(self) -> Any:
+        if self._xadd is None:
+            self._xadd = self.client.register_script(XADD_IN_ORDER)
+        return self._xadd
+
+
+#: One round trip for a batch, like a pipeline, but in order per aggregate: once an
+#: event's XADD fails, the later events of its aggregate are not added ("blocked"), so a
+#: stream never holds an event whose predecessor is missing. KEYS: a stream per event;
+#: ARGV: MAXLEN (0: none), ordering on (1/0), then per event its aggregate key and body.
+XADD_IN_ORDER = """
+local maxlen = tonumber(ARGV[1])
+local ordered = ARGV[2] == '1'
+local failed = {}
+local out = {}
+for i = 1, #KEYS do
+  local aggregate = ARGV[2 * i + 1]
+  local body = ARGV[2 * i + 2]
+  if ordered and aggregate ~= '' and failed[aggregate] then
+    out[i] = 'blocked'
+  else
+    local reply
+    if maxlen > 0 then
+      reply = redis.pcall('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', 'message', body)
+    else
+      reply = redis.pcall('XADD', KEYS[i], '*', 'message', body)
+    end
+    if type(reply) == 'table' and reply.err then
+      if aggregate ~= '' then failed[aggregate] = true end
+    end
+    out[i] = reply
+  end
+end
+return out
+"""
 
 
 # ----------------------------------------------------------------------- loading

@@ -1,7 +1,9 @@
 """Scheduled events: turn ``record_event(delay=..., deliver_at=...)`` into a due time.
 
 Checked when the event is recorded, before anything is staged, so a bad value fails the
-call that passed it and leaves the unit of work (and its other events) as it was.
+call that passed it and leaves the unit of work (and its other events) as it was. A
+``delay`` counts from the commit, on the database's clock (``outbox.Schedule``); the due
+time computed here is the recording process's estimate of it.
 """
 
 from __future__ import annotations
@@ -28,18 +30,18 @@ def due_time(
             "'this long from now', deliver_at for 'at this time'."
         )
     if delay is not None:
-        seconds = _seconds(delay)
-        if seconds < 0:
+        wait = seconds(delay)
+        if wait < 0:
             raise ValueError(
                 f"record_event() got a negative delay ({delay!r}): a delay is how long to "
                 "wait from now and cannot be negative. Pass delay=0 (or no delay) for an "
                 "event due at once, or deliver_at=<aware datetime> for a point in time "
                 "(one already past is due at once)."
             )
-        if seconds == 0:
+        if wait == 0:
             return None
         try:
-            return now + datetime.timedelta(seconds=seconds)
+            return now + datetime.timedelta(seconds=wait)
         except OverflowError:
             raise ValueError(
                 f"record_event() got delay={delay!r}, which ends past the largest date "
@@ -61,7 +63,7 @@ def due_time(
     return None
 
 
-def _seconds(delay: Any) -> float:
+def seconds(delay: Any) -> float:
     """``delay`` in seconds; refuses what is not a duration (``bool``, strings, NaN...)."""
     if isinstance(delay, datetime.timedelta):
         return delay.total_seconds()

@@ -36,11 +36,14 @@ def _nothing() -> None:
     return None
 
 
-def apply_limits(connection: Any, seconds: float) -> Restore:
+def apply_limits(connection: Any, seconds: float, *, idle: bool = False) -> Restore:
     """Limit statements and lock waits on ``connection`` to ``seconds``; return the undo.
 
     Called inside the unit's transaction (after BEGIN). The undo never raises: a
-    connection the server closed has nothing left to restore.
+    connection the server closed has nothing left to restore. PostgreSQL also ends a
+    session left idle inside the transaction for ``seconds``; ``idle`` asks MariaDB for
+    the same (``idle_transaction_timeout``, whole seconds), so that a process paused
+    while it holds row locks (SIGSTOP, a frozen VM) releases them.
     """
     vendor = connection.vendor
     millis = max(1, int(seconds * 1000))
@@ -54,7 +57,7 @@ def apply_limits(connection: Any, seconds: float) -> Restore:
             )
             return _nothing
         if vendor == "mysql":
-            return _mysql_limits(connection, cursor, seconds)
+            return _mysql_limits(connection, cursor, seconds, idle)
         if vendor == "sqlite":
             cursor.execute("PRAGMA busy_timeout")
             (previous,) = cursor.fetchone()
@@ -63,17 +66,25 @@ def apply_limits(connection: Any, seconds: float) -> Restore:
     return _nothing
 
 
-def _mysql_limits(connection: Any, cursor: Any, seconds: float) -> Restore:
+def _mysql_limits(connection: Any, cursor: Any, seconds: float, idle: bool) -> Restore:
     lock_wait = max(1, math.ceil(seconds))
     if getattr(connection, "mysql_is_mariadb", False):
-        cursor.execute("SELECT @@SESSION.max_statement_time, @@SESSION.innodb_lock_wait_timeout")
-        statement, lock = cursor.fetchone()
         cursor.execute(
-            "SET SESSION max_statement_time = %s, innodb_lock_wait_timeout = %s",
-            [float(seconds), lock_wait],
+            "SELECT @@SESSION.max_statement_time, @@SESSION.innodb_lock_wait_timeout, "
+            "@@SESSION.idle_transaction_timeout"
         )
-        undo = "SET SESSION max_statement_time = %s, innodb_lock_wait_timeout = %s"
-        return _restorer(connection, [(undo, [float(statement), int(lock)])])
+        statement, lock, idle_before = cursor.fetchone()
+        idle_after = lock_wait if idle else int(idle_before)
+        cursor.execute(
+            "SET SESSION max_statement_time = %s, innodb_lock_wait_timeout = %s, "
+            "idle_transaction_timeout = %s",
+            [float(seconds), lock_wait, idle_after],
+        )
+        undo = (
+            "SET SESSION max_statement_time = %s, innodb_lock_wait_timeout = %s, "
+            "idle_transaction_timeout = %s"
+        )
+        return _restorer(connection, [(undo, [float(statement), int(lock), int(idle_before)])])
     cursor.execute("SELECT @@SESSION.max_execution_time, @@SESSION.innodb_lock_wait_timeout")
     statement, lock = cursor.fetchone()
     cursor.execute(

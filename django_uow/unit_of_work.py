@@ -35,6 +35,7 @@ from .tracking import Journal, Mark, identity_key
 
 if TYPE_CHECKING:
     from .models import OutboxEvent
+    from .outbox import Schedule
 
 __all__ = ["Repository", "UnitOfWork", "current_uow"]
 
@@ -356,9 +357,9 @@ class UnitOfWork:
                 check()
         for hook in list(journal.before_commit):
             hook()
-        rows, texts = self._outbox_rows()
+        rows, texts, schedules = self._outbox_rows()
         if rows:
-            write_events(rows, self.using, texts)
+            write_events(rows, self.using, texts, schedules)
             signals.events_staged.send(sender=UnitOfWork, uow=self, events=rows, using=self.using)
         using = self.using
 
@@ -368,13 +369,15 @@ class UnitOfWork:
 
         transaction.on_commit(after_commit, using=using)
 
-    def _outbox_rows(self) -> tuple[list[OutboxEvent], list[str | None]]:
-        """The outbox rows of the recorded events, and their payloads' JSON text."""
+    def _outbox_rows(self) -> tuple[list[OutboxEvent], list[str | None], list[Schedule]]:
+        """The outbox rows of the recorded events, their payloads' JSON text, and when each
+        is due (the database's clock fills the times at the INSERT)."""
         # Imported here: `import django_uow` (which imports this module) must not load models.
-        from .outbox import new_row
+        from .outbox import Schedule, new_row
 
         rows: list[OutboxEvent] = []
         texts: list[str | None] = []
+        schedules: list[Schedule] = []
         touched: set[int] = set()
         for owner, staged in self._journal.events:
             aggregate_type = aggregate_id = ""
@@ -406,7 +409,11 @@ class UnitOfWork:
                 )
             )
             texts.append(staged.payload_json)
-        return rows, texts
+            if staged.delay is not None:
+                schedules.append(Schedule(delay=staged.delay))
+            else:
+                schedules.append(Schedule(deliver_at=staged.deliver_at))
+        return rows, texts, schedules
 
     def _persist_event_only_change(self, owner: Any) -> None:
         if owner._state.adding or owner.pk is None:

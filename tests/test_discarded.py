@@ -35,7 +35,7 @@ def claim(portable: bool, **kw: Any) -> list[OutboxEvent]:
             using="default",
             relay_id="r",
             limit=10,
-            until=now + datetime.timedelta(seconds=60),
+            lease=60,
             ordered=True,
             event_ids=None,
             now=now,

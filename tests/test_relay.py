@@ -380,10 +380,10 @@ def test_a_relay_that_lost_its_lease_cannot_acknowledge() -> None:
     (row,) = claims.claim_batch(using="default", relay_id="r1", limit=10, lease=60, ordered=True)
     OutboxEvent.objects.update(claimed_until=timezone.now() - datetime.timedelta(seconds=1))
     (again,) = claims.claim_batch(using="default", relay_id="r2", limit=10, lease=60, ordered=True)
-    assert claims.acknowledge(using="default", relay_id="r1", ids=[row.id]) == 0
+    assert claims.acknowledge(using="default", relay_id="r1", ids=[row.id]) == set()
     assert claims.give_back(using="default", relay_id="r1", ids=[row.id]) == 0
     assert OutboxEvent.objects.get().claimed_by == "r2"
-    assert claims.acknowledge(using="default", relay_id="r2", ids=[again.id]) == 1
+    assert claims.acknowledge(using="default", relay_id="r2", ids=[again.id]) == {again.id}
 
 
 def test_an_event_whose_relays_keep_dying_is_dead_lettered(settings: Any) -> None:

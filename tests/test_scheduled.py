@@ -105,13 +105,16 @@ def test_delay_and_deliver_at_store_the_due_time_in_one_insert(
         uow.record_event(Pinged(note="n", ref=uuid.uuid4()), delay=2.5)
         order.save()
     paid, later, td, at_row, ping = OutboxEvent.objects.order_by("id")
-    assert paid.deliver_at is None and paid.available_at == paid.occurred_at
-    assert (
-        later.deliver_at == later.available_at == later.occurred_at + datetime.timedelta(seconds=90)
-    )
-    assert td.deliver_at == td.available_at == td.occurred_at + datetime.timedelta(minutes=5)
+    # Written at the INSERT on the database's clock: an ordinary event is due then, and a
+    # delay counts from then (its commit), not from when it was recorded.
+    written = paid.created_at
+    assert {r.created_at for r in (paid, later, td, at_row, ping)} == {written}
+    assert abs(written - paid.occurred_at) < datetime.timedelta(seconds=5)
+    assert paid.deliver_at is None and paid.available_at == written
+    assert later.deliver_at == later.available_at == written + datetime.timedelta(seconds=90)
+    assert td.deliver_at == td.available_at == written + datetime.timedelta(minutes=5)
     assert at_row.deliver_at == at_row.available_at == at
-    assert ping.deliver_at == ping.occurred_at + datetime.timedelta(seconds=2.5)
+    assert ping.deliver_at == written + datetime.timedelta(seconds=2.5)
     assert {r.status for r in (paid, later, td, at_row, ping)} == {"pending"}
 
 
@@ -126,7 +129,7 @@ def test_zero_delay_and_past_deliver_at_are_due_now() -> None:
         order.save()
     rows = list(OutboxEvent.objects.order_by("id"))
     # Recorded as ordinary events: due at commit, in record order.
-    assert [(r.deliver_at, r.available_at) for r in rows] == [(None, r.occurred_at) for r in rows]
+    assert [(r.deliver_at, r.available_at) for r in rows] == [(None, r.created_at) for r in rows]
     publisher = RecordingPublisher()
     relay_batch(publishers=[publisher])
     assert publisher.reasons() == ["zero", "past"]

@@ -23,13 +23,11 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
-from django.utils import timezone
 
 from .. import signals
 from ..conf import uow_settings
@@ -45,6 +43,7 @@ from ..exceptions import (
 from ..models import OutboxEvent, OutboxStatus
 from ..publishers import Publisher, get_publishers
 from ..retry import backoff_delay, describe, is_connection_error
+from ..timeouts import apply_limits
 from ..tracing import span
 from . import statements
 from .heartbeat import lease_kept
@@ -103,10 +102,16 @@ def publish_all(
     """Run every publisher over the batch; return the per-event failures.
 
     A publisher that raises fails the whole batch, except a broker outage, which
-    propagates so the caller can give the claim back.
+    propagates so the caller can give the claim back. An outage of one publisher does not
+    stop the publishers that run handlers in this process (``in_process = True``, as
+    ``InlinePublisher``): they still run, since their inbox makes the batch's later
+    retry skip what they did; other brokers are left for that retry, not sent twice.
     """
     failures: dict[UUID, BaseException] = {}
+    outage: BaseException | None = None
     for publisher in publishers:
+        if outage is not None and not getattr(publisher, "in_process", False):
+            continue
         todo = [e for e in envelopes if e.event_id not in failures]
         if not todo:
             break
@@ -114,7 +119,8 @@ def publish_all(
             result = publisher.publish(todo)
         except Exception as exc:
             if is_connection_error(exc):
-                raise
+                outage = outage or exc
+                continue
             logger.warning(
                 "Publisher %s failed a batch of %d event(s): %s",
                 type(publisher).__name__,
@@ -126,12 +132,13 @@ def publish_all(
             continue
         for event_id, error in (result or {}).items():
             failures.setdefault(event_id, error)
+    if outage is not None:
+        raise outage
     return failures
 
 
 def failure_for(row: ClaimedRow, exc: BaseException, max_attempts: int) -> statements.Failure:
     """The failure to record: dead letter, or a retry after backoff (or ``RetryAfter``)."""
-    now = timezone.now()
     cause = exc.original if isinstance(exc, HandlerFailed) else exc
     dead = isinstance(cause, PermanentFailure | UnknownEventType) or row.attempts >= max_attempts
     if dead:
@@ -140,9 +147,7 @@ def failure_for(row: ClaimedRow, exc: BaseException, max_attempts: int) -> state
         delay = cause.seconds
     else:
         delay = backoff_delay(row.attempts, *uow_settings.BACKOFF)
-    return statements.Failure(
-        error=describe(exc), dead=False, retry_at=now + timedelta(seconds=delay)
-    )
+    return statements.Failure(error=describe(exc), dead=False, retry_in=delay)
 
 
 def _log_extra(row: ClaimedRow) -> dict[str, Any]:
@@ -230,21 +235,22 @@ class _Batch:
         that did not go out are written again.
         """
         ids = [r.id for r in self.dispatched]
-        if self.direct:
-            marked = len(ids)
-        else:
+        if not self.direct:
             marked = statements.acknowledge(using=self.using, relay_id=self.relay_id, ids=ids)
+            lost = len(ids) - len(marked)
+            if lost:
+                logger.warning(
+                    "Relay %s lost the lease on %d of %d published event(s); another relay "
+                    "publishes them again (at-least-once delivery), so they are not counted "
+                    "as relayed here.",
+                    self.relay_id,
+                    lost,
+                    len(ids),
+                )
+                self.dispatched = [r for r in self.dispatched if r.id in marked]
         self.acknowledged = {
             (r.aggregate_type, r.aggregate_id) for r in self.dispatched if r.aggregate_id
         }
-        if marked != len(ids):
-            logger.warning(
-                "Relay %s lost the lease on %d of %d published event(s); another relay will "
-                "publish them again (at-least-once delivery).",
-                self.relay_id,
-                len(ids) - marked,
-                len(ids),
-            )
         statements.record_failures(using=self.using, relay_id=self.fence, failures=self.failures)
         result.handed_back += statements.give_back(
             using=self.using, relay_id=self.fence, ids=self.handed_back
@@ -290,14 +296,14 @@ class _Batch:
             else:
                 result.retried += 1
                 logger.warning(
-                    "Event %s (%s) of %s %s failed (attempt %d of %d), retrying at %s: %s",
+                    "Event %s (%s) of %s %s failed (attempt %d of %d), retrying in %.1fs: %s",
                     row.event_id,
                     row.event_type,
                     row.aggregate_type,
                     row.aggregate_id,
                     row.attempts,
                     self.max_attempts,
-                    failure.retry_at.isoformat() if failure.retry_at else "now",
+                    failure.retry_in,
                     failure.error,
                     extra=_log_extra(row),
                 )
@@ -464,11 +470,18 @@ def _run_batch(
         # Claim (= mark dispatched), publish and settle in one short transaction: one
         # write per published row. An outage raises and rolls the claim back.
         with transaction.atomic(using=using):
-            batch = _claim(result, using, relay_id, size, event_ids, aggregates, direct)
-            if batch is None:
-                return result, set()  # an idle poll opens no span
-            with _batch_span(using, relay_id, result) as current:
-                batch.publish_and_settle(pubs, result)
+            # No lease here: the row locks are the claim. The database ends this
+            # transaction if the relay stalls inside it (a paused process) for LEASE, so
+            # other relays wait no longer than they would for an expired lease.
+            restore = apply_limits(connections[using], uow_settings.LEASE, idle=True)
+            try:
+                batch = _claim(result, using, relay_id, size, event_ids, aggregates, direct)
+                if batch is None:
+                    return result, set()  # an idle poll opens no span
+                with _batch_span(using, relay_id, result) as current:
+                    batch.publish_and_settle(pubs, result)
+            finally:
+                restore()
         batch.finish(result)  # counts, logs and signals once the marks are committed
         _annotate(current, result)
     else:

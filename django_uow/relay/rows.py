@@ -35,6 +35,7 @@ CLAIM_COLUMNS = (
     "headers",
     "attempts",
     "deliver_at",
+    "created_at",
 )
 
 
@@ -53,6 +54,9 @@ class ClaimedRow:
     headers: dict[str, Any]
     attempts: int
     deliver_at: datetime.datetime | None
+    #: When the row was written (the database's clock, at the commit): an ordinary
+    #: event's due time.
+    created_at: datetime.datetime
 
     @property
     def pk(self) -> int:

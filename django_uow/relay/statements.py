@@ -14,9 +14,11 @@ the attempt. Ordering is enforced in the same statement:
   aggregate is in this same batch (a concurrent relay holding an earlier one blocks it).
 
 Per-aggregate order is order among due events: by due time (``deliver_at`` for a
-scheduled event, the time it was recorded otherwise), then by record order (``id``);
-two events due at commit keep record order whatever the clocks of the processes that
-wrote them. ``precedes`` is that rule, written once, and ``no_owed_predecessor`` the
+scheduled event, ``created_at`` otherwise: the database's time at the INSERT, just
+before the commit), then by record order (``id``); two events due at commit keep record
+order. Every "now" in these statements is the database server's clock (``db.clock``),
+never a relay's own: a relay whose clock runs fast takes no live lease and publishes no
+scheduled event early. ``precedes`` is that rule, written once, and ``no_owed_predecessor`` the
 "nothing before it is owed" test every claim builds on. A scheduled event that is not
 due yet precedes no due event, so it never holds one back.
 
@@ -44,8 +46,9 @@ from django.db.models import (
     When,
 )
 from django.db.models.functions import Greatest
-from django.utils import timezone
 
+from ..db.clock import DatabaseNow, later_sql, now_sql, seconds_param
+from ..db.clock import later as clock_later
 from ..models import OutboxEvent, OutboxStatus
 from .rows import CLAIM_COLUMNS, ClaimedRow, read_rows
 
@@ -70,7 +73,8 @@ class Failure:
 
     error: str
     dead: bool
-    retry_at: datetime.datetime | None = None
+    #: Seconds until the next attempt, counted on the database's clock.
+    retry_in: float = 0.0
 
 
 def _quote(using: str, name: str) -> str:
@@ -79,6 +83,17 @@ def _quote(using: str, name: str) -> str:
 
 def _dt(using: str, value: datetime.datetime) -> Any:
     return connections[using].ops.adapt_datetimefield_value(value)
+
+
+def _clock(using: str, now: datetime.datetime | None, plus: float = 0.0) -> tuple[str, list[Any]]:
+    """SQL and params for "now" (plus ``plus`` seconds): the database's clock, or ``now``
+    when a caller (a test) fixes the time."""
+    if now is not None:
+        return "%s", [_dt(using, now + datetime.timedelta(seconds=plus))]
+    vendor = connections[using].vendor
+    if not plus:
+        return now_sql(vendor), []
+    return later_sql(vendor), [seconds_param(vendor, plus)]
 
 
 def one_statement(using: str) -> bool:
@@ -96,8 +111,8 @@ def one_statement(using: str) -> bool:
 
 
 def due_sql(alias: str) -> str:
-    """SQL: when event ``alias`` is due (its schedule, or the time it was recorded)."""
-    return f"COALESCE({alias}.deliver_at, {alias}.occurred_at)"
+    """SQL: when event ``alias`` is due (its schedule, or when it was written: its commit)."""
+    return f"COALESCE({alias}.deliver_at, {alias}.created_at)"
 
 
 def precedes(p: str, o: str) -> tuple[str, str]:
@@ -110,7 +125,7 @@ def precedes(p: str, o: str) -> tuple[str, str]:
     """
     earlier = (
         f"{p}.id < {o}.id AND (({o}.deliver_at IS NULL AND ({p}.deliver_at IS NULL "
-        f"OR {p}.deliver_at <= {o}.occurred_at)) OR ({o}.deliver_at IS NOT NULL "
+        f"OR {p}.deliver_at <= {o}.created_at)) OR ({o}.deliver_at IS NOT NULL "
         f"AND {due_sql(p)} <= {o}.deliver_at))"
     )
     later = f"{p}.id > {o}.id AND {due_sql(p)} < {o}.deliver_at"
@@ -142,8 +157,8 @@ def no_owed_predecessor(
     return sql, params
 
 
-def stuck(o: str) -> str:
-    """SQL (one param: now): owed event ``p`` cannot go before ``o`` in this claim.
+def stuck(o: str, now: str = "%s") -> str:
+    """SQL: owed event ``p`` cannot go before ``o`` in this claim (``now``: its SQL).
 
     Failed, leased to a relay, or later than ``o`` in the claim's ``(available_at, id)``
     scan (backing off, like a retried head due after its follower).
@@ -151,7 +166,7 @@ def stuck(o: str) -> str:
     return (
         f"p.status = %s OR p.available_at > {o}.available_at "
         f"OR (p.available_at = {o}.available_at AND p.id > {o}.id) "
-        "OR (p.claimed_until IS NOT NULL AND p.claimed_until >= %s)"
+        f"OR (p.claimed_until IS NOT NULL AND p.claimed_until >= {now})"
     )
 
 
@@ -187,7 +202,7 @@ def delivery_order(rows: Sequence[ClaimedRow]) -> list[ClaimedRow]:
 
 
 def _due_key(row: ClaimedRow) -> tuple[datetime.datetime, int]:
-    return (row.deliver_at or row.occurred_at, row.id)
+    return (row.deliver_at or row.created_at, row.id)
 
 
 def claim_batch(
@@ -227,14 +242,12 @@ def claim_batch(
         if not aggregates:
             return []
     connection = connections[using]
-    now = now or timezone.now()
-    until = now + datetime.timedelta(seconds=lease)
     if not one_statement(using):
         return claim_portable(
             using=using,
             relay_id=relay_id,
             limit=limit,
-            until=until,
+            lease=lease,
             ordered=ordered,
             event_ids=event_ids,
             aggregates=aggregates,
@@ -247,12 +260,13 @@ def claim_batch(
         lock = " FOR UPDATE" if aggregates is not None else " FOR UPDATE SKIP LOCKED"
     params: list[Any] = []
 
+    clock, clock_params = _clock(using, now)
     where = [
         "o.status = %s",
-        "o.available_at <= %s",
-        "(o.claimed_until IS NULL OR o.claimed_until < %s)",
+        f"o.available_at <= {clock}",
+        f"(o.claimed_until IS NULL OR o.claimed_until < {clock})",
     ]
-    params += [PENDING, _dt(using, now), _dt(using, now)]
+    params += [PENDING, *clock_params, *clock_params]
     if event_ids is not None:
         uuid_field = OutboxEvent._meta.get_field("event_id")
         where.append(f"o.event_id IN ({', '.join(['%s'] * len(event_ids))})")
@@ -270,12 +284,14 @@ def claim_batch(
         # retried head due after its follower, or not due at all). So every candidate's
         # earlier owed events precede it in the scan: a batch never fills up with followers
         # whose heads lie past the LIMIT, which would stall the relay.
-        skip, skip_params = no_owed_predecessor(using, "o", stuck("o"), [FAILED, _dt(using, now)])
+        skip, skip_params = no_owed_predecessor(
+            using, "o", stuck("o", clock), [FAILED, *clock_params]
+        )
         where.append(skip)
         params += skip_params
     cte = (
         "WITH cand AS MATERIALIZED (SELECT o.id, o.aggregate_type, o.aggregate_id, "
-        f"o.deliver_at, o.occurred_at FROM {t} o "
+        f"o.deliver_at, o.created_at FROM {t} o "
         f"WHERE {' AND '.join(where)} ORDER BY o.available_at, o.id LIMIT %s{lock})"
     )
     params.append(limit)
@@ -310,14 +326,15 @@ def claim_batch(
     q = _quote
     if dispatch:
         assignments = (
-            f"{q(using, 'status')} = %s, {q(using, 'dispatched_at')} = %s, "
+            f"{q(using, 'status')} = %s, {q(using, 'dispatched_at')} = {clock}, "
             f"{q(using, 'last_error')} = '', {q(using, 'claimed_by')} = '', "
             f"{q(using, 'claimed_until')} = NULL"
         )
-        set_params: list[Any] = [DISPATCHED, _dt(using, now)]
+        set_params: list[Any] = [DISPATCHED, *clock_params]
     else:
-        assignments = f"{q(using, 'claimed_by')} = %s, {q(using, 'claimed_until')} = %s"
-        set_params = [relay_id, _dt(using, until)]
+        until, until_params = _clock(using, now, lease)
+        assignments = f"{q(using, 'claimed_by')} = %s, {q(using, 'claimed_until')} = {until}"
+        set_params = [relay_id, *until_params]
     sql = (
         f"{cte} UPDATE {t} SET {assignments}, {q(using, 'attempts')} = "
         f"{q(using, 'attempts')} + 1 WHERE {q(using, 'id')} IN ({eligible}) "
@@ -335,10 +352,10 @@ def claim_portable(
     using: str,
     relay_id: str,
     limit: int,
-    until: datetime.datetime,
+    lease: float,
     ordered: bool,
     event_ids: Sequence[Any] | None,
-    now: datetime.datetime,
+    now: datetime.datetime | None,
     aggregates: Sequence[AggregateKey] | None = None,
     dispatch: bool = False,
 ) -> list[ClaimedRow]:
@@ -349,9 +366,10 @@ def claim_portable(
     """
     connection = connections[using]
     manager = OutboxEvent.objects.using(using)
+    at: Any = now if now is not None else DatabaseNow()
     with transaction.atomic(using=using):
-        due = manager.filter(status=PENDING, available_at__lte=now).filter(
-            Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+        due = manager.filter(status=PENDING, available_at__lte=at).filter(
+            Q(claimed_until__isnull=True) | Q(claimed_until__lt=at)
         )
         if event_ids is not None:
             due = due.filter(event_id__in=list(event_ids))
@@ -359,7 +377,10 @@ def claim_portable(
             due = due.filter(_keys_q(aggregates))
         if ordered:
             t = _quote(using, OutboxEvent._meta.db_table)
-            skip, skip_params = no_owed_predecessor(using, t, stuck(t), [FAILED, _dt(using, now)])
+            clock, clock_params = _clock(using, now)
+            skip, skip_params = no_owed_predecessor(
+                using, t, stuck(t, clock), [FAILED, *clock_params]
+            )
             due = due.extra(where=[skip], params=skip_params)
         # See claim_batch: a follow-up waits for a row another claim has locked.
         skip_locked = connection.features.has_select_for_update_skip_locked and aggregates is None
@@ -380,9 +401,12 @@ def claim_portable(
             )
         if not ids:
             return []
+        until: Any = (
+            now + datetime.timedelta(seconds=lease) if now is not None else clock_later(lease)
+        )
         assignments: dict[str, Any] = {"claimed_by": relay_id, "claimed_until": until}
         if dispatch:
-            assignments = {"status": DISPATCHED, "dispatched_at": now, "last_error": ""}
+            assignments = {"status": DISPATCHED, "dispatched_at": at, "last_error": ""}
             assignments.update(claimed_by="", claimed_until=None)
         manager.filter(id__in=ids).update(attempts=F("attempts") + 1, **assignments)
         claimed = manager.filter(id__in=ids).values_list(*CLAIM_COLUMNS)
@@ -401,27 +425,59 @@ def _mine(using: str, relay_id: str, ids: Iterable[int]) -> Any:
     return OutboxEvent.objects.using(using).filter(id__in=list(ids), claimed_by=relay_id)
 
 
-def acknowledge(*, using: str, relay_id: str, ids: Sequence[int]) -> int:
-    """Mark ``ids`` dispatched (one UPDATE, fenced by the lease); return the rows marked."""
+def acknowledge(*, using: str, relay_id: str, ids: Sequence[int]) -> set[int]:
+    """Mark ``ids`` dispatched, fenced by the lease; return the ids it marked.
+
+    Rows whose lease another relay took are left alone and not returned: this relay must
+    not count them as relayed. One ``UPDATE ... RETURNING`` where the database has it;
+    elsewhere one UPDATE, and a read of the rows only when it marked fewer than asked.
+    """
     if not ids:
-        return 0
-    return int(
+        return set()
+    if one_statement(using):
+        t = _quote(using, OutboxEvent._meta.db_table)
+        q = _quote
+        marks = ", ".join(["%s"] * len(ids))
+        sql = (
+            f"UPDATE {t} SET {q(using, 'status')} = %s, "
+            f"{q(using, 'dispatched_at')} = {now_sql(connections[using].vendor)}, "
+            f"{q(using, 'claimed_by')} = '', {q(using, 'claimed_until')} = NULL, "
+            f"{q(using, 'last_error')} = '' "
+            f"WHERE {q(using, 'id')} IN ({marks}) AND {q(using, 'claimed_by')} = %s "
+            f"RETURNING {q(using, 'id')}"
+        )
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql, [DISPATCHED, *ids, relay_id])
+            return {row[0] for row in cursor.fetchall()}
+    marked = int(
         _mine(using, relay_id, ids).update(
             status=DISPATCHED,
-            dispatched_at=timezone.now(),
+            dispatched_at=DatabaseNow(),
             claimed_by="",
             claimed_until=None,
             last_error="",
         )
     )
+    if marked == len(ids):
+        return set(ids)
+    # Rare: another relay took some of these leases. The ones it holds, or gave back, are
+    # not ours; of the rest, no more than the UPDATE marked are counted.
+    theirs = set(
+        OutboxEvent.objects.using(using)
+        .filter(id__in=list(ids))
+        .exclude(status=DISPATCHED, claimed_by="")
+        .values_list("id", flat=True)
+    )
+    return set([pk for pk in ids if pk not in theirs][:marked])
 
 
 def renew(*, using: str, relay_id: str, ids: Sequence[int], lease: float) -> int:
     """Extend the lease of ``ids`` still held by ``relay_id`` to now + ``lease`` (one UPDATE)."""
     if not ids:
         return 0
-    until = timezone.now() + datetime.timedelta(seconds=lease)
-    return int(_mine(using, relay_id, ids).filter(status=PENDING).update(claimed_until=until))
+    return int(
+        _mine(using, relay_id, ids).filter(status=PENDING).update(claimed_until=clock_later(lease))
+    )
 
 
 def give_back(*, using: str, relay_id: str, ids: Sequence[int]) -> int:
@@ -446,7 +502,6 @@ def record_failures(*, using: str, relay_id: str, failures: Mapping[int, Failure
     """Write every failure of a batch with one UPDATE (CASE per row), fenced by the lease."""
     if not failures:
         return 0
-    now = timezone.now()
     status = Case(
         *[When(id=pk, then=Value(FAILED if f.dead else PENDING)) for pk, f in failures.items()],
         output_field=CharField(),
@@ -456,7 +511,7 @@ def record_failures(*, using: str, relay_id: str, failures: Mapping[int, Failure
         output_field=CharField(),
     )
     available = Case(
-        *[When(id=pk, then=Value(f.retry_at or now)) for pk, f in failures.items()],
+        *[When(id=pk, then=clock_later(f.retry_in)) for pk, f in failures.items()],
         output_field=DateTimeField(),
     )
     return int(
