@@ -388,19 +388,36 @@ def _check_timeout(value: Any) -> list[Message]:
 
 
 def _check_health(value: Any) -> list[Message]:
-    keys = set(DEFAULTS["HEALTH"])
-    if isinstance(value, dict) and set(value) <= keys:
-        numbers = [value.get(k) for k in keys]
-        if all(v is None or (_is_number(v) and v >= 0) for v in numbers):
-            return []
-    return [
+    keys = list(DEFAULTS["HEALTH"])
+    names = ", ".join(keys)
+    hint = (
+        "For example {'MAX_LAG': 300, 'MAX_FAILED': 0, 'MAX_CONSUMER_LAG': 600}: seconds of "
+        "relay lag, dead letters (failed events plus failed handler deliveries), seconds "
+        "of consumer lag; None never answers 503 for it."
+    )
+    if not isinstance(value, dict):
+        return [
+            _error(
+                f"DJANGO_UOW['HEALTH'] must be a dict with any of {names}, not {value!r}.",
+                hint,
+                32,
+            )
+        ]
+    found: list[Message] = [
+        _error(f"DJANGO_UOW['HEALTH'] has no key {key!r}; its keys are {names}.", hint, 32)
+        for key in value
+        if key not in keys
+    ]
+    found += [
         _error(
-            f"DJANGO_UOW['HEALTH'] must be a dict with MAX_LAG (seconds) and/or MAX_FAILED "
-            f"(a count), each a number >= 0 or None, not {value!r}.",
-            "For example {'MAX_LAG': 300, 'MAX_FAILED': 0}; None never answers 503 for it.",
+            f"DJANGO_UOW['HEALTH'][{key!r}] must be a number >= 0 or None, not {number!r}.",
+            hint,
             32,
         )
+        for key in keys
+        if not ((number := value.get(key)) is None or (_is_number(number) and number >= 0))
     ]
+    return found
 
 
 def _is_duration(value: Any) -> bool:

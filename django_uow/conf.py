@@ -39,7 +39,10 @@ DEFAULTS: dict[str, Any] = {
     "STREAM_KEY": "django_uow:{aggregate_type}",
     "STREAM_MAXLEN": 100_000,
     # Thresholds of django_uow.views.health: past them it answers 503 (None: never).
-    "HEALTH": {"MAX_LAG": None, "MAX_FAILED": None},
+    # MAX_LAG: seconds of relay lag; MAX_FAILED: failed events plus failed handler
+    # deliveries; MAX_CONSUMER_LAG: seconds since the oldest delivery not handled yet
+    # was first published.
+    "HEALTH": {"MAX_LAG": None, "MAX_FAILED": None, "MAX_CONSUMER_LAG": None},
     # Default time limit (seconds) of every outermost unit of work; None: no limit.
     "TIMEOUT": None,
     "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672//",

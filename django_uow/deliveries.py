@@ -21,11 +21,12 @@ from typing import Any
 
 from django.db import IntegrityError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Count, F, Field, Min, QuerySet
+from django.db.models import F, Field, QuerySet
 from django.db.models.functions import Coalesce
-from django.utils import timezone
 
 from .db.clock import DatabaseNow, later, now_sql
+from .delivery_health import ConsumerLag as ConsumerLag  # callers import it from here
+from .delivery_health import read_consumer_lag
 from .events import Envelope
 from .models import OWED_DELIVERY_STATUSES, DeliveryStatus, ProcessedEvent
 from .retry import describe, storable_text
@@ -46,33 +47,6 @@ class Outcome:
     @property
     def dead(self) -> bool:
         return self.status == DeliveryStatus.FAILED
-
-
-@dataclass(frozen=True)
-class ConsumerLag:
-    """Deliveries handed to consumers and not handled yet (published or retrying).
-
-    ``oldest_published_at`` is the publish time of the oldest such delivery (its first
-    attempt when it was never published: inline mode);
-    ``age_seconds`` its age (``0.0`` when nothing is owed). ``failed`` counts dead letters,
-    ``blocked`` the deliveries of ordered handlers waiting for an earlier event.
-    """
-
-    owed: int
-    oldest_published_at: datetime | None
-    age_seconds: float
-    failed: int
-    blocked: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        oldest = self.oldest_published_at
-        return {
-            "owed": self.owed,
-            "oldest_published_at": oldest.isoformat() if oldest is not None else None,
-            "age_seconds": self.age_seconds,
-            "failed": self.failed,
-            "blocked": self.blocked,
-        }
 
 
 def traceback_text(exc: BaseException) -> str:
@@ -491,31 +465,11 @@ def overdue_deliveries(using: str = "default", *, deadline: timedelta) -> QueryS
 
 
 def consumer_lag(using: str = "default", *, now: datetime | None = None) -> ConsumerLag:
-    """How far consumers are behind: owed deliveries, the oldest one's age, dead letters,
-    blocked deliveries.
+    """How far consumers are behind: owed deliveries, the age of the oldest delivery not
+    handled yet (owed or blocked, from its first publish), dead letters, blocked
+    deliveries.
 
-    One statement; it reads only owed, failed and blocked rows (behind partial indexes).
+    One statement, on the database server's clock unless ``now`` is given; the same
+    numbers as the health view and the metrics (``django_uow.delivery_health``).
     """
-    totals = (
-        ProcessedEvent.objects.using(using)
-        .filter(status__in=[*OWED_DELIVERY_STATUSES, DeliveryStatus.FAILED, DeliveryStatus.BLOCKED])
-        .values_list("status")
-        .annotate(n=Count("pk"), oldest=Min(Coalesce("published_at", "first_attempt_at")))
-        .order_by()
-    )
-    owed = failed = blocked = 0
-    oldest: datetime | None = None
-    for status, n, first in totals:
-        if status == DeliveryStatus.FAILED:
-            failed = n
-            continue
-        if status == DeliveryStatus.BLOCKED:
-            blocked = n
-            continue
-        owed += n
-        if first is not None and (oldest is None or first < oldest):
-            oldest = first
-    age = max(0.0, ((now or timezone.now()) - oldest).total_seconds()) if oldest else 0.0
-    return ConsumerLag(
-        owed=owed, oldest_published_at=oldest, age_seconds=age, failed=failed, blocked=blocked
-    )
+    return read_consumer_lag(using, now=now)

@@ -10,9 +10,11 @@
 Two kinds of numbers:
 
 - **Gauges read from the database when scraped** (``OutboxCollector``): pending, failed
-  and scheduled counts, the age of the oldest pending event, and the lag of due work.
-  One statement per scrape (``django_uow.health.outbox_health``), no per-row work, so
-  any process can expose them and they agree across processes.
+  and scheduled counts, the age of the oldest pending event, the lag of due work, and
+  the handler deliveries owed, failed and blocked with the consumer lag (a handler's
+  dead letter leaves its event dispatched, so only these show it). One statement per
+  scrape (``django_uow.health.outbox_health``), the same whatever the relay mode, so any
+  process can expose them and they agree across processes.
 - **Counters and histograms of what this process did**, fed by django-uow's signals:
   events dispatched, failed for good, retried, handler failures, relay batch duration,
   and commit-to-dispatch time. They count in the process that relays (a
@@ -57,7 +59,8 @@ def _require() -> Any:
 
 
 class OutboxCollector:
-    """Gauges of the outbox on database ``using``, read with one statement per scrape."""
+    """Gauges of the outbox and the handler deliveries on database ``using``, read with one
+    statement per scrape."""
 
     def __init__(self, using: str = DEFAULT_DB_ALIAS) -> None:
         self.using = using
@@ -98,6 +101,26 @@ class OutboxCollector:
                 "django_uow_outbox_lag_seconds",
                 "How long the oldest due pending event has been due: how late the relay is.",
                 numbers.due_lag_seconds,
+            ),
+            (
+                "django_uow_deliveries_owed",
+                "Handler deliveries published or retrying: handed to consumers, not handled.",
+                numbers.deliveries_owed,
+            ),
+            (
+                "django_uow_deliveries_failed",
+                "Handler deliveries failed for good (dead letters; their events are dispatched).",
+                numbers.deliveries_failed,
+            ),
+            (
+                "django_uow_deliveries_blocked",
+                "Deliveries of ordered handlers waiting for an earlier event of their aggregate.",
+                numbers.deliveries_blocked,
+            ),
+            (
+                "django_uow_consumer_lag_seconds",
+                "Age of the oldest handler delivery not handled yet, from its first publish.",
+                numbers.consumer_lag_seconds,
             ),
         ]
         for name, documentation, value in gauges:
@@ -164,7 +187,8 @@ class _ProcessMetrics:
         self.batch_duration.observe(duration)
 
 
-_installed: dict[int, tuple[OutboxCollector, _ProcessMetrics]] = {}
+#: Per registry id; the registry is kept too, so its id cannot be reused by another one.
+_installed: dict[int, tuple[Any, OutboxCollector, _ProcessMetrics]] = {}
 _lock = threading.Lock()
 
 
@@ -178,7 +202,7 @@ def install(registry: Any = None, *, using: str = DEFAULT_DB_ALIAS) -> OutboxCol
     registry = registry if registry is not None else client.REGISTRY
     with _lock:
         if id(registry) in _installed:
-            return _installed[id(registry)][0]
+            return _installed[id(registry)][1]
         collector = OutboxCollector(using)
         registry.register(collector)
         process = _ProcessMetrics(registry)
@@ -186,7 +210,7 @@ def install(registry: Any = None, *, using: str = DEFAULT_DB_ALIAS) -> OutboxCol
         signals.event_dispatched.connect(process.on_dispatched, dispatch_uid=f"{uid}_d", weak=False)
         signals.event_failed.connect(process.on_failed, dispatch_uid=f"{uid}_f", weak=False)
         signals.relay_batch_finished.connect(process.on_batch, dispatch_uid=f"{uid}_b", weak=False)
-        _installed[id(registry)] = (collector, process)
+        _installed[id(registry)] = (registry, collector, process)
         return collector
 
 

@@ -205,22 +205,19 @@ def outbox_report(
     Adds ``oldest_pending`` (the event behind the relay lag and ``waiting_reason``, why
     it waits), ``blocked_aggregates`` (aggregates whose first owed event is failed or
     backing off after a failed attempt), ``blocking_heads`` (the ``top`` of those
-    events, most events waiting first), ``consumer_lag`` (handler deliveries published
-    and not handled yet, and the oldest one's age) and ``handler_failures`` (how many
-    handler deliveries failed for good, and the ``top`` most recent).
+    events, most events waiting first), ``consumer_lag`` (handler deliveries owed,
+    blocked and failed, and the age of the oldest one not handled yet: the numbers of
+    ``django_uow.health.outbox_health``) and ``handler_failures`` (how many handler
+    deliveries failed for good, and the ``top`` most recent).
     """
     with snapshot(using):
         now = timezone.now()
         report = outbox_status(using, dispatched_cap=dispatched_cap)
         report["oldest_pending"] = _oldest_pending(using, report, now)
         report.update(blocked_summary(using, top=top, now=now, error_chars=REPORT_ERROR_CHARS))
-        lag = consumer_lag(using, now=now)
-        report["consumer_lag"] = {
-            "owed": lag.owed,
-            "oldest_published_at": lag.as_dict()["oldest_published_at"],
-            "age_seconds": lag.age_seconds,
-            "blocked": lag.blocked,
-        }
+        # The health view's delivery subqueries, on the database's clock, so both agree.
+        lag = consumer_lag(using)
+        report["consumer_lag"] = lag.as_dict()
         report["handler_failures"] = {
             "count": lag.failed,
             "recent": _recent_failures(using, top) if lag.failed else [],

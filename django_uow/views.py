@@ -4,10 +4,12 @@
     from django_uow.views import health
     urlpatterns = [path("health/outbox/", health)]
 
-It answers 200 with the outbox numbers (``django_uow.health.outbox_health``: one
-statement), or 503 when a ``DJANGO_UOW["HEALTH"]`` threshold is crossed (``MAX_LAG``
-seconds of relay lag, ``MAX_FAILED`` dead letters) or the database cannot be read. It
-shows counts and ages only, never payloads; it needs no login.
+It answers 200 with the outbox and handler-delivery numbers
+(``django_uow.health.outbox_health``: one statement), or 503 when a
+``DJANGO_UOW["HEALTH"]`` threshold is crossed (``MAX_LAG`` seconds of relay lag,
+``MAX_FAILED`` dead letters: failed events plus failed handler deliveries,
+``MAX_CONSUMER_LAG`` seconds of consumer lag) or the database cannot be read. It shows
+counts and ages only, never payloads; it needs no login.
 """
 
 from __future__ import annotations
@@ -36,15 +38,28 @@ def problems_of(numbers: OutboxHealth, thresholds: dict[str, Any]) -> list[str]:
             f"({numbers.pending} pending)"
         )
     max_failed = thresholds.get("MAX_FAILED")
-    if max_failed is not None and numbers.failed > max_failed:
-        found.append(f"{numbers.failed} failed event(s) is over MAX_FAILED {max_failed}")
+    # A handler's dead letter leaves its event dispatched: count both kinds.
+    if max_failed is not None and numbers.dead_letters > max_failed:
+        found.append(
+            f"{numbers.dead_letters} dead letter(s) ({numbers.failed} failed event(s), "
+            f"{numbers.deliveries_failed} failed handler delivery(ies)) is over "
+            f"MAX_FAILED {max_failed}"
+        )
+    max_consumer_lag = thresholds.get("MAX_CONSUMER_LAG")
+    if max_consumer_lag is not None and numbers.consumer_lag_seconds > max_consumer_lag:
+        found.append(
+            f"consumer lag {numbers.consumer_lag_seconds:.1f}s is over MAX_CONSUMER_LAG "
+            f"{max_consumer_lag:g}s ({numbers.deliveries_owed} handler deliveries owed, "
+            f"{numbers.deliveries_blocked} blocked)"
+        )
     return found
 
 
 @never_cache
 @require_safe
 def health(request: HttpRequest, using: str = DEFAULT_DB_ALIAS) -> JsonResponse:
-    """200 with the outbox numbers, or 503 past a ``HEALTH`` threshold or without a database."""
+    """200 with the outbox and delivery numbers, or 503 past a ``HEALTH`` threshold or
+    without a database."""
     try:
         numbers = outbox_health(using)
     except DatabaseError as exc:

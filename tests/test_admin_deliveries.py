@@ -254,7 +254,8 @@ def test_outbox_status_text_with_nothing_owed() -> None:
     out = StringIO()
     call_command("outbox_status", stdout=out)
     lines = out.getvalue().splitlines()
-    assert "consumer lag: 0.0s (0 handler deliveries waiting, oldest published: -)" in lines
+    assert "handler deliveries  owed: 0  failed: 0  blocked: 0" in lines
+    assert "consumer lag: 0.0s (oldest delivery not handled yet, first published: -)" in lines
     assert "failed handler deliveries: 0" in lines
 
 

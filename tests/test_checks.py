@@ -253,6 +253,26 @@ def test_e032_accepts_numbers_and_none() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ({"MAX_CONSUMER_LAG": -5}, "DJANGO_UOW['HEALTH']['MAX_CONSUMER_LAG'] must be a number"),
+        ({"MAX_CONSUMER_LAG": "10m"}, "not '10m'"),
+        ({"MAX_CONSUMER_LAGG": 600}, "has no key 'MAX_CONSUMER_LAGG'"),
+    ],
+)
+def test_e032_names_the_wrong_consumer_lag_threshold(value: object, named: str) -> None:
+    [message] = run(HEALTH=value)
+    assert message.id == "django_uow.E032"
+    assert named in message.msg
+    assert "MAX_CONSUMER_LAG" in message.hint
+
+
+def test_e032_accepts_a_consumer_lag_threshold() -> None:
+    assert run(HEALTH={"MAX_LAG": 60, "MAX_FAILED": 0, "MAX_CONSUMER_LAG": 600}) == []
+    assert run(HEALTH={"MAX_CONSUMER_LAG": 0.5}) == []
+
+
+@pytest.mark.parametrize(
     ("key", "value", "check"),
     [
         ("RABBITMQ_URL", "redis://127.0.0.1:6379/0", "django_uow.E030"),

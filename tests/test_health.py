@@ -92,7 +92,9 @@ def test_thresholds_turn_the_answer_into_503(client: Client, outbox: list[Outbox
     with override_settings(DJANGO_UOW={"HEALTH": {"MAX_LAG": 600, "MAX_FAILED": 0}}):
         response = client.get("/health/outbox/")
     assert response.status_code == 503
-    assert response.json()["problems"] == ["1 failed event(s) is over MAX_FAILED 0"]
+    assert response.json()["problems"] == [
+        "1 dead letter(s) (1 failed event(s), 0 failed handler delivery(ies)) is over MAX_FAILED 0"
+    ]
     with override_settings(DJANGO_UOW={"HEALTH": {"MAX_LAG": 600, "MAX_FAILED": 1}}):
         assert client.get("/health/outbox/").status_code == 200
 

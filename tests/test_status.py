@@ -175,8 +175,9 @@ def test_command_text_output(frozen_now: datetime) -> None:
     out = StringIO()
     call_command("outbox_status", stdout=out)
     lines = out.getvalue().splitlines()
-    assert lines[0] == "pending: 1  failed: 1  dispatched: 0  discarded: 0"
-    assert lines[1].startswith("relay lag: 30.0s (oldest pending: ")
+    assert lines[0] == "outbox events       pending: 1  failed: 1  dispatched: 0  discarded: 0"
+    assert lines[1] == "handler deliveries  owed: 0  failed: 0  blocked: 0"
+    assert lines[2].startswith("relay lag: 30.0s (oldest pending: ")
 
 
 def test_command_json_output(frozen_now: datetime) -> None:

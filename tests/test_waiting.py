@@ -250,13 +250,13 @@ def test_report_text_names_blocked_aggregates() -> None:
     out = StringIO()
     call_command("outbox_status", stdout=out)
     lines = out.getvalue().splitlines()
-    assert lines[2].startswith("oldest pending: ") and "behind failed event" in lines[2]
-    assert lines[3] == "blocked aggregates: 2"
-    assert lines[4].startswith(
+    assert lines[4].startswith("oldest pending: ") and "behind failed event" in lines[4]
+    assert lines[5] == "blocked aggregates: 2"
+    assert lines[6].startswith(
         f"  testapp.order:A: 4 waiting behind failed event {rows['dead'].event_id}"
     )
-    assert lines[4].endswith("(testapp.OrderPlaced, 10 attempts): KeyError: 'sku'")
-    assert "next try at" in lines[5]
+    assert lines[6].endswith("(testapp.OrderPlaced, 10 attempts): KeyError: 'sku'")
+    assert "next try at" in lines[7]
 
 
 def test_report_text_keeps_control_characters_out_of_the_terminal() -> None:

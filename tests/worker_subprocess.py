@@ -2,8 +2,9 @@
 
 Usage: python -m tests.worker_subprocess <database name> [worker options...]
 Environment: UOW_HANDLER_SLEEP (seconds per OrderCancelled event), UOW_SEQUENCE_JITTER
-(the ordered handler's longest random pause), UOW_REDIS_DB, UOW_CELERY_BROKER (a broker
-URL instead of the Redis database, e.g. amqp://...).
+(the ordered handler's longest random pause), UOW_HANDLER_BEHAVIOUR (what the OrderPlaced
+handler does with every order: "raise" or "permanent"), UOW_REDIS_DB, UOW_CELERY_BROKER
+(a broker URL instead of the Redis database, e.g. amqp://...).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def main() -> None:
 
     handlers.SLEEP[0] = float(os.environ.get("UOW_HANDLER_SLEEP", "0"))
     handlers.SEQUENCE_JITTER[0] = float(os.environ.get("UOW_SEQUENCE_JITTER", "0.005"))
+    if behaviour := os.environ.get("UOW_HANDLER_BEHAVIOUR"):
+        handlers.BEHAVIOUR["*"] = behaviour
     app.worker_main(["worker", *sys.argv[2:]])
 
 

@@ -1,4 +1,5 @@
-"""``manage.py outbox_status``: counts, relay lag and what blocks delivery, as text or JSON."""
+"""``manage.py outbox_status``: outbox and delivery counts, lags and what blocks delivery,
+as text or JSON."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ def one_line(text: str) -> str:
 
 class Command(BaseCommand):
     help = (
-        "Show how many outbox events are pending, dispatched and failed, the relay lag, "
-        "why the oldest pending event waits, and which aggregates a failing event blocks."
+        "Show how many outbox events are pending, dispatched and failed, how many handler "
+        "deliveries are owed, failed and blocked, the relay and consumer lags, why the "
+        "oldest pending event waits, and which aggregates a failing event blocks."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -50,15 +52,25 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(status, sort_keys=True))
             return
-        counts = status["counts"]
+        counts, lag = status["counts"], status["consumer_lag"]
         plus = "+" if status["dispatched_capped"] else ""
+        # Outbox and handler-delivery counts first, side by side: under CeleryPublisher a
+        # handler's dead letter leaves its event dispatched, so the outbox alone looks fine.
         self.stdout.write(
-            f"pending: {counts['pending']}  failed: {counts['failed']}  "
+            f"outbox events       pending: {counts['pending']}  failed: {counts['failed']}  "
             f"dispatched: {counts['dispatched']}{plus}  "
             f"discarded: {counts['discarded']}{'+' if status['discarded_capped'] else ''}"
         )
+        self.stdout.write(
+            f"handler deliveries  owed: {lag['owed']}  failed: {lag['failed']}  "
+            f"blocked: {lag['blocked']}"
+        )
         oldest = status["oldest_pending_created_at"] or "-"
         self.stdout.write(f"relay lag: {status['lag_seconds']:.1f}s (oldest pending: {oldest})")
+        self.stdout.write(
+            f"consumer lag: {lag['age_seconds']:.1f}s (oldest delivery not handled yet, "
+            f"first published: {lag['oldest_published_at'] or '-'})"
+        )
         if status["oldest_pending"]:
             pending = status["oldest_pending"]
             self.stdout.write(
@@ -73,16 +85,6 @@ class Command(BaseCommand):
                 f"  {one_line(head['aggregate_type'])}:{one_line(head['aggregate_id'])}: "
                 f"{head['waiting']} waiting behind {head['status']} event {head['event_id']} "
                 f"({one_line(head['event_type'])}, {head['attempts']} attempts{when}): {error}"
-            )
-        lag = status["consumer_lag"]
-        self.stdout.write(
-            f"consumer lag: {lag['age_seconds']:.1f}s ({lag['owed']} handler deliveries "
-            f"waiting, oldest published: {lag['oldest_published_at'] or '-'})"
-        )
-        if lag.get("blocked"):
-            self.stdout.write(
-                f"blocked handler deliveries: {lag['blocked']} (ordered handlers waiting for "
-                "an earlier event of their aggregate)"
             )
         failures = status["handler_failures"]
         self.stdout.write(f"failed handler deliveries: {failures['count']}")
