@@ -16,6 +16,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -436,3 +437,27 @@ def test_envelope_detection_covers_every_kind() -> None:
     event_handler(StockAllocated, name="names.env_none")(Projector())
     flags = {h.name: h.wants_envelope for h in handlers_for(FIRST)}
     assert flags == {"names.env_fn": True, "names.env_partial": True, "names.env_none": False}
+
+
+# ------------------------------------------------------------ replacing a handler in a test
+
+
+@pytest.mark.django_db(transaction=True)
+def test_override_handler_runs_a_fake_under_the_real_name() -> None:
+    from django_uow.testing import drain_outbox, override_handler
+    from tests.testapp.events import OrderPlaced
+
+    original = registry.get("testapp.record_placed")
+
+    def fake(event: OrderPlaced) -> None:  # no envelope parameter, unlike the real one
+        Effect.objects.create(event_id=uuid.UUID(int=event.order_id or 0), handler="fake")
+
+    with override_handler("testapp.record_placed", fake) as replaced:
+        assert replaced is original
+        record(OrderPlaced(order_id=7, total=Decimal("1.00")))
+        assert drain_outbox().relayed == 1
+        assert names_for(OrderPlaced.event_type) == ["testapp.record_placed"]
+    assert list(Effect.objects.values_list("event_id", "handler")) == [(uuid.UUID(int=7), "fake")]
+    row = ProcessedEvent.objects.get()
+    assert (row.handler, row.status) == ("testapp.record_placed", "succeeded")
+    assert registry.get("testapp.record_placed") is original
