@@ -149,7 +149,7 @@ def event_handler(
         handler = Handler(
             func=func,
             event_class=event_class,
-            name=name or names.default_name(func, event_class.__name__),
+            name=name if name is not None else names.default_name(func, event_class.__name__),
             idempotent=idempotent,
             queue=queue,
             wants_envelope=wants_envelope(func),
