@@ -1,4 +1,4 @@
-"""System checks for the ``DJANGO_UOW`` setting.
+"""System checks for the ``DJANGO_UOW`` setting, and for the event types and their handlers.
 
 Ids are stable and never reused; docs/reference/checks.md lists each one (a test keeps
 the page and this module in step).
@@ -20,7 +20,8 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, unknown_key_message
-from .events import registry
+from .events import event_type_of, registry
+from .handlers import registry as handlers
 
 CELERY_PUBLISHER = "django_uow.publishers.CeleryPublisher"
 STREAM_KEY_FIELDS = frozenset({"aggregate_type", "event_type"})
@@ -764,3 +765,92 @@ def _check_sqlite_relays(settings: Any, user: dict[str, Any]) -> list[Message]:
             id="django_uow.W001",
         )
     ]
+
+
+@checks.register()
+def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[Message]:
+    """List each event type with its handlers (I100); warn of one nothing handles (W100).
+
+    W100 needs every configured publisher to run this project's handlers and nothing
+    else (``runs_handlers = True``: ``InlinePublisher``, ``CeleryPublisher``): an event
+    without a handler is then marked dispatched and has no effect. A publisher that
+    hands events to a broker (Redis streams, RabbitMQ, NATS) may have consumers
+    elsewhere, so it turns the warning off.
+    """
+    from django.conf import settings
+
+    user = getattr(settings, "DJANGO_UOW", None) or {}
+    only_handlers = isinstance(user, dict) and _publishers_only_run_handlers(user)
+    by_type: dict[str, list[str]] = {}
+    for handler in handlers.all():
+        by_type.setdefault(handler.event_type, []).append(handler.name)
+    classes = {event_type_of(cls): cls for cls in registry.classes() if _in_apps(cls, app_configs)}
+    messages: list[Message] = []
+    for event_type in sorted(set(classes) | (set(by_type) if app_configs is None else set())):
+        names = sorted(by_type.get(event_type, []))
+        cls = classes.get(event_type)
+        needs = True if cls is None else cls.needs_handler
+        if not isinstance(needs, bool):
+            messages.append(
+                checks.Error(
+                    f"{_label(cls)}.needs_handler must be True or False, not {needs!r}.",
+                    hint="Set needs_handler = False on an event class that no handler of "
+                    "this project consumes on purpose; leave it out otherwise.",
+                    obj=event_type,
+                    id="django_uow.E100",
+                )
+            )
+        elif names:
+            messages.append(
+                checks.Info(f"handlers: {', '.join(names)}", obj=event_type, id="django_uow.I100")
+            )
+        elif only_handlers and needs:
+            messages.append(
+                checks.Warning(
+                    f"No handler is registered for {_label(cls)}, and every publisher in "
+                    "DJANGO_UOW['PUBLISHERS'] runs this project's handlers: its events "
+                    "would be marked dispatched and nothing would happen.",
+                    hint=f"Register one with @event_handler({_label(cls, short=True)}) in a "
+                    "handlers module of an installed app (or in AppConfig.ready(), so that "
+                    "every process sees it); set needs_handler = False on the class if "
+                    "nothing should consume it, or silence with "
+                    "SILENCED_SYSTEM_CHECKS = ['django_uow.W100'].",
+                    obj=event_type,
+                    id="django_uow.W100",
+                )
+            )
+        else:
+            why = "needs_handler = False" if not needs else "published for consumers elsewhere"
+            messages.append(
+                checks.Info(f"no handler ({why})", obj=event_type, id="django_uow.I100")
+            )
+    return messages
+
+
+def _publishers_only_run_handlers(user: dict[str, Any]) -> bool:
+    """True when each configured publisher class says ``runs_handlers`` (all import)."""
+    paths = _effective(user, "PUBLISHERS")
+    if not isinstance(paths, list | tuple) or not paths:
+        return False  # E004 says what is wrong
+    for path in paths:
+        try:
+            cls = import_string(path)
+        except ImportError:  # E005 reports it; an unknown publisher may publish elsewhere
+            return False
+        if getattr(cls, "runs_handlers", False) is not True:
+            return False
+    return True
+
+
+def _in_apps(cls: type, app_configs: Any) -> bool:
+    """An event class of an installed app (of ``app_configs`` when the command names some)."""
+    config = apps.get_containing_app_config(cls.__module__)
+    if config is None:
+        return False
+    return app_configs is None or config in app_configs
+
+
+def _label(cls: type | None, *, short: bool = False) -> str:
+    if cls is None:
+        return "?"
+    return cls.__name__ if short else f"{cls.__module__}.{cls.__qualname__}"

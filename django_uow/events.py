@@ -62,10 +62,14 @@ class DomainEvent(metaclass=_EventMeta):
     - ``event_version``: the schema version of the payload (default 1).
     - ``upcast(payload, version)``: classmethod turning an older stored payload into the
       current shape.
+    - ``needs_handler``: ``False`` for an event that no handler of this project consumes
+      on purpose (kept for the record, read from the outbox by another system); it
+      silences the ``django_uow.W100`` check. Inherited like any class attribute.
     """
 
     event_type: ClassVar[str]
     event_version: ClassVar[int] = 1
+    needs_handler: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -161,6 +165,12 @@ class EventRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._by_name)
+
+    def classes(self) -> list[type[DomainEvent]]:
+        """The registered classes, in event-type order."""
+        if self._deferred:
+            self.resolve_deferred()
+        return [self._by_name[name] for name in self.names()]
 
 
 def _same_definition(a: type, b: type) -> bool:

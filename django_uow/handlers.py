@@ -5,7 +5,8 @@ parameter named ``envelope``). This module only registers handlers, so it is saf
 import from any app's ``handlers.py``; running one (with its inbox row) is
 ``django_uow.inbox``. Handler modules named ``handlers`` in installed apps are imported
 when Django is ready (``AppConfig.ready()``), so every process knows every handler and
-the event classes those modules import.
+the event classes those modules import. The naming rules (what gets a default name, when
+a name registered again replaces its handler) are ``django_uow.names``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import autodiscover_modules
 
+from . import names
 from .events import DomainEvent, event_type_of
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,10 +41,17 @@ class Handler:
     retries: int = 0
     #: Runs the events of one aggregate in version order (``django_uow.ordering``).
     ordered: bool = False
+    #: False when ``name`` is the default ``module.qualname``: such a name stands for
+    #: one function, so a second function made from the same code may not take it.
+    explicit_name: bool = True
 
     @property
     def event_type(self) -> str:
         return event_type_of(self.event_class)
+
+    def with_func(self, func: Callable[..., Any]) -> Handler:
+        """This handler (same name, event type and options) running ``func`` instead."""
+        return replace(self, func=func, wants_envelope=wants_envelope(func))
 
 
 class HandlerRegistry:
@@ -53,13 +63,15 @@ class HandlerRegistry:
     def register(self, handler: Handler) -> None:
         with self._lock:
             existing = self._by_name.get(handler.name)
-            if existing is not None and not _same_function(existing.func, handler.func):
-                raise ImproperlyConfigured(
-                    f"Two event handlers are named {handler.name!r}: "
-                    f"{_qualname(existing.func)} and {_qualname(handler.func)}. Pass a unique "
-                    "name=... to @event_handler (the name identifies the handler in task ids "
-                    "and in ProcessedEvent, so keep it stable)."
+            if existing is not None:
+                problem = names.conflict(
+                    handler.name,
+                    (existing.func, existing.event_type),
+                    (handler.func, handler.event_type),
+                    explicit=handler.explicit_name,
                 )
+                if problem is not None:
+                    raise ImproperlyConfigured(problem)
             self._by_name[handler.name] = handler
 
     def unregister(self, name: str) -> None:
@@ -92,15 +104,6 @@ class HandlerRegistry:
         return list(self._by_name.values())
 
 
-def _qualname(func: Callable[..., Any]) -> str:
-    return f"{func.__module__}.{func.__qualname__}"
-
-
-def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
-    # A re-imported module (autoreload) defines the same function again: the newest wins.
-    return a is b or _qualname(a) == _qualname(b)
-
-
 registry = HandlerRegistry()
 
 
@@ -122,9 +125,18 @@ def event_handler(
     ``ordered=True`` runs the events of one aggregate in ``aggregate_version`` order,
     however many workers take them: a delivery waits until the previous event of its
     aggregate that this handler handles has succeeded (see ``django_uow.ordering``).
+
+    ``name`` defaults to ``module.qualname`` for a function or class; lambdas,
+    ``functools.partial`` objects, bound methods and callable objects need one
+    (``ImproperlyConfigured`` otherwise), see ``django_uow.names``.
     """
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"@event_handler(retries={retries!r}): retries must be 0 or more.")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise TypeError(
+            f"@event_handler(name={name!r}): name must be a non-empty string, stable across "
+            "deploys (it identifies the handler in task ids and ProcessedEvent rows)."
+        )
     if not isinstance(ordered, bool):
         raise TypeError(f"@event_handler(ordered={ordered!r}): ordered must be True or False.")
     if not (isinstance(event_class, type) and issubclass(event_class, DomainEvent)):
@@ -134,23 +146,31 @@ def event_handler(
         )
 
     def decorator(func: F) -> F:
-        params = inspect.signature(func).parameters
         handler = Handler(
             func=func,
             event_class=event_class,
-            name=name or _qualname(func),
+            name=name if name is not None else names.default_name(func, event_class.__name__),
             idempotent=idempotent,
             queue=queue,
-            wants_envelope="envelope" in params
-            or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()),
+            wants_envelope=wants_envelope(func),
             retries=retries,
             ordered=ordered,
+            explicit_name=name is not None,
         )
         registry.register(handler)
-        func.event_handler = handler  # type: ignore[attr-defined]
+        with suppress(AttributeError, TypeError):  # a bound method, an object with __slots__
+            func.event_handler = handler  # type: ignore[attr-defined]
         return func
 
     return decorator
+
+
+def wants_envelope(func: Callable[..., Any]) -> bool:
+    """True when ``func`` takes the ``Envelope`` too (a parameter ``envelope`` or ``**kwargs``)."""
+    params = inspect.signature(func).parameters
+    return "envelope" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
 
 
 def handlers_for(event_type: str) -> list[Handler]:

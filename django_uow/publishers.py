@@ -6,6 +6,10 @@ published, or a mapping ``{event_id: exception}`` for the ones that failed (the 
 were published); raising means the whole batch failed. When an event fails, a
 publisher should not publish later events of the same aggregate in that batch: it
 reports them as ``BlockedByEarlierFailure`` and the relay hands them back untouched.
+
+A publisher class that delivers events to this project's ``@event_handler`` functions,
+and to nothing else, sets ``runs_handlers = True``: the ``django_uow.W100`` check then
+knows an event type without a handler would have no effect at all.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 from uuid import UUID
 
 from django.core.signals import setting_changed
@@ -106,9 +110,11 @@ class InlinePublisher:
     broker outage.
     """
 
+    #: Every event it is given reaches handlers (system check W100 relies on it).
+    runs_handlers: ClassVar[bool] = True
     #: Runs the handlers here: an outage of another publisher of the batch does not stop
     #: it (each handler's inbox row makes the batch's retry skip what already ran).
-    in_process = True
+    in_process: ClassVar[bool] = True
 
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
         outcome = _OrderedFailures()
@@ -145,6 +151,8 @@ class CeleryPublisher:
     as ``published`` in the inbox with one statement per batch, so a task the broker
     loses is published again after ``HANDLER_DEADLINE``.
     """
+
+    runs_handlers: ClassVar[bool] = True
 
     def __init__(
         self, app: Any = None, *, timeout: float | None = None, confirm_timeout: float = 10.0

@@ -8,11 +8,14 @@ Enable the fixtures with ``pytest_plugins = ["django_uow.testing"]`` in a confte
   ``InlinePublisher`` (handlers run synchronously); returns the ``RelayResult``.
 - ``simulate_conflict(instance)``: bump the stored version of a versioned row behind the
   instance's back, so its next save raises ``ConcurrencyError``.
+- ``override_handler(handler, func)``: a context manager running ``func`` as a
+  registered handler (given by name, or as the decorated function): same name, event
+  type and options; the original is back on exit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +24,7 @@ from django.db import models
 
 from .events import DomainEvent
 from .fields import version_field_of
+from .handlers import Handler, registry
 from .signals import events_staged
 
 
@@ -86,6 +90,38 @@ def simulate_conflict(instance: models.Model, *, by: int = 1) -> None:
             f"simulate_conflict: {model._meta.label} pk={instance.pk!r} is not in the database; "
             "save it first."
         )
+
+
+@contextmanager
+def override_handler(
+    handler: str | Callable[..., Any], func: Callable[..., Any]
+) -> Iterator[Handler]:
+    """Run ``func`` as a registered handler inside the block; yield the original ``Handler``.
+
+    ``handler`` is the handler's name or the function ``@event_handler`` registered. The
+    name stays, so inbox rows and task ids are those of the real handler; swapping by name
+    is not a second registration, which the naming rules would refuse.
+    """
+    name = handler if isinstance(handler, str) else _registered_name(handler)
+    original = registry.get(name)
+    registry.unregister(name)
+    registry.register(original.with_func(func))
+    try:
+        yield original
+    finally:
+        registry.unregister(name)
+        registry.register(original)
+
+
+def _registered_name(func: Callable[..., Any]) -> str:
+    registered = getattr(func, "event_handler", None)
+    if not isinstance(registered, Handler):
+        raise TypeError(
+            f"override_handler() takes a handler name or a function registered with "
+            f"@event_handler; {func!r} is not one. Pass the handler's name instead "
+            "(manage.py check lists them, django_uow.I100)."
+        )
+    return registered.name
 
 
 # ----------------------------------------------------------------------- pytest plugin

@@ -4,8 +4,9 @@ import pytest
 from django.core import mail
 
 from django_uow import ConcurrencyError, UnitOfWork
-from django_uow.testing import capture_events, drain_outbox, simulate_conflict
+from django_uow.testing import capture_events, drain_outbox, override_handler, simulate_conflict
 
+from .handlers import send_confirmation
 from .models import Order, OrderPlaced
 from .services import open_order, place_order
 
@@ -42,3 +43,14 @@ def test_a_stale_save_changes_nothing():
     order.refresh_from_db()
     assert order.total == Decimal("9.50")
     assert Order.objects.count() == 1
+
+
+def test_a_mail_server_outage_is_retried_later():
+    def mail_server_down(event):
+        raise ConnectionError("SMTP server down")
+
+    order = open_order(Decimal("9.50"))
+    place_order(order.pk)
+    with override_handler(send_confirmation, mail_server_down):
+        assert drain_outbox().retried == 1  # the event waits for its next attempt
+    assert mail.outbox == []

@@ -97,3 +97,12 @@ class OrderSequenced(DomainEvent):
 
     order_id: int
     seq: int = 0
+
+
+@dataclass(frozen=True)
+class OrderArchived(DomainEvent):
+    """Kept for the record only: no handler consumes it, on purpose."""
+
+    needs_handler = False
+
+    order_id: int
