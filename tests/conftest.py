@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -50,6 +51,19 @@ def redis_server() -> str:
 
     require_server("Redis", "127.0.0.1", 6379)
     return str(settings.REDIS_URL)
+
+
+@pytest.fixture
+def celery_app() -> Iterator[Any]:
+    """The suite's Celery app on this run's own Redis database, emptied before and after."""
+    require_server("Redis", "127.0.0.1", 6379)
+    from tests.celery_app import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.client.flushdb()
+    yield app
+    with app.connection_for_write() as conn:
+        conn.default_channel.client.flushdb()
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 Usage: python -m tests.relay_subprocess <database name> [relay_outbox options...]
 Environment: UOW_LEASE (seconds), UOW_HANDLER_SLEEP (seconds per OrderCancelled event),
 UOW_HANDLER_ERROR=unstorable (the OrderPlaced handler raises text holding a lone
-surrogate and a NUL byte), UOW_EXTRA (JSON merged into DJANGO_UOW). ``call_command`` runs
-no system checks, like a worker or a script.
+surrogate and a NUL byte), UOW_EXTRA (JSON merged into DJANGO_UOW), UOW_CLOCK_SKEW (seconds
+this process's clock is off, see tests/skew.py). ``call_command`` runs no system checks, like
+a worker or a script.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def main() -> None:
         "NOTIFY": True,
         **json.loads(os.environ.get("UOW_EXTRA", "{}")),
     }
+    from tests.skew import apply_skew
+
+    apply_skew()
     import django
 
     django.setup()

@@ -130,3 +130,25 @@ def take_list(redis_url: str, key: str) -> list[str]:
     finally:
         client.delete(key)
         client.close()
+
+
+class SlowListPublisher(RedisListPublisher):
+    """A "fast" publisher (chosen for the direct mode) that takes ``UOW_PUBLISH_SLEEP``
+    seconds per batch: long enough to stop its process while it holds the batch's row
+    locks. Configured by dotted path in a child relay (``UOW_LIST_KEY``)."""
+
+    direct_relay = True
+
+    def __init__(self) -> None:
+        import os
+
+        from django.conf import settings
+
+        super().__init__(settings.REDIS_URL, os.environ["UOW_LIST_KEY"])
+        self.sleep = float(os.environ.get("UOW_PUBLISH_SLEEP", "1"))
+
+    def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
+        import time
+
+        time.sleep(self.sleep)
+        return super().publish(envelopes)

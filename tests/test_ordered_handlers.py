@@ -399,20 +399,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
     return predicate()
 
 
-@pytest.fixture
-def celery_app() -> Iterator[Any]:
-    from tests.conftest import require_server
-
-    require_server("Redis", "127.0.0.1", 6379)
-    from tests.celery_app import app
-
-    with app.connection_for_write() as conn:
-        conn.default_channel.client.flushdb()  # UOW_REDIS_DB is this run's own database
-    yield app
-    with app.connection_for_write() as conn:
-        conn.default_channel.client.flushdb()
-
-
 @pytest.mark.celery
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)

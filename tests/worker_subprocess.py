@@ -4,11 +4,13 @@ Usage: python -m tests.worker_subprocess <database name> [worker options...]
 Environment: UOW_HANDLER_SLEEP (seconds per OrderCancelled event), UOW_SEQUENCE_JITTER
 (the ordered handler's longest random pause), UOW_HANDLER_BEHAVIOUR (what the OrderPlaced
 handler does with every order: "raise" or "permanent"), UOW_REDIS_DB, UOW_CELERY_BROKER
-(a broker URL instead of the Redis database, e.g. amqp://...).
+(a broker URL instead of the Redis database, e.g. amqp://...), UOW_EXTRA (JSON merged into
+DJANGO_UOW), UOW_CLOCK_SKEW (seconds this process's clock is off, see tests/skew.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -19,6 +21,10 @@ def main() -> None:
 
     settings.DATABASES["default"]["NAME"] = sys.argv[1]
     settings.CELERY_BROKER_URL = os.environ.get("UOW_CELERY_BROKER") or settings.CELERY_BROKER_URL
+    settings.DJANGO_UOW = {**settings.DJANGO_UOW, **json.loads(os.environ.get("UOW_EXTRA", "{}"))}
+    from tests.skew import apply_skew
+
+    apply_skew()
     import django
 
     django.setup()
