@@ -19,16 +19,18 @@ from typing import Any
 _local = threading.local()
 
 
-def celery_transport_options(driver_type: str, timeout: float) -> dict[str, Any]:
-    """kombu transport options that bound one connect and one send by ``timeout``."""
+def celery_transport_options(
+    driver_type: str, timeout: float, reply_timeout: float | None = None
+) -> dict[str, Any]:
+    """kombu transport options that bound one connect by ``timeout`` and each read and
+    write by ``reply_timeout`` (default: ``timeout`` too)."""
+    io = timeout if reply_timeout is None else reply_timeout
     # kombu: one connection attempt, and no longer than the budget in total.
     options: dict[str, Any] = {"max_retries": 0, "connect_retries_timeout": timeout}
     if driver_type == "redis":
-        options.update(
-            socket_connect_timeout=timeout, socket_timeout=timeout, retry_on_timeout=False
-        )
+        options.update(socket_connect_timeout=timeout, socket_timeout=io, retry_on_timeout=False)
     elif driver_type == "amqp":
-        options.update(read_timeout=timeout, write_timeout=timeout)
+        options.update(read_timeout=io, write_timeout=io)
     return options
 
 
@@ -38,14 +40,17 @@ def _close_quietly(connection: Any) -> None:
 
 
 @contextlib.contextmanager
-def celery_connection(app: Any, timeout: float) -> Iterator[Any]:
+def celery_connection(
+    app: Any, timeout: float, reply_timeout: float | None = None
+) -> Iterator[Any]:
     """This thread's bounded broker connection of Celery ``app``, kept between commits.
 
     kombu connections are not thread-safe, so each thread has its own. After an error the
     connection is closed and dropped: the next use connects afresh.
     """
     url = app.conf.broker_write_url or app.conf.broker_url
-    key = (os.getpid(), id(app), url, timeout)  # a forked child never reuses the parent's
+    # A forked child never reuses the parent's.
+    key = (os.getpid(), id(app), url, timeout, reply_timeout)
     cached = getattr(_local, "celery", None)
     if cached is not None and cached[0] != key:
         _close_quietly(cached[1])
@@ -53,7 +58,7 @@ def celery_connection(app: Any, timeout: float) -> Iterator[Any]:
     if cached is None:
         connection = app.connection_for_write(connect_timeout=timeout)
         connection.transport_options.update(
-            celery_transport_options(connection.transport.driver_type, timeout)
+            celery_transport_options(connection.transport.driver_type, timeout, reply_timeout)
         )
         cached = (key, connection)
         _local.celery = cached
@@ -65,13 +70,14 @@ def celery_connection(app: Any, timeout: float) -> Iterator[Any]:
         raise
 
 
-def redis_client_options(timeout: float) -> dict[str, Any]:
-    """redis-py client options that bound connect and every command, without retries."""
+def redis_client_options(timeout: float, reply_timeout: float | None = None) -> dict[str, Any]:
+    """redis-py client options that bound connect by ``timeout`` and every command by
+    ``reply_timeout`` (default: ``timeout``), without retries."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     return {
         "socket_connect_timeout": timeout,
-        "socket_timeout": timeout,
+        "socket_timeout": timeout if reply_timeout is None else reply_timeout,
         "retry": Retry(NoBackoff(), 0),
     }

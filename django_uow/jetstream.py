@@ -85,14 +85,17 @@ class NatsJetStreamPublisher:
         self._js: Any = None
         self._lock = threading.Lock()
 
-    def for_commit_path(self, timeout: float) -> NatsJetStreamPublisher:
-        """A copy for the fast path: connect and acks bounded by ``timeout``."""
+    def for_commit_path(
+        self, timeout: float, reply_timeout: float | None = None
+    ) -> NatsJetStreamPublisher:
+        """A copy for the fast path: connect bounded by ``timeout``, acks by
+        ``reply_timeout`` (default ``timeout``)."""
         return NatsJetStreamPublisher(
             self.url,
             stream=self.stream,
             subject_prefix=self.subject_prefix,
             declare=self.declare,
-            ack_timeout=timeout,
+            ack_timeout=timeout if reply_timeout is None else reply_timeout,
             connect_timeout=timeout,
         )
 

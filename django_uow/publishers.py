@@ -15,11 +15,13 @@ knows an event type without a handler would have no effect at all.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 from uuid import UUID
@@ -155,11 +157,19 @@ class CeleryPublisher:
     runs_handlers: ClassVar[bool] = True
 
     def __init__(
-        self, app: Any = None, *, timeout: float | None = None, confirm_timeout: float = 10.0
+        self,
+        app: Any = None,
+        *,
+        timeout: float | None = None,
+        confirm_timeout: float = 10.0,
+        reply_timeout: float | None = None,
     ) -> None:
         self._app = app
         self.timeout = timeout
-        self.confirm_timeout = confirm_timeout if timeout is None else timeout
+        self.reply_timeout = reply_timeout
+        if timeout is not None:
+            confirm_timeout = timeout if reply_timeout is None else reply_timeout
+        self.confirm_timeout = confirm_timeout
 
     @property
     def app(self) -> Any:
@@ -169,9 +179,24 @@ class CeleryPublisher:
 
         return current_app._get_current_object()  # type: ignore[attr-defined]
 
-    def for_commit_path(self, timeout: float) -> CeleryPublisher:
-        """This publisher on a connection of its own, each step bounded by ``timeout``."""
-        return CeleryPublisher(self._app, timeout=timeout)
+    def bound(self) -> CeleryPublisher:
+        """This publisher with the calling thread's Celery app fixed (the current app is
+        per thread), for a publish handed to another thread."""
+        if self._app is not None:
+            return self
+        return CeleryPublisher(
+            self.app,
+            timeout=self.timeout,
+            confirm_timeout=self.confirm_timeout,
+            reply_timeout=self.reply_timeout,
+        )
+
+    def for_commit_path(
+        self, timeout: float, reply_timeout: float | None = None
+    ) -> CeleryPublisher:
+        """This publisher on a connection of its own: connect bounded by ``timeout``, each
+        read and write (and the confirms) by ``reply_timeout`` (default ``timeout``)."""
+        return CeleryPublisher(self._app, timeout=timeout, reply_timeout=reply_timeout)
 
     @contextmanager
     def _producer(self, app: Any) -> Iterator[Any]:
@@ -179,7 +204,7 @@ class CeleryPublisher:
             with app.producer_or_acquire() as producer:
                 yield producer
             return
-        with celery_connection(app, self.timeout) as connection:
+        with celery_connection(app, self.timeout, self.reply_timeout) as connection:
             yield app.amqp.Producer(connection, auto_declare=False)
 
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:
@@ -384,6 +409,29 @@ def in_tasks(deliveries: Sequence[Delivery], size: int) -> list[Delivery]:
 #: Tries of the write that records a batch's deliveries as published, and the first pause.
 RECORD_TRIES = (3, 0.05)
 
+_deferred: ContextVar[list[tuple[Envelope, str]] | None] = ContextVar(
+    "uow_deliveries_recorded_later", default=None
+)
+
+
+@contextmanager
+def recording_deferred() -> Iterator[list[tuple[Envelope, str]]]:
+    """Collect the deliveries ``CeleryPublisher`` sends here instead of writing their rows:
+    a publish run on a helper thread leaves the write (``record_sent``) to the thread
+    that settles the batch, on its own database connection."""
+    sink: list[tuple[Envelope, str]] = []
+    token = _deferred.set(sink)
+    try:
+        yield sink
+    finally:
+        _deferred.reset(token)
+
+
+def record_sent(sent: Sequence[tuple[Envelope, str]]) -> None:
+    """Write the rows of deliveries collected by ``recording_deferred``; raises
+    ``DeliveriesNotRecorded`` when it cannot."""
+    _record_published(sent, strict=True)
+
 
 def _record_published(sent: Sequence[tuple[Envelope, str]], *, strict: bool) -> None:
     """Mark what was sent as published, trying again a few times.
@@ -394,6 +442,10 @@ def _record_published(sent: Sequence[tuple[Envelope, str]], *, strict: bool) -> 
     and that error is the one to report) the failure is logged.
     """
     if not sent:
+        return
+    sink = _deferred.get()
+    if sink is not None:
+        sink.extend(sent)
         return
     using = router.db_for_write(ProcessedEvent)
     tries, pause = RECORD_TRIES
@@ -445,17 +497,24 @@ class RedisStreamPublisher:
         key: str | None = None,
         maxlen: int | None = -1,
         timeout: float | None = None,
+        reply_timeout: float | None = None,
     ) -> None:
         self.url = url or uow_settings.REDIS_URL
         self.key = key or uow_settings.STREAM_KEY
         self.maxlen = uow_settings.STREAM_MAXLEN if maxlen == -1 else maxlen
         self.timeout = timeout
+        self.reply_timeout = reply_timeout
         self._client: Any = None
         self._xadd: Any = None
 
-    def for_commit_path(self, timeout: float) -> RedisStreamPublisher:
-        """This publisher with a client of its own: connect and commands bounded, no retries."""
-        return RedisStreamPublisher(self.url, key=self.key, maxlen=self.maxlen, timeout=timeout)
+    def for_commit_path(
+        self, timeout: float, reply_timeout: float | None = None
+    ) -> RedisStreamPublisher:
+        """This publisher with a client of its own: connect bounded by ``timeout``, each
+        command by ``reply_timeout`` (default ``timeout``), no retries."""
+        return RedisStreamPublisher(
+            self.url, key=self.key, maxlen=self.maxlen, timeout=timeout, reply_timeout=reply_timeout
+        )
 
     @property
     def client(self) -> Any:
@@ -465,7 +524,7 @@ class RedisStreamPublisher:
             if self.timeout is None:
                 options = {"socket_connect_timeout": 2, "socket_timeout": 5}
             else:
-                options = redis_client_options(self.timeout)
+                options = redis_client_options(self.timeout, self.reply_timeout)
             self._client = redis.Redis.from_url(self.url, **options)
         return self._client
 
@@ -567,30 +626,45 @@ def get_publishers() -> list[Publisher]:
     return _cache
 
 
-_commit_path_cache: tuple[float, list[Publisher], bool] | None = None
+_commit_path_cache: tuple[tuple[float, float | None], list[Publisher], bool] | None = None
 
 
-def commit_path_publishers(timeout: float) -> tuple[list[Publisher], bool]:
+def commit_path_publishers(
+    timeout: float, reply_timeout: float | None = None
+) -> tuple[list[Publisher], bool]:
     """The publishers the fast path uses, and whether any of them talks to a broker.
 
-    A publisher with a ``for_commit_path(timeout)`` method talks to a broker: the fast
-    path uses the copy it returns, whose connect and sends are bounded by ``timeout``
-    with no retries. Others (``InlinePublisher``) are used as they are.
+    A publisher with a ``for_commit_path(timeout, reply_timeout)`` method talks to a
+    broker: the fast path uses the copy it returns, whose connect is bounded by
+    ``timeout`` and whose reads and writes by ``reply_timeout``, with no retries. Others
+    (``InlinePublisher``) are used as they are.
     """
     global _commit_path_cache
     cached = _commit_path_cache
-    if cached is None or cached[0] != timeout:
+    if cached is None or cached[0] != (timeout, reply_timeout):
         publishers: list[Publisher] = []
         brokered = False
         for publisher in get_publishers():
             bounded = getattr(publisher, "for_commit_path", None)
             if callable(bounded):
-                publishers.append(bounded(timeout))
+                publishers.append(_bounded_copy(bounded, timeout, reply_timeout))
                 brokered = True
             else:
                 publishers.append(publisher)
-        cached = _commit_path_cache = (timeout, publishers, brokered)
+        cached = _commit_path_cache = ((timeout, reply_timeout), publishers, brokered)
     return cached[1], cached[2]
+
+
+def _bounded_copy(bounded: Any, timeout: float, reply_timeout: float | None) -> Publisher:
+    """``for_commit_path(timeout, reply_timeout)``; a publisher whose method takes only the
+    timeout bounds its replies by it too."""
+    try:
+        inspect.signature(bounded).bind(timeout, reply_timeout)
+    except TypeError:
+        copy: Publisher = bounded(timeout)
+        return copy
+    copy = bounded(timeout, reply_timeout)
+    return copy
 
 
 def clear_cache(*, setting: str = "DJANGO_UOW", **kwargs: Any) -> None:

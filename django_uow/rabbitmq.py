@@ -118,13 +118,16 @@ class RabbitMQPublisher:
         self._next_tag = 1
         self._lock = threading.Lock()
 
-    def for_commit_path(self, timeout: float) -> RabbitMQPublisher:
-        """A copy for the fast path: connect, writes and confirms bounded by ``timeout``."""
+    def for_commit_path(
+        self, timeout: float, reply_timeout: float | None = None
+    ) -> RabbitMQPublisher:
+        """A copy for the fast path: connect bounded by ``timeout``, writes and confirms by
+        ``reply_timeout`` (default ``timeout``)."""
         return RabbitMQPublisher(
             self.url,
             exchange=self.exchange,
             mandatory=self.mandatory,
-            confirm_timeout=timeout,
+            confirm_timeout=timeout if reply_timeout is None else reply_timeout,
             connect_timeout=timeout,
         )
 

@@ -149,7 +149,7 @@ def test_follow_up_costs_one_claim_when_nothing_waited(claim_mode: str) -> None:
 def test_follow_up_is_bounded_and_in_order(claim_mode: str) -> None:
     make_rows([("1", f"a{i}") for i in range(7)])
     publisher = RecordingPublisher()
-    result = follow_up([("testapp.order", "1")], publishers=[publisher], budget=5)
+    result = follow_up([("testapp.order", "1")], publishers=[publisher], limit=5)
     assert publisher.reasons() == ["a0", "a1", "a2", "a3", "a4"]
     assert result.dispatched == 5
     assert follow_up([("testapp.order", "1")], publishers=[publisher]).dispatched == 2

@@ -14,6 +14,7 @@ relay claims and publishes them again. Consumers make the effect happen once
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -23,7 +24,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from uuid import UUID
 
 from django.core.exceptions import ImproperlyConfigured
@@ -41,11 +42,12 @@ from ..exceptions import (
     UnknownEventType,
 )
 from ..models import OutboxEvent, OutboxStatus
-from ..publishers import Publisher, get_publishers
+from ..publishers import Publisher, get_publishers, record_sent, recording_deferred
 from ..retry import backoff_delay, describe, is_connection_error
 from ..timeouts import apply_limits
 from ..tracing import span
 from . import statements
+from .handoff import Handoff, PublishOverBudget
 from .heartbeat import lease_kept
 from .rows import ClaimedRow
 
@@ -326,30 +328,107 @@ class _Batch:
         """
         self.triage()
         try:
-            with lease_kept(
-                using=self.using,
-                relay_id=self.relay_id,
-                ids=[] if self.direct else [r.id for r in self.to_publish],
-                lease=uow_settings.LEASE,
-            ):
-                by_event = publish_all(publishers, [self.envelopes[r.id] for r in self.to_publish])
+            by_event = self._publish(publishers, keep_lease=not self.direct)
         except Exception as exc:
-            # Broker unreachable: nothing is marked, no attempt is spent.
-            if not self.direct:
-                statements.record_failures(
-                    using=self.using, relay_id=self.relay_id, failures=self.failures
-                )
-                result.failed += len(self.failures)
-                result.handed_back += statements.give_back(
-                    using=self.using, relay_id=self.relay_id, ids=[r.id for r in self.to_publish]
-                )
-            raise RelayError(
-                f"Could not reach the broker ({describe(exc)}); {len(self.to_publish)} claimed "
-                "event(s) were handed back without spending an attempt. Check the broker and "
-                "retry."
-            ) from exc
+            self._handed_back(exc, result)
         self.sort_outcomes(by_event)
         self.settle(result)
+
+    def run_within(
+        self, publishers: Sequence[Publisher], result: RelayResult, budget: float
+    ) -> None:
+        """``run``, waiting for the brokers no longer than ``budget`` seconds (lease mode).
+
+        The publish runs on a helper thread (``handoff``); the delivery rows it sends
+        are written here, with the acknowledgement. When the brokers answer later than
+        the budget, ``PublishOverBudget`` is raised at once and the helper settles the
+        batch when they do: a stalled broker that takes the message after all is not
+        published to twice.
+        """
+        self.triage()
+        lease = not connections[self.using].in_atomic_block
+        # What the calling thread resolves for itself (Celery's current app) is fixed here.
+        publishers = [getattr(p, "bound", lambda p=p: p)() for p in publishers]
+
+        sent: list[Any] = []  # the deliveries the publish sent, written by whoever settles
+
+        def work() -> dict[UUID, BaseException]:
+            with recording_deferred() as deferred:
+                try:
+                    return self._publish(publishers, keep_lease=lease)
+                finally:
+                    sent.extend(deferred)
+
+        def late(value: Any, error: BaseException | None) -> None:
+            try:
+                late_result = RelayResult()
+                self._settle_published(value, error, sent, late_result)
+                self.finish(late_result)
+                logger.info(
+                    "Relay %s: the broker answered a fast-path batch of %d event(s) after "
+                    "its budget; settled it.",
+                    self.relay_id,
+                    len(self.to_publish),
+                )
+            except RelayError as exc:
+                logger.warning("Relay %s: a late fast-path batch: %s", self.relay_id, exc)
+            finally:
+                connections[self.using].close()  # the helper thread's own connection
+
+        handed = Handoff(work).wait(budget, late)
+        if handed is None:
+            raise PublishOverBudget(
+                f"The broker did not answer within {budget:g}s; the batch of "
+                f"{len(self.to_publish)} event(s) is settled when it does."
+            )
+        self._settle_published(*handed, sent, result)
+        self.finish(result)
+
+    def _settle_published(
+        self,
+        by_event: dict[UUID, BaseException] | None,
+        error: BaseException | None,
+        sent: list[Any],
+        result: RelayResult,
+    ) -> None:
+        """Write what a handed-off publish did: its delivery rows, then the outcome."""
+        if error is not None:
+            with contextlib.suppress(Exception):  # best effort: the outage is what counts
+                record_sent(sent)
+            self._handed_back(error, result)
+        try:
+            record_sent(sent)
+        except Exception as exc:
+            self._handed_back(exc, result)
+        self.sort_outcomes(by_event or {})
+        self.settle(result)
+
+    def _publish(
+        self, publishers: Sequence[Publisher], *, keep_lease: bool
+    ) -> dict[UUID, BaseException]:
+        with lease_kept(
+            using=self.using,
+            relay_id=self.relay_id,
+            ids=[r.id for r in self.to_publish] if keep_lease else [],
+            lease=uow_settings.LEASE,
+        ):
+            return publish_all(publishers, [self.envelopes[r.id] for r in self.to_publish])
+
+    def _handed_back(self, exc: BaseException, result: RelayResult) -> NoReturn:
+        """The broker is unreachable: nothing is marked, no attempt is spent."""
+        if not self.direct:
+            statements.record_failures(
+                using=self.using, relay_id=self.relay_id, failures=self.failures
+            )
+            result.failed += len(self.failures)
+            result.handed_back += statements.give_back(
+                using=self.using, relay_id=self.relay_id, ids=[r.id for r in self.to_publish]
+            )
+        raise RelayError(
+            f"Could not reach the broker ({describe(exc)}); {len(self.to_publish)} claimed "
+            "event(s) were handed back without spending an attempt. Check the broker and "
+            "retry."
+        ) from exc
 
     def finish(self, result: RelayResult) -> None:
         """Count, log and signal (after the direct mode's commit); raise a partial outage."""
@@ -458,12 +537,17 @@ def _run_batch(
     relay_id: str | None,
     event_ids: Sequence[UUID] | None,
     aggregates: Sequence[statements.AggregateKey] | None = None,
+    budget: float | None = None,
 ) -> tuple[RelayResult, set[statements.AggregateKey]]:
-    """One batch; returns its result and the aggregates it acknowledged events of."""
+    """One batch; returns its result and the aggregates it acknowledged events of.
+
+    With ``budget`` (the fast path) the batch is leased, whatever ``RELAY_MODE`` says,
+    and waits for the brokers no longer than that (``_Batch.run_within``).
+    """
     relay_id = relay_id or default_relay_id()
     size = batch_size or uow_settings.BATCH_SIZE
     pubs = resolve_publishers(publishers)
-    direct = relay_mode(pubs, using) == "direct"
+    direct = budget is None and relay_mode(pubs, using) == "direct"
     result = RelayResult()
     started = time.monotonic()
     if direct:
@@ -489,7 +573,10 @@ def _run_batch(
         if batch is None:
             return result, set()  # an idle poll opens no span
         with _batch_span(using, relay_id, result) as current:
-            batch.run(pubs, result)
+            if budget is None:
+                batch.run(pubs, result)
+            else:
+                batch.run_within(pubs, result, budget)
             _annotate(current, result)
     signals.relay_batch_finished.send(
         sender=OutboxEvent,
@@ -529,6 +616,7 @@ def relay_events(
     *,
     publishers: Sequence[Publisher] | None = None,
     relay_id: str | None = None,
+    budget: float | None = None,
 ) -> RelayResult:
     """Relay exactly these (just committed) events, then what waited behind them.
 
@@ -537,7 +625,8 @@ def relay_events(
     earlier event delivers them (``follow_up``). After acknowledging, this relay goes
     on to the events of the same aggregates that waited behind the ones it
     acknowledged (commits that found them in flight, events recorded by handlers),
-    within ``BATCH_SIZE`` events.
+    within ``BATCH_SIZE`` events. ``budget`` bounds each batch's wait for the brokers
+    (the fast path; see ``_run_batch``).
     """
     ids = list(event_ids)
     relay_id = relay_id or default_relay_id()
@@ -553,10 +642,13 @@ def relay_events(
             publishers=pubs,
             relay_id=relay_id,
             event_ids=chunk,
+            budget=budget,
         )
         total.add(result)
         acknowledged |= keys
-    total.add(follow_up(acknowledged, using=using, publishers=pubs, relay_id=relay_id))
+    total.add(
+        follow_up(acknowledged, using=using, publishers=pubs, relay_id=relay_id, budget=budget)
+    )
     return total
 
 
@@ -566,18 +658,20 @@ def follow_up(
     using: str = "default",
     publishers: Sequence[Publisher] | None = None,
     relay_id: str | None = None,
-    budget: int | None = None,
+    limit: int | None = None,
+    budget: float | None = None,
 ) -> RelayResult:
     """Deliver the events that waited behind acknowledged events of ``aggregates``.
 
     A commit whose earlier event of the aggregate was in flight on another relay skips
     its own events; the relay holding that earlier event comes here after acknowledging
     it. Round after round, restricted to the aggregates acknowledged in the previous
-    round, until a round claims nothing or ``budget`` events (``BATCH_SIZE``) were
-    claimed; the rest then waits for the sweep (logged).
+    round, until a round claims nothing or ``limit`` events (``BATCH_SIZE``) were
+    claimed; the rest then waits for the sweep (logged). ``budget``: as for
+    ``relay_events``.
     """
     keys = set(aggregates)
-    remaining = uow_settings.BATCH_SIZE if budget is None else budget
+    remaining = uow_settings.BATCH_SIZE if limit is None else limit
     relay_id = relay_id or default_relay_id()
     total = RelayResult()
     while keys and remaining > 0:
@@ -588,6 +682,7 @@ def follow_up(
             relay_id=relay_id,
             event_ids=None,
             aggregates=sorted(keys),
+            budget=budget,
         )
         if not result.claimed:
             return total

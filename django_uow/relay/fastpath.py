@@ -15,7 +15,10 @@ Broker work here is bounded by ``FAST_PATH_TIMEOUT`` (connections of its own wit
 timeouts on connect, reads and writes, and no retries: ``brokers``), and a broker failure
 opens the circuit breaker (``breaker``): commits skip the fast path for
 ``FAST_PATH_COOLDOWN`` seconds and leave their events to the sweep. A commit never waits
-on a broker that is down or hung for longer than the budget.
+on a broker that is down or hung for longer than the budget. When every publisher talks
+to a broker, a broker that answers after the budget is still waited for, up to ``LEASE``,
+on a helper thread (``handoff``), which then acknowledges the batch: a stalled broker that
+takes the message after all is not sent it a second time by the sweep.
 """
 
 from __future__ import annotations
@@ -132,11 +135,18 @@ def relay_after_commit(
     timeout = uow_settings.FAST_PATH_TIMEOUT
     publishers: Sequence[Publisher] | None = None
     brokered = True
-    if mode == "inline":
-        publishers, brokered = commit_path_publishers(timeout)
-    elif all_brokered():
-        mode = "inline"  # one hop: this process publishes the handler tasks itself
-        publishers, _ = commit_path_publishers(timeout)
+    budget: float | None = None
+    if mode == "inline" or all_brokered():
+        if all_brokered() and connections[using].vendor != "sqlite":
+            # Every publisher talks to a broker: the commit waits for them up to the
+            # budget, and a late answer is still awaited on a helper thread (handoff),
+            # which settles on a connection of its own. Not on SQLite: a second writer
+            # there would wait on the database's one write lock, or fail on it.
+            publishers, _ = commit_path_publishers(timeout, max(timeout, uow_settings.LEASE))
+            budget = timeout
+        else:
+            publishers, brokered = commit_path_publishers(timeout)
+        mode = "inline"  # with Celery: one hop, this process publishes the handler tasks
     if brokered and not breaker.allow():
         logger.debug(
             "Fast path skipped (breaker open): %d event(s) left to the sweep", len(event_ids)
@@ -144,7 +154,7 @@ def relay_after_commit(
         return
     try:
         if mode == "inline":
-            relay_events(event_ids, using=using, publishers=publishers)
+            relay_events(event_ids, using=using, publishers=publishers, budget=budget)
         else:
             enqueue_relay(event_ids, using=using, timeout=timeout)
     except Exception as exc:
