@@ -367,9 +367,9 @@ def test_viewer_cannot_rerun(behaviour: dict[Any, Any]) -> None:
 def test_rerun_refuses_a_large_selection(
     operator_client: Client, behaviour: dict[Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import django_uow.admin
+    import django_uow.admin_deliveries
 
-    monkeypatch.setattr(django_uow.admin, "RERUN_LIMIT", 1)
+    monkeypatch.setattr(django_uow.admin_deliveries, "RERUN_LIMIT", 1)
     delivery = failed_order_delivery(behaviour)
     other = ProcessedEvent.objects.create(
         event_id=uuid.uuid4(), handler="testapp.gone", status=DeliveryStatus.FAILED
