@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .decorator import unit_of_work
-from .events import DomainEvent, Envelope, event_context
+from . import moved
+from .delivery.handlers import event_handler
+from .events.base import DomainEvent, Envelope, event_context
 from .exceptions import (
     ConcurrencyError,
     EventDecodeError,
@@ -24,9 +25,9 @@ from .exceptions import (
     UnitOfWorkTimeout,
     UnknownEventType,
 )
-from .fields import VersionField
-from .handlers import event_handler
-from .unit_of_work import Repository, UnitOfWork, current_uow
+from .locking.fields import VersionField
+from .uow.decorator import unit_of_work
+from .uow.unit_of_work import Repository, UnitOfWork, current_uow
 
 if TYPE_CHECKING:
     from .models import AggregateRoot, OutboxEvent, ProcessedEvent, VersionedModel
@@ -67,6 +68,9 @@ _LAZY = {
     "ProcessedEvent": "django_uow.models",
     "VersionedModel": "django_uow.models",
 }
+
+
+moved.install()  # the earlier module paths still import, with a DeprecationWarning
 
 
 def __getattr__(name: str) -> Any:

@@ -7,10 +7,10 @@ from django.db.models.signals import post_save
 from django.utils.translation import gettext_lazy as _
 
 from . import checks  # noqa: F401 - registers the system checks
-from .events import registry as event_types
-from .handlers import registry as handlers
+from .delivery.handlers import registry as handler_registry
+from .events.base import registry as event_types
 from .signals import uow_committed
-from .unit_of_work import refresh_snapshot_after_save
+from .uow.unit_of_work import refresh_snapshot_after_save
 
 
 class DjangoUowConfig(AppConfig):
@@ -31,4 +31,4 @@ class DjangoUowConfig(AppConfig):
         # Every process (relay_outbox, a Celery worker, beat, a bare django.setup()
         # script) knows every handler, and the event classes their modules import,
         # before any relay decodes a row.
-        handlers.autodiscover()
+        handler_registry.autodiscover()

@@ -20,8 +20,9 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, unknown_key_message
-from .events import event_type_of, registry
-from .handlers import registry as handlers
+from .delivery.handlers import registry as handler_registry
+from .events.base import event_type_of
+from .events.base import registry as event_types
 
 CELERY_PUBLISHER = "django_uow.publishers.CeleryPublisher"
 STREAM_KEY_FIELDS = frozenset({"aggregate_type", "event_type"})
@@ -207,9 +208,9 @@ def _unknown_retention_name(name: str) -> str | None:
         if label in {config.label for config in apps.get_app_configs()}:
             return None
         return f"but no installed app has the label {label!r}."
-    if name in registry.names():
+    if name in event_types.names():
         return None
-    close = difflib.get_close_matches(name, registry.names(), n=1)
+    close = difflib.get_close_matches(name, event_types.names(), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"which no DomainEvent class is registered under{hint}."
 
@@ -782,9 +783,11 @@ def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[Message]:
     user = getattr(settings, "DJANGO_UOW", None) or {}
     only_handlers = isinstance(user, dict) and _publishers_only_run_handlers(user)
     by_type: dict[str, list[str]] = {}
-    for handler in handlers.all():
+    for handler in handler_registry.all():
         by_type.setdefault(handler.event_type, []).append(handler.name)
-    classes = {event_type_of(cls): cls for cls in registry.classes() if _in_apps(cls, app_configs)}
+    classes = {
+        event_type_of(cls): cls for cls in event_types.classes() if _in_apps(cls, app_configs)
+    }
     messages: list[Message] = []
     for event_type in sorted(set(classes) | (set(by_type) if app_configs is None else set())):
         names = sorted(by_type.get(event_type, []))

@@ -27,7 +27,7 @@ from django.shortcuts import get_object_or_404
 from django.utils.http import parse_etags
 
 from .exceptions import ConcurrencyError
-from .fields import get_version
+from .locking.fields import get_version
 
 __all__ = [
     "ConcurrencyErrorMiddleware",

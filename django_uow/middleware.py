@@ -25,7 +25,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponseBase
 
-from .audit import attributed_to
+from .events.audit import attributed_to
 
 __all__ = ["EventContextMiddleware", "request_id_of"]
 

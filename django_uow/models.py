@@ -12,9 +12,9 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .context import ActiveUnit, current_uow, open_units, uow_guarding_write
-from .events import DomainEvent, Envelope, StagedEvent
-from .fields import VersionField, get_version, version_field_of
-from .locking import conflict_error, versioned_delete_guard, versioned_update
+from .events.base import DomainEvent, Envelope, StagedEvent
+from .locking.fields import VersionField, get_version, version_field_of
+from .locking.writes import conflict_error, versioned_delete_guard, versioned_update
 
 
 class OutboxStatus(models.TextChoices):

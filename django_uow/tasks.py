@@ -24,15 +24,16 @@ from typing import Any
 from uuid import UUID
 
 from . import signals
-from .celery_batch import HANDLE_TASK
 from .conf import uow_settings
-from .deliveries import Outcome
-from .events import Envelope
+from .delivery.handlers import Handler
+from .delivery.handlers import registry as handler_registry
+from .delivery.rows import Outcome
+from .delivery.running import run_handler
+from .events.base import Envelope
 from .exceptions import PermanentFailure, PredecessorPending, RelayError, RetryAfter
-from .handlers import Handler, registry
-from .inbox import run_handler
 from .models import OutboxEvent
 from .publishers import CeleryPublisher, handler_task_id
+from .publishers.celery_messages import HANDLE_TASK
 from .relay import prune, relay_events, relay_pending, republish_overdue, wake_blocked
 from .retry import backoff_delay
 
@@ -145,7 +146,7 @@ def run_handler_task(
     earlier releases and not used.
     """
     envelope = Envelope.from_message(message)
-    handler = registry.get(handler_name)
+    handler = handler_registry.get(handler_name)
     polls = ordered_polls(uow_settings.ORDERED_WAIT)
     limit = celery_retry_limit(uow_settings.MAX_ATTEMPTS, polls)
     delays: list[float] = []
@@ -258,7 +259,7 @@ def run_handler_batch(task: Any, messages: Sequence[dict[str, Any]], handler_nam
 
 def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> bool:
     envelope = Envelope.from_message(message)
-    handler = registry.get(handler_name)
+    handler = handler_registry.get(handler_name)
     outcomes: list[Outcome] = []
     delays: list[float] = []
 

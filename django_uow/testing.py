@@ -22,9 +22,10 @@ from typing import Any
 
 from django.db import models
 
-from .events import DomainEvent
-from .fields import version_field_of
-from .handlers import Handler, registry
+from .delivery.handlers import Handler
+from .delivery.handlers import registry as handler_registry
+from .events.base import DomainEvent
+from .locking.fields import version_field_of
 from .signals import events_staged
 
 
@@ -103,14 +104,14 @@ def override_handler(
     is not a second registration, which the naming rules would refuse.
     """
     name = handler if isinstance(handler, str) else _registered_name(handler)
-    original = registry.get(name)
-    registry.unregister(name)
-    registry.register(original.with_func(func))
+    original = handler_registry.get(name)
+    handler_registry.unregister(name)
+    handler_registry.register(original.with_func(func))
     try:
         yield original
     finally:
-        registry.unregister(name)
-        registry.register(original)
+        handler_registry.unregister(name)
+        handler_registry.register(original)
 
 
 def _registered_name(func: Callable[..., Any]) -> str:

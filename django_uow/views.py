@@ -22,7 +22,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from .conf import uow_settings
-from .health import OutboxHealth, outbox_health
+from .ops.health import OutboxHealth, outbox_health
 from .retry import describe
 
 __all__ = ["health"]

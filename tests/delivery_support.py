@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django_uow.models import OutboxEvent, ProcessedEvent
-from django_uow.outbox import Schedule, write_events
+from django_uow.outbox.writing import Schedule, write_events
 from tests.testapp.models import Effect
 
 SEQUENCED = "orders.sequenced"

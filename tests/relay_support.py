@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from django_uow.events import Envelope
+from django_uow.events.base import Envelope
 from django_uow.exceptions import BlockedByEarlierFailure
 from django_uow.models import OutboxEvent
-from django_uow.outbox import write_events
+from django_uow.outbox.writing import write_events
 
 CANCELLED = "orders.cancelled"
 
@@ -111,7 +111,7 @@ def select_claim(mode: str, monkeypatch: Any) -> str:
     import pytest
     from django.db import connection
 
-    from django_uow.relay import statements
+    from django_uow.relay import claims as statements
 
     if mode == "one-statement" and not statements.one_statement(connection.alias):
         pytest.skip(f"no one-statement claim on {connection.vendor}: the portable run covers it")

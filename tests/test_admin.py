@@ -220,9 +220,9 @@ def test_list_has_no_per_row_queries_and_skips_big_columns(admin_client: Client)
 
 
 def test_list_count_is_capped(admin_client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    import django_uow.admin_changelists
+    import django_uow.admin.changelists
 
-    monkeypatch.setattr(django_uow.admin_changelists, "COUNT_CAP", 2)
+    monkeypatch.setattr(django_uow.admin.changelists, "COUNT_CAP", 2)
     for i in range(4):
         make_event(aggregate_id=str(i))
     page = admin_client.get(url("changelist")).content.decode()
@@ -467,9 +467,9 @@ def test_retried_event_is_relayed_and_signalled(operator: Client) -> None:
 def test_retry_all_matching_events_in_chunks(
     operator: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import django_uow.admin_outbox
+    import django_uow.admin.outbox
 
-    monkeypatch.setattr(django_uow.admin_outbox, "ACTION_CHUNK", 2)
+    monkeypatch.setattr(django_uow.admin.outbox, "ACTION_CHUNK", 2)
     failed = [make_event(status=Status.FAILED, aggregate_id=str(i)) for i in range(5)]
     dispatched = make_event(status=Status.DISPATCHED, dispatched_at=timezone.now())
     response = operator.post(

@@ -19,7 +19,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from django_uow.deliveries import record_failure, record_published, record_success
+from django_uow.delivery.rows import record_failure, record_published, record_success
 from django_uow.models import DeliveryStatus, OutboxEvent, ProcessedEvent
 
 pytestmark = pytest.mark.django_db
@@ -367,9 +367,9 @@ def test_viewer_cannot_rerun(behaviour: dict[Any, Any]) -> None:
 def test_rerun_refuses_a_large_selection(
     operator_client: Client, behaviour: dict[Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import django_uow.admin_deliveries
+    import django_uow.admin.deliveries
 
-    monkeypatch.setattr(django_uow.admin_deliveries, "RERUN_LIMIT", 1)
+    monkeypatch.setattr(django_uow.admin.deliveries, "RERUN_LIMIT", 1)
     delivery = failed_order_delivery(behaviour)
     other = ProcessedEvent.objects.create(
         event_id=uuid.uuid4(), handler="testapp.gone", status=DeliveryStatus.FAILED

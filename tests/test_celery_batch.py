@@ -23,12 +23,12 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 
-from django_uow.celery_batch import HANDLE_TASK
-from django_uow.handlers import handlers_for
+from django_uow.delivery.handlers import handlers_for
 from django_uow.models import OutboxEvent, ProcessedEvent
-from django_uow.outbox import write_events
+from django_uow.outbox.writing import write_events
 from django_uow.publishers import CeleryPublisher, handler_task_id
-from django_uow.rabbitmq import MessageNotConfirmed
+from django_uow.publishers.celery_messages import HANDLE_TASK
+from django_uow.publishers.rabbitmq import MessageNotConfirmed
 from django_uow.relay import relay_pending
 from tests.conftest import require_server
 from tests.test_relay_faults import free_port
@@ -290,7 +290,7 @@ def test_amqp_confirms_are_awaited_once_and_a_returned_task_fails_its_event_only
 ) -> None:
     import amqp
 
-    from django_uow.handlers import event_handler
+    from django_uow.delivery.handlers import event_handler
     from tests.testapp.events import Pinged
 
     other = f"{queue}-other"
@@ -334,7 +334,7 @@ def test_amqp_confirms_are_awaited_once_and_a_returned_task_fails_its_event_only
 
 @pytest.fixture
 def temp_handler_names() -> Iterator[list[str]]:
-    from django_uow.handlers import registry
+    from django_uow.delivery.handlers import registry
 
     names: list[str] = []
     yield names

@@ -12,8 +12,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from django_uow.deadletters import dead_letter_groups, fingerprint, mask
 from django_uow.models import DeliveryStatus, OutboxEvent, ProcessedEvent
+from django_uow.ops.deadletters import dead_letter_groups, fingerprint, mask
 from tests.test_admin import client_for, make_event, staff, url
 
 pytestmark = pytest.mark.django_db
@@ -186,7 +186,7 @@ def test_discard_all_asks_first_then_discards_and_unblocks(admin_client: Client)
     other.refresh_from_db()
     assert other.status == Status.FAILED
     assert set(LogEntry.objects.values_list("object_id", flat=True)) == {str(r.pk) for r in rows}
-    from django_uow.waiting import wait_reasons
+    from django_uow.ops.holds import wait_reasons
 
     behind.refresh_from_db()
     assert wait_reasons([behind], "default")[behind.pk].kind == "due"

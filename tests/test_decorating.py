@@ -14,8 +14,8 @@ from django.utils.decorators import method_decorator
 from django.views import View
 
 from django_uow import unit_of_work
-from django_uow.decorator import callable_name
 from django_uow.testing import simulate_conflict
+from django_uow.uow.decorator import callable_name
 from tests.testapp.models import Counter
 
 pytestmark = pytest.mark.django_db(transaction=True)

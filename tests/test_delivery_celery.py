@@ -18,8 +18,8 @@ from django.core.management import call_command
 from django.test import Client, override_settings
 from django.urls import reverse
 
-from django_uow.deliveries import record_success
-from django_uow.handlers import registry
+from django_uow.delivery.handlers import registry
+from django_uow.delivery.rows import record_success
 from django_uow.models import ProcessedEvent
 from django_uow.publishers import CeleryPublisher
 from django_uow.relay import relay_pending

@@ -19,7 +19,7 @@ from django.db import connection
 from django.utils import timezone
 
 from django_uow import Envelope
-from django_uow.handlers import event_handler, registry
+from django_uow.delivery.handlers import event_handler, registry
 from django_uow.models import ProcessedEvent
 from django_uow.tasks import run_handler_task
 from tests.testapp.events import Pinged

@@ -21,9 +21,9 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from django_uow.db.clock import later
-from django_uow.deliveries import consumer_lag, record_published, record_success
-from django_uow.handlers import registry
-from django_uow.inbox import run_handler
+from django_uow.delivery.handlers import registry
+from django_uow.delivery.rows import consumer_lag, record_published, record_success
+from django_uow.delivery.running import run_handler
 from django_uow.models import ProcessedEvent
 from django_uow.publishers import CeleryPublisher
 from django_uow.relay import redeliver, relay_pending, republish_overdue

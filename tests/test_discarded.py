@@ -9,12 +9,12 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from django_uow.health import outbox_health
 from django_uow.models import OutboxEvent
-from django_uow.relay import statements
+from django_uow.ops.health import outbox_health
+from django_uow.ops.holds import failing_heads, wait_reasons
+from django_uow.ops.status import outbox_status
+from django_uow.relay import claims as statements
 from django_uow.relay.retention import prune_outbox
-from django_uow.status import outbox_status
-from django_uow.waiting import failing_heads, wait_reasons
 from tests.relay_support import make_rows
 
 pytestmark = pytest.mark.django_db

@@ -19,7 +19,7 @@ from django_uow import (
     UnknownEventType,
     event_context,
 )
-from django_uow.events import StagedEvent, registry
+from django_uow.events.base import StagedEvent, registry
 from django_uow.models import OutboxEvent
 from tests.testapp.events import CustomerRenamed, OrderCancelled, OrderPaid, OrderPlaced, Pinged
 from tests.testapp.models import Order

@@ -65,7 +65,7 @@ class Pinged(DomainEvent):
 
 HANDLERS = """
 from pathlib import Path
-from django_uow.handlers import event_handler
+from django_uow import event_handler
 from .events import Pinged
 
 @event_handler(Pinged)
@@ -218,11 +218,13 @@ def test_the_celery_extra_gives_a_working_redis_worker(wheel: Path, tmp_path: Pa
             "-c",
             "import django; django.setup(); from django_uow.publishers import RabbitMQPublisher; "
             "from django_uow.publishers import NatsJetStreamPublisher; "
-            "import django_uow.metrics as m; import amqp, nats, prometheus_client; "
+            "import django_uow.contrib.prometheus as m; import amqp, nats, prometheus_client; "
             "print(RabbitMQPublisher.__name__, NatsJetStreamPublisher.__name__, m.__name__)",
         ],
         project,
         **settings,
     )
     assert imported.returncode == 0, imported.stderr
-    assert "RabbitMQPublisher NatsJetStreamPublisher django_uow.metrics" in imported.stdout
+    assert (
+        "RabbitMQPublisher NatsJetStreamPublisher django_uow.contrib.prometheus" in imported.stdout
+    )

@@ -22,7 +22,7 @@ import pytest
 from django.test import override_settings
 
 from django_uow import unit_of_work
-from django_uow.handlers import handlers_for
+from django_uow.delivery.handlers import handlers_for
 from django_uow.models import OutboxEvent
 from django_uow.publishers import handler_task_id
 from django_uow.relay import relay_pending

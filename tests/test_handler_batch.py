@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from django_uow.celery_batch import HANDLE_BATCH_TASK, HANDLE_TASK
-from django_uow.handlers import handlers_for
+from django_uow.delivery.handlers import handlers_for
 from django_uow.models import OutboxEvent, ProcessedEvent
-from django_uow.outbox import write_events
+from django_uow.outbox.writing import write_events
 from django_uow.publishers import CeleryPublisher, handler_task_id
+from django_uow.publishers.celery_messages import HANDLE_BATCH_TASK, HANDLE_TASK
 from django_uow.relay import relay_pending
 from django_uow.tasks import run_handler_batch, run_handler_task
 from tests.test_celery_batch import (

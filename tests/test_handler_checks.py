@@ -13,7 +13,7 @@ from django.core import checks
 from django.core.management import call_command
 from django.test import override_settings
 
-from django_uow.handlers import event_handler, registry
+from django_uow.delivery.handlers import event_handler, registry
 from tests.allocation.events import Allocated, OutOfStock
 from tests.testapp.events import CustomerRenamed, OrderArchived
 

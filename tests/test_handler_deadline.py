@@ -21,7 +21,7 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 
-from django_uow.deliveries import consumer_lag
+from django_uow.delivery.rows import consumer_lag
 from django_uow.models import ProcessedEvent
 from django_uow.publishers import CeleryPublisher
 from django_uow.relay import relay_pending, republish_overdue

@@ -24,7 +24,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from django_uow import DomainEvent, Envelope, UnitOfWork
-from django_uow.handlers import event_handler, handlers_for, registry
+from django_uow.delivery.handlers import event_handler, handlers_for, registry
 from django_uow.models import OutboxEvent, ProcessedEvent
 from django_uow.publishers import InlinePublisher, handler_task_id
 from django_uow.relay import relay_pending
@@ -368,7 +368,7 @@ def test_a_factory_using_functools_wraps_names_each_product_after_its_handler() 
 RELOADED = """
 import functools
 
-from django_uow.handlers import event_handler
+from django_uow import event_handler
 from tests.test_handler_names import StockAllocated, StockShort, logged
 
 

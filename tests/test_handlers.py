@@ -14,8 +14,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from django_uow import DomainEvent, Envelope, UnitOfWork
-from django_uow.handlers import event_handler, handlers_for, registry
-from django_uow.inbox import run_handler
+from django_uow.delivery.handlers import event_handler, handlers_for, registry
+from django_uow.delivery.running import run_handler
 from django_uow.models import OutboxEvent, ProcessedEvent
 from tests.testapp.events import CustomerRenamed, OrderPlaced, Pinged
 from tests.testapp.models import Effect
@@ -196,7 +196,7 @@ def test_handlers_for_an_event_without_handlers_is_empty() -> None:
 
 def test_inbox_fallback_without_on_conflict_returning(monkeypatch: pytest.MonkeyPatch) -> None:
     # Databases without INSERT ... ON CONFLICT ... RETURNING use a savepoint instead.
-    from django_uow import deliveries
+    from django_uow.delivery import rows as deliveries
 
     monkeypatch.setattr(deliveries, "_can_upsert", lambda connection: False)
     env = envelope_for(OrderPlaced(order_id=7, total=Decimal("1")))

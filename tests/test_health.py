@@ -10,9 +10,9 @@ import pytest
 from django.test import Client, RequestFactory, override_settings
 from django.utils import timezone
 
-from django_uow.health import outbox_health
 from django_uow.models import OutboxEvent
-from django_uow.status import outbox_status
+from django_uow.ops.health import outbox_health
+from django_uow.ops.status import outbox_status
 from django_uow.views import health
 from tests.relay_support import interleaved, make_rows
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from django_uow import metrics
+from django_uow.contrib import prometheus as metrics
 from django_uow.models import OutboxEvent
+from django_uow.ops.status import outbox_status
 from django_uow.relay import RelayLoop, relay_batch, relay_pending
-from django_uow.status import outbox_status
 from tests.relay_support import RecordingPublisher, interleaved, make_rows
 
 prometheus_client = pytest.importorskip("prometheus_client")

@@ -29,11 +29,12 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import Client, override_settings
 
-from django_uow import UnitOfWork, metrics
+from django_uow import UnitOfWork
+from django_uow.contrib import prometheus as metrics
 from django_uow.db.clock import later
-from django_uow.deliveries import record_published
-from django_uow.health import outbox_health
+from django_uow.delivery.rows import record_published
 from django_uow.models import OutboxEvent, ProcessedEvent
+from django_uow.ops.health import outbox_health
 from django_uow.publishers import CeleryPublisher
 from django_uow.relay import relay_batch, relay_pending
 from tests.conftest import require_server

@@ -22,7 +22,7 @@ import pytest
 from django.utils import timezone
 
 from django_uow import RelayError
-from django_uow.events import Envelope
+from django_uow.events.base import Envelope
 from django_uow.exceptions import PermanentFailure
 from django_uow.models import OutboxEvent
 from django_uow.publishers import NatsJetStreamPublisher

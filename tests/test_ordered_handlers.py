@@ -28,11 +28,11 @@ from django.test import Client, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from django_uow.events import Envelope
-from django_uow.handlers import Handler, event_handler, registry
-from django_uow.inbox import run_handler
+from django_uow.delivery.handlers import Handler, event_handler, registry
+from django_uow.delivery.running import run_handler
+from django_uow.events.base import Envelope
 from django_uow.models import OutboxEvent, ProcessedEvent
-from django_uow.outbox import write_events
+from django_uow.outbox.writing import write_events
 from django_uow.publishers import CeleryPublisher
 from django_uow.relay import prune_inbox, relay_batch, relay_pending
 from django_uow.tasks import ORDERED_POLL, celery_retry_limit, ordered_polls, run_handler_task
@@ -537,7 +537,7 @@ def test_backfill_while_the_relay_runs_applies_each_event_once_in_order(settings
 
 @pytest.mark.django_db
 def test_blocked_deliveries_are_counted_and_keep_their_event(settings: Any) -> None:
-    from django_uow.deliveries import consumer_lag
+    from django_uow.delivery.rows import consumer_lag
     from django_uow.relay import prune_outbox
 
     _, second = write([("1", 1), ("1", 2)])

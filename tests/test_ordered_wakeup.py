@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from django_uow.handlers import registry
+from django_uow.delivery.handlers import registry
 from django_uow.publishers import CeleryPublisher
 from tests.test_ordered_handlers import HANDLER, delivery, no_jitter, sequenced, write
 from tests.test_publishers import celery_worker, wait_for  # noqa: F401 - the worker fixture

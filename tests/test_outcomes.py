@@ -18,13 +18,13 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_uow import UnitOfWork
-from django_uow.deliveries import (
+from django_uow.delivery.handlers import event_handler, registry
+from django_uow.delivery.rows import (
     claim_redelivery,
     consumer_lag,
     failed_deliveries,
     record_published,
 )
-from django_uow.handlers import event_handler, registry
 from django_uow.models import OutboxEvent, ProcessedEvent
 from django_uow.publishers import CeleryPublisher
 from django_uow.relay import (

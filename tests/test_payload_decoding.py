@@ -24,8 +24,8 @@ from django_uow import (
     UnitOfWorkError,
     UnknownEventType,
 )
-from django_uow.events import registry as event_registry
-from django_uow.handlers import event_handler, registry
+from django_uow.delivery.handlers import event_handler, registry
+from django_uow.events.base import registry as event_registry
 from django_uow.models import OutboxEvent
 from django_uow.testing import drain_outbox
 from tests.testapp.models import Order

@@ -141,7 +141,7 @@ def test_values_that_only_look_bad_are_stored_and_read_back_unchanged() -> None:
 def test_a_storable_payload_is_encoded_without_walking_its_values(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from django_uow import encoding
+    from django_uow.events import encoding
 
     def walk(*args: Any) -> None:
         raise AssertionError("the values were walked for a payload that encodes cleanly")

@@ -321,7 +321,7 @@ def test_celery_publisher_with_an_unreachable_broker_pauses_the_relay() -> None:
 
 @pytest.fixture
 def temp_handler_names() -> Iterator[list[str]]:
-    from django_uow.handlers import registry
+    from django_uow.delivery.handlers import registry
 
     names: list[str] = []
     yield names
@@ -341,7 +341,7 @@ def ping_envelope() -> Any:
 def test_handler_task_retries_a_failing_handler_with_backoff(
     celery_worker: Any, temp_handler_names: list[str]
 ) -> None:
-    from django_uow.handlers import event_handler
+    from django_uow.delivery.handlers import event_handler
 
     calls: list[int] = []
 
@@ -368,7 +368,7 @@ def test_handler_task_gives_up_on_permanent_failure(
     celery_worker: Any, temp_handler_names: list[str]
 ) -> None:
     from django_uow import PermanentFailure
-    from django_uow.handlers import event_handler
+    from django_uow.delivery.handlers import event_handler
     from django_uow.signals import event_failed
 
     calls: list[int] = []
@@ -487,7 +487,7 @@ def test_celery_tasks_go_to_the_handler_queue_or_celery_queue(
 ) -> None:
     import redis
 
-    from django_uow.handlers import event_handler
+    from django_uow.delivery.handlers import event_handler
     from tests.celery_app import app
 
     @event_handler(Pinged, name="t.routed", queue="uowtest-special")

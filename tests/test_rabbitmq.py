@@ -18,7 +18,7 @@ import pytest
 from django_uow import RelayError
 from django_uow.models import OutboxEvent
 from django_uow.publishers import RabbitMQPublisher
-from django_uow.rabbitmq import connection_params
+from django_uow.publishers.rabbitmq import connection_params
 from django_uow.relay import RelayLoop, relay_batch, relay_pending
 from tests.conftest import require_server
 from tests.relay_support import CANCELLED, interleaved, make_rows

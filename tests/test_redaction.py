@@ -12,9 +12,9 @@ from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from django_uow.decoding import Misfit
+from django_uow.events.decoding import Misfit
+from django_uow.events.redaction import DEFAULT_KEYS, MASK, Redactor, redact
 from django_uow.models import OutboxEvent
-from django_uow.redaction import DEFAULT_KEYS, MASK, Redactor, redact
 from django_uow.relay import relay_batch
 from tests.relay_support import RecordingPublisher
 from tests.test_admin import client_for, make_event, staff, url
@@ -65,7 +65,7 @@ def test_a_bad_redact_setting_is_refused_by_its_own_check(value: Any) -> None:
 
 
 def test_a_decoding_error_does_not_quote_a_secret_field() -> None:
-    from django_uow.decoding import _misfit
+    from django_uow.events.decoding import _misfit
 
     assert "hunter2" not in str(_misfit("customer.password", "int", "hunter2"))
     assert "'[redacted]'" in str(_misfit("customer.password", "int", "hunter2"))
@@ -171,7 +171,7 @@ def test_the_filters_that_exist_keep_working(admin_client: Client) -> None:
 def test_every_list_filter_parameter_is_allowed(admin_client: Client) -> None:
     from django.contrib import admin
 
-    from django_uow.admin_lookups import filter_parameters
+    from django_uow.admin.lookups import filter_parameters
 
     for model in (OutboxEvent, admin.site._registry[OutboxEvent].model):
         model_admin = admin.site._registry[model]

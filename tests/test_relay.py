@@ -17,12 +17,12 @@ from django_uow import PermanentFailure, RelayError, RetryAfter, UnitOfWork
 from django_uow.conf import uow_settings
 from django_uow.models import OutboxEvent, ProcessedEvent
 from django_uow.relay import (
+    claims,
     prune_outbox,
     relay_batch,
     relay_events,
     relay_pending,
 )
-from django_uow.relay import statements as claims
 from django_uow.retry import backoff_delay
 from django_uow.signals import event_dispatched, event_failed
 from tests.relay_support import (

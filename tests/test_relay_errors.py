@@ -21,8 +21,7 @@ from django.db import connection
 from django_uow import HandlerFailed, UnitOfWork
 from django_uow.models import OutboxEvent
 from django_uow.publishers import InlinePublisher
-from django_uow.relay import relay_batch, relay_pending
-from django_uow.relay import statements as claims
+from django_uow.relay import claims, relay_batch, relay_pending
 from django_uow.retry import describe, is_connection_error
 from django_uow.signals import event_failed
 from tests.relay_subprocess import UNSTORABLE

@@ -299,7 +299,7 @@ def test_three_concurrent_relays_publish_each_event_once_in_aggregate_order(
     in_relay_mode: str,
 ) -> None:
 
-    from django_uow.relay import statements as claims
+    from django_uow.relay import claims
 
     if claim_mode == "one-statement" and not claims.one_statement(connection.alias):
         pytest.skip(f"no one-statement claim on {connection.vendor}: the portable run covers it")

@@ -24,8 +24,7 @@ from django.test.utils import CaptureQueriesContext
 
 from django_uow import UnitOfWork
 from django_uow.models import OutboxEvent
-from django_uow.relay import relay_events, relay_pending
-from django_uow.relay import statements as claims
+from django_uow.relay import claims, relay_events, relay_pending
 from django_uow.relay.batch import follow_up
 from tests.hot_aggregate import write_concurrently
 from tests.relay_support import RecordingPublisher, make_rows, select_claim

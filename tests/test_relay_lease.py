@@ -21,8 +21,7 @@ from django.utils import timezone
 
 from django_uow.conf import DEFAULTS, uow_settings
 from django_uow.models import OutboxEvent
-from django_uow.relay import relay_batch, relay_pending
-from django_uow.relay import statements as claims
+from django_uow.relay import claims, relay_batch, relay_pending
 from tests.relay_support import RecordingPublisher, make_rows
 from tests.testapp.models import Effect
 

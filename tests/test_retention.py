@@ -11,7 +11,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_uow.models import OutboxEvent
-from django_uow.outbox import write_events
+from django_uow.outbox.writing import write_events
 from django_uow.relay import prune_outbox
 from tests.test_checks import ids, run
 

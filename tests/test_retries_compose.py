@@ -16,8 +16,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from django_uow import ConcurrencyError, Envelope, UnitOfWork, UnitOfWorkError, unit_of_work
-from django_uow.handlers import event_handler, registry
-from django_uow.inbox import run_handler
+from django_uow.delivery.handlers import event_handler, registry
+from django_uow.delivery.running import run_handler
 from django_uow.models import ProcessedEvent
 from django_uow.retry import is_retryable
 from django_uow.testing import simulate_conflict

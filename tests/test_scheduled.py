@@ -21,9 +21,8 @@ from django.utils import timezone
 
 from django_uow import RetryAfter, UnitOfWork
 from django_uow.models import OutboxEvent
-from django_uow.outbox import write_events
-from django_uow.relay import relay_batch, relay_events, relay_pending
-from django_uow.relay import statements as claims
+from django_uow.outbox.writing import write_events
+from django_uow.relay import claims, relay_batch, relay_events, relay_pending
 from tests.relay_support import CANCELLED, RecordingPublisher, select_claim, take_list
 from tests.testapp import handlers
 from tests.testapp.events import OrderCancelled, OrderPaid, Pinged

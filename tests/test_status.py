@@ -15,9 +15,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-import django_uow.status
+import django_uow.ops.status
 from django_uow.models import OutboxEvent
-from django_uow.status import outbox_status
+from django_uow.ops.status import outbox_status
 
 pytestmark = pytest.mark.django_db
 
@@ -27,7 +27,7 @@ Status = OutboxEvent.Status
 @pytest.fixture
 def frozen_now(monkeypatch: pytest.MonkeyPatch) -> datetime:
     now = timezone.now().replace(microsecond=0)
-    monkeypatch.setattr(django_uow.status.timezone, "now", lambda: now)
+    monkeypatch.setattr(django_uow.ops.status.timezone, "now", lambda: now)
     return now
 
 

@@ -159,7 +159,7 @@ def test_bad_limits_are_refused() -> None:
 def test_sqlite_waits_for_another_writer_only_up_to_the_limit(tmp_path: Any) -> None:
     if connection.vendor != "sqlite":
         pytest.skip("the busy timeout is SQLite's")
-    from django_uow.timeouts import apply_limits
+    from django_uow.db.timeouts import apply_limits
 
     with UnitOfWork(timeout=0.25):
         with connection.cursor() as cursor:

@@ -18,11 +18,11 @@ from django.test.utils import isolate_apps
 from django.urls import reverse
 
 from django_uow import ConcurrencyError, UnitOfWork, VersionField
-from django_uow.fields import version_field_of
 from django_uow.http import etag_for
+from django_uow.locking.fields import version_field_of
 from django_uow.models import OutboxEvent
 from django_uow.testing import simulate_conflict
-from django_uow.tracking import snapshot_of
+from django_uow.uow.journal import snapshot_of
 from tests.allocation.events import OutOfStock
 from tests.allocation.models import Product
 from tests.testapp.models import Counter

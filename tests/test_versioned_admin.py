@@ -15,7 +15,7 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 
 from django_uow import ConcurrencyError, UnitOfWork
-from django_uow.admin_locking import VERSION_POST_PREFIX
+from django_uow.admin.locking import VERSION_POST_PREFIX
 from tests.testapp.models import Counter, Order
 
 pytestmark = pytest.mark.django_db
@@ -276,7 +276,7 @@ def test_delete_queryset_is_version_checked_per_object(admin_user: Any) -> None:
 def test_registering_for_an_unversioned_model_is_refused() -> None:
     from django.core.exceptions import ImproperlyConfigured
 
-    from django_uow.admin_locking import VersionedModelAdmin
+    from django_uow.admin.locking import VersionedModelAdmin
     from tests.testapp.models import Note
 
     with pytest.raises(ImproperlyConfigured, match=r"testapp\.Note, which is not a VersionedModel"):

@@ -18,8 +18,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_uow.models import OutboxEvent
-from django_uow.status import outbox_report
-from django_uow.waiting import blocked_summary, failing_heads, wait_reasons
+from django_uow.ops.holds import blocked_summary, failing_heads, wait_reasons
+from django_uow.ops.status import outbox_report
 
 pytestmark = pytest.mark.django_db
 
@@ -359,9 +359,9 @@ def test_report_reads_one_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
 
     from django.db import connection as conn
 
-    import django_uow.status
+    import django_uow.ops.status
 
-    real = django_uow.status.blocked_summary
+    real = django_uow.ops.status.blocked_summary
 
     def commit_elsewhere_then_read(*args: Any, **kwargs: Any) -> dict[str, Any]:
         def write() -> None:
@@ -376,7 +376,7 @@ def test_report_reads_one_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
         thread.join()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(django_uow.status, "blocked_summary", commit_elsewhere_then_read)
+    monkeypatch.setattr(django_uow.ops.status, "blocked_summary", commit_elsewhere_then_read)
     report = outbox_report()
     assert report["counts"] == {"pending": 0, "dispatched": 0, "failed": 0, "discarded": 0}
     assert report["blocked_aggregates"] == 0

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import path
 
-from django_uow.metrics import metrics_view
+from django_uow.contrib.prometheus import metrics_view
 from django_uow.views import health
 from tests.testapp import views
 

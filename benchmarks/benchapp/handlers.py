@@ -33,7 +33,7 @@ def redis_conn() -> Any:
 
 
 try:
-    from django_uow.handlers import event_handler
+    from django_uow.delivery.handlers import event_handler
 except ImportError:  # the relay is not there yet
     event_handler = None
 

@@ -32,7 +32,8 @@ from django.db import connections, transaction
 
 from .. import signals
 from ..conf import uow_settings
-from ..events import Envelope
+from ..db.timeouts import apply_limits
+from ..events.base import Envelope
 from ..exceptions import (
     BlockedByEarlierFailure,
     HandlerFailed,
@@ -44,12 +45,11 @@ from ..exceptions import (
 from ..models import OutboxEvent, OutboxStatus
 from ..publishers import Publisher, get_publishers, record_sent, recording_deferred
 from ..retry import backoff_delay, describe, is_connection_error
-from ..timeouts import apply_limits
 from ..tracing import span
-from . import statements
+from . import claims as statements
+from .claimed import ClaimedRow
 from .handoff import Handoff, PublishOverBudget
-from .heartbeat import lease_kept
-from .rows import ClaimedRow
+from .lease import lease_kept
 
 logger = logging.getLogger("django_uow.relay")
 

@@ -31,10 +31,10 @@ from uuid import UUID
 from django.db import connections
 from django.utils import timezone
 
-from ..brokers import celery_connection
 from ..conf import uow_settings
 from ..exceptions import RelayError
 from ..publishers import Publisher, commit_path_publishers, get_publishers
+from ..publishers.connections import celery_connection
 from ..retry import is_connection_error
 from .batch import relay_events
 from .breaker import breaker

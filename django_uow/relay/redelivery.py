@@ -26,14 +26,15 @@ from uuid import UUID
 from django.db import transaction
 from django.db.models import F, Max
 
-from .. import ordering
 from ..conf import uow_settings
 from ..db.clock import DatabaseNow, database_now
-from ..deliveries import claim_redelivery, overdue_deliveries
-from ..events import Envelope
+from ..delivery import ordering
+from ..delivery.handlers import Handler
+from ..delivery.handlers import registry as handler_registry
+from ..delivery.rows import claim_redelivery, overdue_deliveries
+from ..delivery.running import Ran, run_delivery
+from ..events.base import Envelope
 from ..exceptions import RelayError
-from ..handlers import Handler, registry
-from ..inbox import Ran, run_delivery
 from ..models import (
     OWED_DELIVERY_STATUSES,
     DeliveryStatus,
@@ -225,7 +226,7 @@ def republish_overdue(
 
 def _registered(name: str) -> Handler | None:
     try:
-        return registry.get(name)
+        return handler_registry.get(name)
     except LookupError:
         return None
 
@@ -346,7 +347,7 @@ def redeliver(
             f"Event {event_id} is not in the outbox (pruned, or never written): it cannot be "
             "delivered again."
         )
-    handler = registry.get(handler_name)
+    handler = handler_registry.get(handler_name)
     envelope = event.to_envelope()
     in_flight = OWED_DELIVERY_STATUSES
     if handler.idempotent:
@@ -422,7 +423,7 @@ def deliveries_to_redeliver(
             rows = rows.filter(last_attempt_at__gte=since)
         yield from rows.order_by("id").values_list("event_id", "handler").iterator()
         return
-    chosen = registry.get(handler) if handler is not None else None  # fails before any run
+    chosen = handler_registry.get(handler) if handler is not None else None  # fails before any run
     if event_id is None and event_type is None and since is None and chosen is None:
         raise ValueError(
             "Name an event (event_id), an event type, a start time or a handler, or ask for "
@@ -450,5 +451,5 @@ def deliveries_to_redeliver(
         if chosen is not None:
             yield found_id, chosen.name
             continue
-        for found in registry.for_type(found_type):
+        for found in handler_registry.for_type(found_type):
             yield found_id, found.name

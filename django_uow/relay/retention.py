@@ -24,7 +24,7 @@ from django.db.models import Exists, OuterRef, Q
 
 from ..conf import uow_settings
 from ..db.clock import database_now
-from ..handlers import registry
+from ..delivery.handlers import registry as handler_registry
 from ..models import DeliveryStatus, OutboxEvent, OutboxStatus, ProcessedEvent
 
 logger = logging.getLogger("django_uow.relay")
@@ -153,7 +153,7 @@ def prune_inbox(
     size = batch_size or uow_settings.PRUNE_BATCH_SIZE
     cutoff = (now or database_now(using)) - age
     manager = ProcessedEvent.objects.using(using)
-    ordered = [h.name for h in registry.all() if h.ordered]
+    ordered = [h.name for h in handler_registry.all() if h.ordered]
     in_outbox = OutboxEvent.objects.using(using).filter(event_id=OuterRef("event_id"))
     prunable = manager.filter(status=DeliveryStatus.SUCCEEDED, processed_at__lt=cutoff)
     if ordered:

@@ -6,7 +6,7 @@ from typing import Any
 
 from django import template
 
-from ..fields import get_version
+from ..locking.fields import get_version
 
 register = template.Library()
 

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from django_uow.admin_locking import VersionedModelAdmin
+from django_uow.admin.locking import VersionedModelAdmin
 
 from .models import Notification, Order, OrderLine, Payment, Product, ProductSales
 

@@ -480,7 +480,7 @@ def drain(config: DemoConfig, deadline: float) -> None:
 
 def expected_processed_rows() -> int:
     """One succeeded delivery row per dispatched event and handler of its type."""
-    from django_uow.handlers import handlers_for
+    from django_uow.delivery.handlers import handlers_for
 
     per_type = Counter(
         OutboxEvent.objects.filter(status=OutboxEvent.Status.DISPATCHED).values_list(
@@ -510,8 +510,8 @@ def effects_count() -> int:
 
 def redeliver_some(count: int = 5) -> int:
     """Hand a few dispatched events to their handlers again, as a broker redelivery would."""
-    from django_uow.handlers import handlers_for
-    from django_uow.inbox import run_handler
+    from django_uow.delivery.handlers import handlers_for
+    from django_uow.delivery.running import run_handler
 
     rows = list(
         OutboxEvent.objects.filter(status=OutboxEvent.Status.DISPATCHED).order_by("id")[:count]

@@ -12,7 +12,7 @@ from decimal import Decimal
 from django.db.models import F
 
 from django_uow import Envelope
-from django_uow.handlers import event_handler
+from django_uow.delivery.handlers import event_handler
 
 from .events import Line, OrderCancelled, OrderPaid, OrderPlaced
 from .models import Notification, ProductSales

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from django_uow.admin_locking import VersionedModelAdmin
+from django_uow.admin.locking import VersionedModelAdmin
 
 from .models import Product
 

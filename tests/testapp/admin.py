@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from django_uow.admin_locking import VersionedAdminMixin, VersionedModelAdmin
+from django_uow.admin.locking import VersionedAdminMixin, VersionedModelAdmin
 
 from .models import Counter, Order
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from django_uow import Envelope, PermanentFailure, RetryAfter
-from django_uow.handlers import event_handler
+from django_uow.delivery.handlers import event_handler
 
 from .events import (
     NoteAcknowledged,

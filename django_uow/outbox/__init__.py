@@ -1,0 +1,1 @@
+"""The outbox: writing a commit's events with one INSERT (``writing``)."""
