@@ -50,25 +50,29 @@ def ensure_database(settings: dict[str, object], name: str) -> None:
 
 
 def with_changes(plan: Any, changes: list[str]) -> Any:
-    """``plan`` with ``FIELD=JSON`` overrides; a new ``chaos_seconds`` reschedules the faults
-    (unless ``faults`` is given too)."""
+    """``plan`` with ``FIELD=JSON`` overrides (``knobs.FIELD`` for its settings); a new
+    ``chaos_seconds`` reschedules the faults (unless ``faults`` is given too)."""
     import random
 
-    from .plan import schedule
+    from .plan import Fault, schedule
 
-    fields = {f.name for f in dataclasses.fields(plan)}
     values: dict[str, Any] = {}
+    knobs: dict[str, Any] = {}
     for change in changes:
         name, _, text = change.partition("=")
-        if name not in fields:
-            raise SystemExit(
-                f"--set {change!r}: the plan has no field {name!r} ({sorted(fields)})."
-            )
+        target, key = (knobs, name[6:]) if name.startswith("knobs.") else (values, name)
+        owner = plan.knobs if target is knobs else plan
+        if key not in {f.name for f in dataclasses.fields(owner)}:
+            raise SystemExit(f"--set {change!r}: no field {key!r} in {type(owner).__name__}.")
         try:
             value = json.loads(text)
         except ValueError:
             raise SystemExit(f"--set {change!r}: {text!r} is not JSON.") from None
-        values[name] = tuple(value) if isinstance(value, list) else value
+        if key == "faults":  # a list of {"at": s, "kind": ..., "target": ..., "hold": s}
+            value = [Fault(**fault) for fault in value]
+        target[key] = tuple(value) if isinstance(value, list) else value
+    if knobs:
+        values["knobs"] = dataclasses.replace(plan.knobs, **knobs)
     if "chaos_seconds" in values and "faults" not in values:
         values["faults"] = schedule(random.Random(plan.seed), values["chaos_seconds"], plan.knobs)
     return dataclasses.replace(plan, **values)

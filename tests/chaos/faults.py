@@ -131,12 +131,11 @@ class FaultDriver(threading.Thread):
         if kind == "pg_terminate":
             return f"{self.cluster.terminate_backends(fault.target)} backend(s) terminated"
         if kind == "redeliver_event":
-            pairs = [(e, h) for _, e, h in op.racing_deliveries(fault.count)]
-            return op.redeliver(pairs)
+            return op.race(fault.count, lambda rows: op.redeliver([(e, h) for _, e, h in rows]))
         if kind == "redeliver_failed":
             return op.redeliver_failed()
         if kind == "admin_rerun":
-            return op.rerun([pk for pk, _, _ in op.racing_deliveries(fault.count)])
+            return op.race(fault.count, lambda rows: op.rerun([pk for pk, _, _ in rows]))
         if kind == "admin_rerun_failed":
             return op.rerun(op.failed_deliveries())
         if kind == "admin_retry_now":

@@ -214,21 +214,25 @@ def check_settled(ledger: Ledger, now: datetime) -> list[str]:
 
 
 def _life(ledger: Ledger, event: Event, handler: str) -> tuple[float, float]:
+    """From the commit to the delivery's last arrival or effect; a delivery with no
+    effect yet is still alive at the end of the trial."""
     key = (event.event_id, handler)
-    ends = [at for at, _, _ in ledger.arrivals.get(key, [])]
-    ends += ledger.effect_times.get(key, [])
-    start = event.created_at.timestamp()
-    return start - MARGIN, max([start, *ends]) + MARGIN
+    effects = ledger.effect_times.get(key, [])
+    if not effects:
+        return event.created_at.timestamp() - MARGIN, float("inf")
+    ends = [at for at, _, _ in ledger.arrivals.get(key, [])] + effects
+    return event.created_at.timestamp() - MARGIN, max(ends) + MARGIN
 
 
 def calm_deliveries(ledger: Ledger, handler: str) -> list[tuple[Event, list[Any]]]:
-    """Deliveries of ``handler`` whose whole life no fault or operator action touched."""
+    """Deliveries of ``handler`` whose whole life no fault or operator action touched
+    (a delivery still unfinished at the end is the ``settled`` check's)."""
     found = []
     for event in ledger.events:
         if handler not in EXPECTED[event.event_type]:
             continue
         lo, hi = _life(ledger, event, handler)
-        if not touched(lo, hi, ledger.windows):
+        if hi != float("inf") and not touched(lo, hi, ledger.windows):
             found.append((event, ledger.arrivals.get((event.event_id, handler), [])))
     return found
 

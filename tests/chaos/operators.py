@@ -9,8 +9,9 @@ Redis, so the trial never touches the process-wide current Celery app.
 from __future__ import annotations
 
 import io
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.contrib import admin as django_admin
@@ -122,22 +123,29 @@ class Operator:
 
     # -- what to act on --------------------------------------------------------------------
 
-    def racing_deliveries(self, count: int) -> list[tuple[int, Any, str]]:
-        """Deliveries of the idempotent handler a worker is about to run or is running:
-        the oldest owed ones, else the newest ones (just published, or just handled)."""
-        rows = ProcessedEvent.objects.using(self.using).filter(handler=TICK)
-        owed = list(
-            rows.filter(status__in=OWED)
-            .order_by("id")
-            .values_list("id", "event_id", "handler")[:count]
-        )
-        if len(owed) < count:
-            owed += list(
-                rows.exclude(id__in=[r[0] for r in owed])
-                .order_by("-id")
-                .values_list("id", "event_id", "handler")[: count - len(owed)]
-            )
-        return owed
+    def owed_now(self, limit: int = 3, wait: float = 1.0) -> list[tuple[int, Any, str]]:
+        """Deliveries of the idempotent handler owed right now (a worker is about to run
+        or is running them), polled for up to ``wait`` seconds; the newest first."""
+        rows = ProcessedEvent.objects.using(self.using).filter(handler=TICK, status__in=OWED)
+        deadline = time.monotonic() + wait
+        while True:
+            found = list(rows.order_by("-id").values_list("id", "event_id", "handler")[:limit])
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.005)
+
+    def race(self, rounds: int, act: Callable[[list[tuple[int, Any, str]]], str]) -> str:
+        """``rounds`` times: catch deliveries while they are owed and act on them at once,
+        racing the worker that runs them. Returns what the acts said, counted."""
+        said: Counter[str] = Counter()
+        caught = 0
+        for _ in range(rounds):
+            found = self.owed_now()
+            if found:
+                caught += len(found)
+                said[act(found)] += 1
+        summary = "; ".join(f"{n} x {text}" for text, n in said.most_common())
+        return f"{caught} owed deliveries caught in {rounds} rounds: {summary or '-'}"
 
     def failed_deliveries(self) -> list[int]:
         rows = ProcessedEvent.objects.using(self.using).filter(status=DeliveryStatus.FAILED)

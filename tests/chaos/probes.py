@@ -222,7 +222,9 @@ def read_health(using: str) -> tuple[int, dict[str, Any]]:
 
 
 def read_metrics(using: str) -> list[tuple[str, dict[str, str], float]]:
-    """Every sample of django-uow's collector, with its labels (``database`` aside)."""
+    """Every gauge sample of django-uow's collector (``OutboxCollector``), with its labels
+    (``database`` aside). Read straight from the collector: installing it into a
+    registry would also connect signal receivers for the rest of the process."""
     from django_uow.metrics import OutboxCollector
 
     return [
@@ -232,6 +234,7 @@ def read_metrics(using: str) -> list[tuple[str, dict[str, str], float]]:
             float(sample.value),
         )
         for family in OutboxCollector(using).collect()
+        if family.type == "gauge"
         for sample in family.samples
     ]
 

@@ -39,6 +39,8 @@ class Report:
     checks: list[str] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     harness: list[str] = field(default_factory=list)
+    #: What happened that is nobody's promise here (a Celery worker's own crash...).
+    notes: list[str] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)
     fault_errors: Counter[str] = field(default_factory=Counter)
     fault_lines: list[str] = field(default_factory=list)
@@ -73,6 +75,8 @@ class Report:
             lines.append(f"  {'FAIL' if broken else 'ok  '} {name}")
         for item in self.violations:
             lines.append(item.text())
+        for note in self.notes:
+            lines.append(f"NOTE {note}")
         for problem in self.harness:
             lines.append(f"HARNESS {problem}")
         if tails and not self.passed:
