@@ -145,8 +145,10 @@ def check_units(ledger: Ledger) -> list[str]:
 
 
 def check_effects(ledger: Ledger) -> list[str]:
+    """Effects twice (or more) first, then missing ones, then effects of unknown events;
+    the first line counts each kind."""
     done = Counter((event_id, handler) for _, event_id, handler, _, _ in ledger.effects)
-    evidence = []
+    twice, missing = [], []
     expected: set[tuple[UUID, str]] = set()
     for event in ledger.events:
         for handler in EXPECTED[event.event_type]:
@@ -154,15 +156,23 @@ def check_effects(ledger: Ledger) -> list[str]:
             expected.add(key)
             if done[key] != 1:
                 row = ledger.inbox.get(key, {})
-                evidence.append(
+                (twice if done[key] > 1 else missing).append(
                     f"{handler} had {done[key]} effect(s) of {event.event_type} {event.event_id} "
                     f"(account {event.account} v{event.version}, committed "
                     f"{ledger.rel(event.created_at)}); inbox: {row.get('status', 'no row')}, "
                     f"{row.get('attempts', 0)} attempt(s)"
                 )
-    for key in sorted(set(done) - expected, key=str):
-        evidence.append(f"{done[key]} effect(s) of {key[1]} for event {key[0]}, never committed")
-    return evidence
+    unknown = [
+        f"{done[key]} effect(s) of {key[1]} for event {key[0]}, never committed"
+        for key in sorted(set(done) - expected, key=str)
+    ]
+    if not (twice or missing or unknown):
+        return []
+    counts = (
+        f"{len(twice)} effect(s) more than once, {len(missing)} missing, "
+        f"{len(unknown)} of events nobody committed"
+    )
+    return [counts, *twice, *missing, *unknown]
 
 
 def check_order(ledger: Ledger) -> list[str]:
@@ -210,7 +220,13 @@ def check_settled(ledger: Ledger, now: datetime) -> list[str]:
                 f"outbox event {event.event_id} ({event.event_type}, account {event.account}) "
                 f"still {event.status}"
             )
-    return evidence
+    if not evidence:
+        return []
+    left = Counter(row["status"] for row in ledger.inbox.values() if row["status"] in OPEN_STATUSES)
+    events = Counter(e.status for e in ledger.events if e.status in ("pending", "failed"))
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(left.items()))
+    counts += "; outbox: " + (", ".join(f"{n} {s}" for s, n in sorted(events.items())) or "none")
+    return [f"deliveries left: {counts}", *evidence]
 
 
 def _life(ledger: Ledger, event: Event, handler: str) -> tuple[float, float]:
@@ -246,13 +262,16 @@ def check_one_publish(ledger: Ledger) -> tuple[list[str], dict[str, int]]:
 
     The ordered handler is left out: a delivery of it that waited ``ORDERED_WAIT`` is
     woken by a publish of its own, on purpose."""
-    evidence, sizes = [], {}
+    evidence: list[str] = []
+    sizes: dict[str, int] = {}
+    twice: Counter[str] = Counter()
     for handler in (TICK, FLAKY):
         calm = calm_deliveries(ledger, handler)
         sizes[handler] = len(calm)
         for event, arrivals in calm:
             fresh = [a for a in arrivals if a[1] == 0]
             if len(fresh) != 1:
+                twice[handler] += 1
                 row = ledger.inbox.get((event.event_id, handler), {})
                 evidence.append(
                     f"{handler} {event.event_id} (account {event.account}, committed "
@@ -261,6 +280,9 @@ def check_one_publish(ledger: Ledger) -> tuple[list[str], dict[str, int]]:
                     f"{_arrivals_text(ledger, arrivals)}; inbox {row.get('status')}, "
                     f"{row.get('attempts')} attempt(s)"
                 )
+    if evidence:
+        summary = ", ".join(f"{twice[h]} of {sizes[h]} {h}" for h in (TICK, FLAKY))
+        evidence.insert(0, f"published other than once: {summary}")
     return evidence, sizes
 
 
