@@ -173,15 +173,3 @@ class Child:
         text = self.log.read().decode(errors="replace")
         self.log.seek(0, os.SEEK_END)
         return text
-
-    def grep(self, needle: str, limit: int = 5) -> list[str]:
-        """Lines of the whole log that contain ``needle`` (the first ``limit``)."""
-        if self.log.closed:
-            return []
-        self.log.flush()
-        self.log.seek(0)
-        found = [
-            line.decode(errors="replace").rstrip() for line in self.log if needle.encode() in line
-        ]
-        self.log.seek(0, os.SEEK_END)
-        return found[:limit]

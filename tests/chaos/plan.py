@@ -29,8 +29,6 @@ KINDS = (
     "admin_rerun_failed",
     "admin_retry_now",
 )
-#: Faults that make processes or the broker go away; the others are operators' writes.
-PROCESS_KINDS = frozenset(KINDS[:6])
 
 
 def seed_from_env() -> int:
@@ -83,7 +81,8 @@ class Knobs:
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault: ``at`` seconds into the chaos phase; ``hold`` how long it lasts."""
+    """One fault: ``at`` seconds into the chaos phase; ``hold`` how long a process stays
+    down or stopped (the broker: down); ``count`` how many rounds an operator races."""
 
     at: float
     kind: str
@@ -91,19 +90,11 @@ class Fault:
     hold: float = 0.0
     count: int = 0
 
-    def describe(self) -> str:
-        parts = [f"{self.at:6.1f}s {self.kind}"]
-        if self.target:
-            parts.append(self.target)
-        if self.hold:
-            parts.append(f"{self.hold:.1f}s")
-        if self.count:
-            parts.append(f"x{self.count}")
-        return " ".join(parts)
-
 
 @dataclass(frozen=True)
 class Plan:
+    """One trial: its seed, settings, phases (seconds, units of work per second) and faults."""
+
     seed: int
     knobs: Knobs = field(default_factory=Knobs)
     accounts: int = 6

@@ -17,7 +17,6 @@ class Violation:
     check: str
     summary: str
     evidence: list[str] = field(default_factory=list)
-    count: int = 1
 
     def text(self) -> str:
         lines = [f"VIOLATED {self.check}: {self.summary}"]
@@ -29,7 +28,7 @@ class Violation:
 
 def violation(check: str, summary: str, evidence: list[str]) -> list[Violation]:
     """``[Violation]`` when there is evidence, else ``[]``."""
-    return [Violation(check, summary, evidence, len(evidence))] if evidence else []
+    return [Violation(check, summary, evidence)] if evidence else []
 
 
 @dataclass
