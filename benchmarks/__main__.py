@@ -1,10 +1,14 @@
-"""``python -m benchmarks [--quick] [--only WORKLOAD ...] [--reps N]``.
+"""``python -m benchmarks [--quick] [--only WORKLOAD ...] [--reps N] [--minutes M]``.
 
 Runs every workload against the real PostgreSQL (database ``uow_bench``) and Redis
 (DB 6), prints a table (medians, ratios to the hand-written baseline measured in the
 same interleaved rounds, and their spread), and writes ``benchmarks/results/latest.json``,
 one history entry per full run (``benchmarks/results/history/``), the generated section
 of ``docs/benchmarks.md`` and ``docs/img/benchmarks.png``.
+
+``--only chaos [--minutes M]`` runs the test suite's chaos trial (``tests/chaos``) instead:
+a ledger check under faults, not a measurement; it runs only when asked for and writes
+nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ WORKLOADS = [
     "soak",
     "scale",
     "peers",
+    "chaos",
 ]
+#: What a run without --only runs: every workload but the chaos trial (a trial, not a figure).
+DEFAULT_WORKLOADS = [name for name in WORKLOADS if name != "chaos"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -65,6 +72,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=float,
         default=None,
         help="soak: commits per second of all writers together (default 20)",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="chaos: the trial's whole length in minutes (default: the CI size, about 4)",
     )
     parser.add_argument(
         "--merge",
@@ -130,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(
         quick=args.quick,
         reps=args.reps or (3 if args.quick else 5),
-        only=set(args.only or WORKLOADS),
+        only=set(args.only or DEFAULT_WORKLOADS),
         peers_python=None if args.quick else peers_python,
         full_drain=args.full_drain,
         soak_seconds=args.soak_seconds,
         soak_rate=args.soak_rate,
+        minutes=args.minutes,
     )
+    if cfg.only == {"chaos"}:
+        args.no_write = True  # a trial alone: nothing to add to the results or the page
     results = Results()
     latest = (
         ROOT / "benchmarks" / "results" / ("latest-quick.json" if args.quick else "latest.json")

@@ -77,6 +77,8 @@ class Config:
     full_drain: bool = False
     soak_seconds: float | None = None
     soak_rate: float | None = None
+    #: chaos: the trial's whole length in minutes (None: the CI size).
+    minutes: float | None = None
 
     def scale(self, full: int, quick: int) -> int:
         return quick if self.quick else full

@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "tests.testapp",
     "tests.quickstart",
     "tests.allocation",
+    "tests.chaos",
 ]
 
 MIDDLEWARE = [

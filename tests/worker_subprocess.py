@@ -3,9 +3,10 @@
 Usage: python -m tests.worker_subprocess <database name> [worker options...]
 Environment: UOW_HANDLER_SLEEP (seconds per OrderCancelled event), UOW_SEQUENCE_JITTER
 (the ordered handler's longest random pause), UOW_HANDLER_BEHAVIOUR (what the OrderPlaced
-handler does with every order: "raise" or "permanent"), UOW_REDIS_DB, UOW_CELERY_BROKER
-(a broker URL instead of the Redis database, e.g. amqp://...), UOW_EXTRA (JSON merged into
-DJANGO_UOW), UOW_CLOCK_SKEW (seconds this process's clock is off, see tests/skew.py).
+handler does with every order: "raise" or "permanent"), UOW_REDIS_DB, UOW_CELERY_BROKER (a
+broker URL instead of the Redis database, e.g. amqp://...), UOW_EXTRA (JSON merged into
+DJANGO_UOW), UOW_RECORD_ARRIVALS=1 (record each chaos handler task started:
+``tests.chaos.arrivals``), and the other knobs of ``tests.child_settings``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ import sys
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     import tests.settings as settings
+    from tests.child_settings import configure
 
-    settings.DATABASES["default"]["NAME"] = sys.argv[1]
-    settings.CELERY_BROKER_URL = os.environ.get("UOW_CELERY_BROKER") or settings.CELERY_BROKER_URL
-    settings.DJANGO_UOW = {**settings.DJANGO_UOW, **json.loads(os.environ.get("UOW_EXTRA", "{}"))}
-    from tests.skew import apply_skew
-
-    apply_skew()
+    configure(settings, sys.argv[1])
+    if os.environ.get("UOW_EXTRA"):
+        settings.DJANGO_UOW = {**settings.DJANGO_UOW, **json.loads(os.environ["UOW_EXTRA"])}
     import django
 
     django.setup()
@@ -32,6 +31,10 @@ def main() -> None:
     from tests.celery_app import app
     from tests.testapp import handlers
 
+    if os.environ.get("UOW_RECORD_ARRIVALS") == "1":
+        from tests.chaos import arrivals
+
+        arrivals.install()
     handlers.SLEEP[0] = float(os.environ.get("UOW_HANDLER_SLEEP", "0"))
     handlers.SEQUENCE_JITTER[0] = float(os.environ.get("UOW_SEQUENCE_JITTER", "0.005"))
     if behaviour := os.environ.get("UOW_HANDLER_BEHAVIOUR"):

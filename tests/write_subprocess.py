@@ -2,7 +2,7 @@
 
 Usage: python -m tests.write_subprocess <database name> <count> [delay seconds]
 Each unit records one ``orders.cancelled`` event (with ``delay`` when given) and commits. Environment: UOW_CLOCK_SKEW (seconds this
-process's clock is off, see tests/skew.py), UOW_EXTRA (JSON merged into DJANGO_UOW).
+process's clock is off, see tests/child_settings.py), UOW_EXTRA (JSON merged into DJANGO_UOW).
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import sys
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     import tests.settings as settings
+    from tests.child_settings import configure
 
-    settings.DATABASES["default"]["NAME"] = sys.argv[1]
+    configure(settings, sys.argv[1])
     settings.DJANGO_UOW = {**settings.DJANGO_UOW, **json.loads(os.environ.get("UOW_EXTRA", "{}"))}
-    from tests.skew import apply_skew
-
-    apply_skew()
     import django
 
     django.setup()

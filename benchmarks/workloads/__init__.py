@@ -29,4 +29,5 @@ registry: dict[str, Callable[[Any, Any], None]] = {
     "soak": _lazy("soak", "run_soak"),
     "rabbitmq": _lazy("rabbitmq", "run_rabbitmq"),
     "consumer": _lazy("consumer", "run_consumer"),
+    "chaos": _lazy("chaos", "run_chaos"),
 }
