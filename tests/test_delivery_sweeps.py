@@ -153,3 +153,27 @@ def test_the_wake_up_takes_the_true_next_delivery_among_many_blocked() -> None:
     assert run_handler(handler, first.to_envelope(), wake=lambda h, e: woken.append(e.event_id))
     assert woken == [followers[-1].event_id]
     assert ProcessedEvent.objects.filter(status="blocked").count() == 59
+
+
+@pytest.mark.celery
+def test_the_admin_says_what_a_rerun_of_a_delivery_in_flight_did(
+    celery_app: Any, admin_client: Any
+) -> None:
+    from django.urls import reverse
+
+    queue = f"uow_rerun_{uuid.uuid4().hex[:8]}"
+    (paid,) = outbox_rows("testapp.OrderPaid", [{"order_id": 4}], status="dispatched")
+    (cancelled,) = cancelled_rows(1, status="dispatched")
+    record_published([(paid.to_envelope(), "testapp.record_paid")], using="default")
+    record_published([(cancelled.to_envelope(), CANCELLED)], using="default")
+    rows = [delivery(paid, "testapp.record_paid"), delivery(cancelled, CANCELLED)]
+    with override_settings(DJANGO_UOW={**CELERY, "CELERY_QUEUE": queue}):
+        celery_app.set_current()
+        page = admin_client.post(
+            reverse("admin:django_uow_processedevent_changelist"),
+            {"action": "rerun", "_selected_action": [r.pk for r in rows if r]},
+            follow=True,
+        ).content.decode()
+    assert "1 delivery was not re-run: a worker has it or will take it" in page
+    assert "1 delivery was in flight: another copy is queued behind it" in page
+    assert queued(celery_app, queue) == 1

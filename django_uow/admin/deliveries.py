@@ -306,39 +306,58 @@ class ProcessedEventAdmin(StrictLookupsMixin, admin.ModelAdmin):  # type: ignore
             )
 
 
+#: What the admin says of the deliveries whose re-run ended with each outcome.
+RERUN_MESSAGES: dict[str, tuple[str, str, int]] = {
+    "published": (
+        "%(count)d delivery was published again.",
+        "%(count)d deliveries were published again.",
+        messages.SUCCESS,
+    ),
+    "queued": (
+        "%(count)d delivery was in flight: another copy is queued behind it, and only one "
+        "has its effect.",
+        "%(count)d deliveries were in flight: another copy of each is queued behind it, and "
+        "only one has its effect.",
+        messages.SUCCESS,
+    ),
+    "succeeded": (
+        "%(count)d delivery ran again and succeeded.",
+        "%(count)d deliveries ran again and succeeded.",
+        messages.SUCCESS,
+    ),
+    "skipped": (
+        "%(count)d delivery was skipped: its handler already succeeded.",
+        "%(count)d deliveries were skipped: their handlers already succeeded.",
+        messages.WARNING,
+    ),
+    "blocked": (
+        "%(count)d delivery is held back: its handler runs the events of an aggregate in "
+        "order, and an earlier one has not succeeded yet.",
+        "%(count)d deliveries are held back: their handlers run the events of an aggregate "
+        "in order, and an earlier one has not succeeded yet.",
+        messages.WARNING,
+    ),
+    "in-flight": (
+        "%(count)d delivery was not re-run: a worker has it or will take it, and its handler "
+        "is not idempotent (a second copy could have its effect twice).",
+        "%(count)d deliveries were not re-run: a worker has them or will take them, and their "
+        "handlers are not idempotent (a second copy could have its effect twice).",
+        messages.WARNING,
+    ),
+    "failed": (
+        "%(count)d delivery ran again and failed.",
+        "%(count)d deliveries ran again and failed.",
+        messages.ERROR,
+    ),
+}
+GONE = (
+    "%(count)d delivery could not be re-run: its event or handler is gone.",
+    "%(count)d deliveries could not be re-run: their events or handlers are gone.",
+    messages.ERROR,
+)
+
+
 def _rerun_message(result: str, count: int) -> tuple[str, int]:
     """The message for ``count`` deliveries whose re-run ended with ``result``."""
-    if result == "published":
-        text = ngettext(
-            "%(count)d delivery was published again.",
-            "%(count)d deliveries were published again.",
-            count,
-        )
-        return text % {"count": count}, messages.SUCCESS
-    if result == "succeeded":
-        text = ngettext(
-            "%(count)d delivery ran again and succeeded.",
-            "%(count)d deliveries ran again and succeeded.",
-            count,
-        )
-        return text % {"count": count}, messages.SUCCESS
-    if result == "skipped":
-        text = ngettext(
-            "%(count)d delivery was skipped: its handler already succeeded.",
-            "%(count)d deliveries were skipped: their handlers already succeeded.",
-            count,
-        )
-        return text % {"count": count}, messages.WARNING
-    if result == "failed":
-        text = ngettext(
-            "%(count)d delivery ran again and failed.",
-            "%(count)d deliveries ran again and failed.",
-            count,
-        )
-        return text % {"count": count}, messages.ERROR
-    text = ngettext(
-        "%(count)d delivery could not be re-run: its event or handler is gone.",
-        "%(count)d deliveries could not be re-run: their events or handlers are gone.",
-        count,
-    )
-    return text % {"count": count}, messages.ERROR
+    singular, plural, level = RERUN_MESSAGES.get(result, GONE)
+    return ngettext(singular, plural, count) % {"count": count}, level
