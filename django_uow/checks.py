@@ -7,196 +7,58 @@ the page and this module in step).
 from __future__ import annotations
 
 import difflib
-import importlib.util
-import re
-import string
-from collections.abc import Callable
 from datetime import timedelta
-from numbers import Real
 from typing import Any
 
 from django.apps import apps
 from django.core import checks
 from django.utils.module_loading import import_string
 
-from .conf import DEFAULTS, unknown_key_message
+from .conf import DEFAULTS, UowSettings, unknown_key_message
+from .conf.rules import CELERY_PUBLISHER, celery_installed, is_number
 from .delivery.handlers import registry as handler_registry
 from .events.base import event_type_of
 from .events.base import registry as event_types
 
-CELERY_PUBLISHER = "django_uow.publishers.CeleryPublisher"
-STREAM_KEY_FIELDS = frozenset({"aggregate_type", "event_type"})
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-AMQP_SCHEMES = ("amqp://", "pyamqp://")
-NATS_SCHEMES = ("nats://", "tls://")
-NATS_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]+")
-NATS_SUBJECT_TOKEN = re.compile(r"[^\s*>.]+")
-
 Message = checks.CheckMessage
+
+#: The checks across keys (or of the project around them), by id: each id one meaning. A
+#: key's own rule has the id of its declaration (``conf.schema``); a test proves no two
+#: share one.
+CROSS_CHECKS: dict[str, str] = {
+    "E001": "DJANGO_UOW is not a dict",
+    "E002": "DJANGO_UOW has an unknown key",
+    "E018": "Celery is needed and not installed",
+    "E033": "RETENTION names an event type or app that does not exist",
+    "E042": "INBOX_RETENTION is shorter than the redelivery window",
+    "E071": "ORDERED_WAIT is not shorter than HANDLER_DEADLINE",
+    "W001": "several relays on SQLite",
+    "W040": "HANDLER_DEADLINE is not shorter than the broker's visibility timeout",
+    "W041": "HANDLER_DEADLINE is under a minute",
+    "E100": "an event class's needs_handler is not a bool",
+    "I100": "the handlers of an event type",
+    "W100": "an event type nobody handles",
+}
 
 
 def _error(msg: str, hint: str, number: int) -> checks.Error:
     return checks.Error(msg, hint=hint, id=f"django_uow.E{number:03d}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
-def _positive_int(key: str, number: int, minimum: int = 1) -> Callable[[Any], list[Message]]:
-    def check(value: Any) -> list[Message]:
-        if _is_int(value) and value >= minimum:
-            return []
-        return [
-            _error(
-                f"DJANGO_UOW[{key!r}] must be an integer >= {minimum}, not {value!r}.",
-                f"For example DJANGO_UOW = {{{key!r}: {DEFAULTS[key]!r}}}.",
-                number,
-            )
-        ]
-
-    return check
-
-
-def _check_relay_on_commit(value: Any) -> list[Message]:
-    # True is accepted as an alias of "celery" (see conf.UowSettings.RELAY_ON_COMMIT).
-    if _relays_in_celery(value) or value == "inline" or value is False:
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['RELAY_ON_COMMIT'] must be 'celery', 'inline' or False, not {value!r}.",
-            "'celery' relays after commit (in-process with broker publishers, else the "
-            "relay task), 'inline' relays in-process, "
-            "False leaves relaying to relay_outbox / the beat task.",
-            3,
-        )
-    ]
-
-
-def _check_publishers(value: Any) -> list[Message]:
-    if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
-        return [
-            _error(
-                f"DJANGO_UOW['PUBLISHERS'] must be a list of dotted paths, not {value!r}.",
-                f"For example DJANGO_UOW = {{'PUBLISHERS': [{CELERY_PUBLISHER!r}]}}.",
-                4,
-            )
-        ]
-    if not value:
-        return [
-            _error(
-                "DJANGO_UOW['PUBLISHERS'] is empty: relayed events would go nowhere.",
-                "List at least one publisher, e.g. 'django_uow.publishers.InlinePublisher'.",
-                4,
-            )
-        ]
-    errors: list[Message] = []
-    for path in value:
-        if path == CELERY_PUBLISHER and not _celery_installed():
-            continue  # reported once, clearly, as E018
-        try:
-            import_string(path)
-        except ImportError as exc:
-            errors.append(
-                _error(
-                    f"DJANGO_UOW['PUBLISHERS'] names {path!r}, which cannot be imported: {exc}",
-                    "Check the spelling of the dotted path (module.ClassName) and that "
-                    "its package is installed.",
-                    5,
-                )
-            )
-    return errors
-
-
-def _check_backoff(value: Any) -> list[Message]:
-    if (
-        isinstance(value, list | tuple)
-        and len(value) == 2
-        and all(_is_number(v) for v in value)
-        and 0 < value[0] <= value[1]
-    ):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['BACKOFF'] must be (base, max) seconds with 0 < base <= max, "
-            f"not {value!r}.",
-            "For example DJANGO_UOW = {'BACKOFF': (1.0, 300.0)}: the first retry waits up "
-            "to 1 s, later ones double up to 300 s.",
-            8,
-        )
-    ]
-
-
-def _check_ordering(value: Any) -> list[Message]:
-    if value in ("aggregate", "none"):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['ORDERING'] must be 'aggregate' or 'none', not {value!r}.",
-            "'aggregate' keeps per-aggregate order (the default); 'none' relays without it.",
-            9,
-        )
-    ]
-
-
-def _check_relay_mode(value: Any) -> list[Message]:
-    if value in ("auto", "lease", "direct"):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['RELAY_MODE'] must be 'auto', 'lease' or 'direct', not {value!r}.",
-            "'auto' (the default) relays directly when every publisher is fast and the "
-            "database skips locked rows; see the relay docs for the trade.",
-            80,
-        )
-    ]
-
-
-def _positive_age(value: Any) -> bool:
-    if isinstance(value, timedelta):
-        return value > timedelta(0)
-    return _is_number(value) and value > 0
-
-
-def _check_retention(value: Any) -> list[Message]:
+def _retention_names(value: Any) -> list[Message]:
+    """E033: each ``RETENTION`` mapping key names a registered event type, an app or "*"."""
     if not isinstance(value, dict):
-        if _positive_age(value):
-            return []
-        return [
-            _error(
-                f"DJANGO_UOW['RETENTION'] must be a positive timedelta or number of seconds, "
-                f"or a mapping of event types to those (or None), not {value!r}.",
-                "For example DJANGO_UOW = {'RETENTION': timedelta(days=7)}, or "
-                "{'RETENTION': {'*': timedelta(days=7), 'payments.*': None}}.",
-                10,
-            )
-        ]
-    errors: list[Message] = []
-    for name, age in value.items():
-        if not isinstance(name, str) or not (age is None or _positive_age(age)):
-            errors.append(
-                _error(
-                    f"DJANGO_UOW['RETENTION'][{name!r}] = {age!r}: keys are event types, "
-                    "'<app_label>.*' or '*'; values a positive timedelta or number of "
-                    "seconds, or None to keep those events forever.",
-                    "For example {'*': timedelta(days=7), 'payments.PaymentTaken': None}.",
-                    10,
-                )
-            )
-        elif (problem := _unknown_retention_name(name)) is not None:
-            errors.append(
-                _error(
-                    f"DJANGO_UOW['RETENTION'] names {name!r}, {problem}",
-                    "Use a registered event type (see the admin's event type filter), "
-                    "'<app_label>.*' for every event of an installed app, or '*'.",
-                    33,
-                )
-            )
-    return errors
+        return []
+    return [
+        _error(
+            f"DJANGO_UOW['RETENTION'] names {name!r}, {problem}",
+            "Use a registered event type (see the admin's event type filter), "
+            "'<app_label>.*' for every event of an installed app, or '*'.",
+            33,
+        )
+        for name in value
+        if isinstance(name, str) and (problem := _unknown_retention_name(name)) is not None
+    ]
 
 
 def _unknown_retention_name(name: str) -> str | None:
@@ -215,342 +77,20 @@ def _unknown_retention_name(name: str) -> str | None:
     return f"which no DomainEvent class is registered under{hint}."
 
 
-def _check_lease(value: Any) -> list[Message]:
-    if _is_number(value) and value > 0:
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['LEASE'] must be a positive number of seconds, not {value!r}.",
-            "Use more than the time a relay needs to publish one batch, e.g. 60.",
-            12,
-        )
-    ]
-
-
-def _check_redis_url(value: Any) -> list[Message]:
-    if isinstance(value, str) and value.startswith(REDIS_SCHEMES):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['REDIS_URL'] must be a redis://, rediss:// or unix:// URL, not {value!r}.",
-            "For example DJANGO_UOW = {'REDIS_URL': 'redis://127.0.0.1:6379/0'}.",
-            13,
-        )
-    ]
-
-
-def _check_stream_key(value: Any) -> list[Message]:
-    problem = None
-    if not isinstance(value, str) or not value:
-        problem = "must be a non-empty string"
-    else:
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
-        except ValueError as exc:
-            problem = f"is not a valid format string ({exc})"
-        else:
-            unknown = fields - STREAM_KEY_FIELDS
-            if unknown:
-                problem = f"uses unknown placeholder(s) {', '.join(sorted(unknown))}"
-    if problem is None:
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['STREAM_KEY'] {problem}: {value!r}.",
-            "Use a string with {aggregate_type} and/or {event_type}, "
-            "e.g. 'django_uow:{aggregate_type}'.",
-            14,
-        )
-    ]
-
-
-def _check_stream_maxlen(value: Any) -> list[Message]:
-    if value is None or (_is_int(value) and value > 0):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['STREAM_MAXLEN'] must be a positive integer or None, not {value!r}.",
-            "It caps each Redis stream (XADD MAXLEN ~); None keeps every entry.",
-            15,
-        )
-    ]
-
-
-def _check_celery_queue(value: Any) -> list[Message]:
-    if value is None or (isinstance(value, str) and value):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['CELERY_QUEUE'] must be a queue name or None, not {value!r}.",
-            "None uses Celery's default queue.",
-            16,
-        )
-    ]
-
-
-def _check_celery_relay_task(value: Any) -> list[Message]:
-    if isinstance(value, str) and value:
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['CELERY_RELAY_TASK'] must be a task name, not {value!r}.",
-            f"The default is {DEFAULTS['CELERY_RELAY_TASK']!r}.",
-            17,
-        )
-    ]
-
-
-def _check_notify(value: Any) -> list[Message]:
-    if isinstance(value, bool):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['NOTIFY'] must be True or False, not {value!r}.",
-            "True sends pg_notify after commits that wrote events (PostgreSQL only).",
-            19,
-        )
-    ]
-
-
-def _check_rabbitmq_url(value: Any) -> list[Message]:
-    if isinstance(value, str) and value.startswith(AMQP_SCHEMES):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['RABBITMQ_URL'] must be an amqp:// URL, not {value!r}.",
-            "For example 'amqp://guest:guest@127.0.0.1:5672//' ('//' is the default vhost).",
-            30,
-        )
-    ]
-
-
-def _check_rabbitmq_exchange(value: Any) -> list[Message]:
-    if isinstance(value, str) and value and not value.startswith("amq."):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['RABBITMQ_EXCHANGE'] must be an exchange name, not {value!r}.",
-            "A non-empty name not starting with 'amq.' (reserved by RabbitMQ); the default "
-            f"is {DEFAULTS['RABBITMQ_EXCHANGE']!r}.",
-            31,
-        )
-    ]
-
-
-def _check_nats_url(value: Any) -> list[Message]:
-    if isinstance(value, str) and value.startswith(NATS_SCHEMES):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['NATS_URL'] must be a nats:// URL, not {value!r}.",
-            "For example 'nats://127.0.0.1:4222' (tls:// for TLS).",
-            60,
-        )
-    ]
-
-
-def _check_nats_stream(value: Any) -> list[Message]:
-    if isinstance(value, str) and NATS_STREAM_NAME.fullmatch(value):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['NATS_STREAM'] must be a JetStream stream name, not {value!r}.",
-            "Letters, digits, '-' and '_' (no spaces, '.', '*' or '>'); the default is "
-            f"{DEFAULTS['NATS_STREAM']!r}.",
-            61,
-        )
-    ]
-
-
-def _check_nats_subject_prefix(value: Any) -> list[Message]:
-    tokens = value.split(".") if isinstance(value, str) else [""]
-    if all(token and NATS_SUBJECT_TOKEN.fullmatch(token) for token in tokens):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['NATS_SUBJECT_PREFIX'] must be a NATS subject without wildcards, "
-            f"not {value!r}.",
-            "Dot-separated non-empty tokens without spaces, '*' or '>'; the default is "
-            f"{DEFAULTS['NATS_SUBJECT_PREFIX']!r}.",
-            62,
-        )
-    ]
-
-
-def _check_timeout(value: Any) -> list[Message]:
-    if value is None or (_is_number(value) and value > 0):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['TIMEOUT'] must be a number of seconds > 0 or None, not {value!r}.",
-            "It is the default time limit of every outermost unit of work; None: no limit.",
-            34,
-        )
-    ]
-
-
-def _check_health(value: Any) -> list[Message]:
-    keys = list(DEFAULTS["HEALTH"])
-    names = ", ".join(keys)
-    hint = (
-        "For example {'MAX_LAG': 300, 'MAX_FAILED': 0, 'MAX_CONSUMER_LAG': 600}: seconds of "
-        "relay lag, dead letters (failed events plus failed handler deliveries), seconds "
-        "of consumer lag; None never answers 503 for it."
-    )
-    if not isinstance(value, dict):
-        return [
-            _error(
-                f"DJANGO_UOW['HEALTH'] must be a dict with any of {names}, not {value!r}.",
-                hint,
-                32,
-            )
-        ]
-    found: list[Message] = [
-        _error(f"DJANGO_UOW['HEALTH'] has no key {key!r}; its keys are {names}.", hint, 32)
-        for key in value
-        if key not in keys
-    ]
-    found += [
-        _error(
-            f"DJANGO_UOW['HEALTH'][{key!r}] must be a number >= 0 or None, not {number!r}.",
-            hint,
-            32,
-        )
-        for key in keys
-        if not ((number := value.get(key)) is None or (_is_number(number) and number >= 0))
-    ]
+def value_messages(user: dict[str, Any]) -> list[Message]:
+    """Each set key's own rule, as declared in ``conf.schema`` (one id per key)."""
+    found: list[Message] = []
+    for setting in UowSettings.declared():
+        if setting.name in user:
+            for problem in setting.rule(setting.name, user[setting.name]):
+                found.append(
+                    _error(problem.message, problem.hint, problem.check_id or setting.check_id)
+                )
     return found
-
-
-def _is_duration(value: Any) -> bool:
-    if isinstance(value, timedelta):
-        return value > timedelta(0)
-    return _is_number(value) and value > 0
-
-
-def _duration_text(key: str, value: Any) -> str:
-    return f"DJANGO_UOW[{key!r}] must be a positive timedelta or number of seconds, not {value!r}."
-
-
-def _check_handler_deadline_value(value: Any) -> list[Message]:
-    if _is_duration(value):
-        return []
-    return [
-        _error(
-            _duration_text("HANDLER_DEADLINE", value),
-            "For example DJANGO_UOW = {'HANDLER_DEADLINE': timedelta(minutes=15)}.",
-            40,
-        )
-    ]
-
-
-def _check_ordered_wait_value(value: Any) -> list[Message]:
-    if _is_duration(value):
-        return []
-    return [
-        _error(
-            _duration_text("ORDERED_WAIT", value),
-            "For example DJANGO_UOW = {'ORDERED_WAIT': timedelta(minutes=1)}: how long an "
-            "ordered handler's delivery waits for its predecessor before it is blocked.",
-            70,
-        )
-    ]
-
-
-def _check_inbox_retention_value(value: Any) -> list[Message]:
-    if _is_duration(value):
-        return []
-    return [
-        _error(
-            _duration_text("INBOX_RETENTION", value),
-            "For example DJANGO_UOW = {'INBOX_RETENTION': timedelta(days=30)}.",
-            41,
-        )
-    ]
-
-
-def _check_fast_path_timeout(value: Any) -> list[Message]:
-    if _is_number(value) and 0 < value <= 60:
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['FAST_PATH_TIMEOUT'] must be a number of seconds in (0, 60], "
-            f"not {value!r}.",
-            "It bounds the broker work a commit may wait for (connect + send), "
-            "e.g. 0.2; what does not go out in time is left to the sweep.",
-            20,
-        )
-    ]
-
-
-def _check_fast_path_cooldown(value: Any) -> list[Message]:
-    if _is_number(value) and value >= 0:
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['FAST_PATH_COOLDOWN'] must be a number of seconds >= 0, not {value!r}.",
-            "After a broker failure commits skip the fast path this long, e.g. 5.0; "
-            "0 makes every commit try the broker.",
-            21,
-        )
-    ]
-
-
-def _check_redact(value: Any) -> list[Message]:
-    if isinstance(value, list | tuple) and all(
-        isinstance(key, str) and key.strip(". ") for key in value
-    ):
-        return []
-    return [
-        _error(
-            f"DJANGO_UOW['REDACT'] must be a list of key names or dotted paths, not {value!r}.",
-            "For example DJANGO_UOW = {'REDACT': ['ssn', 'customer.card.number']}; the list "
-            "extends the built-in one (authorization, password, token...).",
-            50,
-        )
-    ]
-
-
-VALIDATORS: dict[str, Callable[[Any], list[Message]]] = {
-    "RELAY_ON_COMMIT": _check_relay_on_commit,
-    "PUBLISHERS": _check_publishers,
-    "BATCH_SIZE": _positive_int("BATCH_SIZE", 6),
-    "MAX_ATTEMPTS": _positive_int("MAX_ATTEMPTS", 7),
-    "BACKOFF": _check_backoff,
-    "ORDERING": _check_ordering,
-    "RELAY_MODE": _check_relay_mode,
-    "RETENTION": _check_retention,
-    "PRUNE_BATCH_SIZE": _positive_int("PRUNE_BATCH_SIZE", 11),
-    "LEASE": _check_lease,
-    "REDIS_URL": _check_redis_url,
-    "STREAM_KEY": _check_stream_key,
-    "STREAM_MAXLEN": _check_stream_maxlen,
-    "CELERY_QUEUE": _check_celery_queue,
-    "CELERY_RELAY_TASK": _check_celery_relay_task,
-    "NOTIFY": _check_notify,
-    "HEALTH": _check_health,
-    "TIMEOUT": _check_timeout,
-    "RABBITMQ_URL": _check_rabbitmq_url,
-    "RABBITMQ_EXCHANGE": _check_rabbitmq_exchange,
-    "NATS_URL": _check_nats_url,
-    "NATS_STREAM": _check_nats_stream,
-    "NATS_SUBJECT_PREFIX": _check_nats_subject_prefix,
-    "HANDLER_DEADLINE": _check_handler_deadline_value,
-    "ORDERED_WAIT": _check_ordered_wait_value,
-    "HANDLER_BATCH": _positive_int("HANDLER_BATCH", 90),
-    "INBOX_RETENTION": _check_inbox_retention_value,
-    "FAST_PATH_TIMEOUT": _check_fast_path_timeout,
-    "FAST_PATH_COOLDOWN": _check_fast_path_cooldown,
-    "REDACT": _check_redact,
-}
 
 
 def _relays_in_celery(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value == "celery")
-
-
-def _celery_installed() -> bool:
-    return importlib.util.find_spec("celery") is not None
 
 
 def _effective(user: dict[str, Any], key: str) -> Any:
@@ -574,7 +114,7 @@ def _beat_relay_entries(settings: Any, user: dict[str, Any]) -> list[str]:
     """
     task = _effective(user, "CELERY_RELAY_TASK")
     schedule = getattr(settings, "CELERY_BEAT_SCHEDULE", None) or {}
-    if not isinstance(schedule, dict) or not _celery_installed():
+    if not isinstance(schedule, dict) or not celery_installed():
         return []
     return [
         str(name)
@@ -608,12 +148,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Message]:
                 id="django_uow.E002",
             )
         )
-    for key, validate in VALIDATORS.items():
-        if key in user:
-            errors.extend(validate(user[key]))
+    errors.extend(value_messages(user))
+    if "RETENTION" in user:
+        errors.extend(_retention_names(user["RETENTION"]))
 
     uses_celery = _uses_celery(user)
-    if uses_celery and not _celery_installed():
+    if uses_celery and not celery_installed():
         errors.append(
             _error(
                 f"Celery is not installed, but {' and '.join(uses_celery)}.",
@@ -651,7 +191,8 @@ def _check_ordered_wait(user: dict[str, Any]) -> list[Message]:
 
 def _valid(user: dict[str, Any], *keys: str) -> bool:
     """True when each of ``keys`` is unset or passes its validator (relations need values)."""
-    return not any(key in user and VALIDATORS[key](user[key]) for key in keys)
+    declared = {setting.name: setting for setting in UowSettings.declared()}
+    return not any(key in user and declared[key].rule(key, user[key]) for key in keys)
 
 
 def _seconds(value: Any) -> float:
@@ -702,7 +243,7 @@ def _check_handler_deadline(settings: Any, user: dict[str, Any]) -> list[Message
     deadline = _seconds(_effective(user, "HANDLER_DEADLINE"))
     options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None) or {}
     visibility = DEFAULT_VISIBILITY_TIMEOUT
-    if isinstance(options, dict) and _is_number(options.get("visibility_timeout")):
+    if isinstance(options, dict) and is_number(options.get("visibility_timeout")):
         visibility = float(options["visibility_timeout"])
     messages: list[Message] = []
     if deadline >= visibility:

@@ -10,16 +10,9 @@ from __future__ import annotations
 import random
 import re
 
-from django.db import DatabaseError, OperationalError
-
+from .db.errors import is_conflict
 from .exceptions import ConcurrencyError, HandlerFailed, UnitOfWorkTimeout
 
-#: SQLSTATEs of PostgreSQL serialization failures and deadlocks.
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-#: MySQL/MariaDB deadlock and lock wait timeout.
-RETRYABLE_MYSQL_CODES = frozenset({1213, 1205})
-#: SQLite lock errors: another connection holds the database (or, shared cache, the table).
-SQLITE_LOCK_MESSAGES = ("database is locked", "database table is locked")
 #: Error text kept per failure; longer text is cut (tracebacks can be huge).
 ERROR_TEXT_LIMIT = 4000
 
@@ -53,20 +46,7 @@ def is_retryable(error: BaseException) -> bool:
     """
     if isinstance(error, UnitOfWorkTimeout):
         return False
-    if isinstance(error, ConcurrencyError):
-        return True
-    if not isinstance(error, DatabaseError):
-        return False
-    cause = error.__cause__
-    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-    if sqlstate in RETRYABLE_SQLSTATES:
-        return True
-    args = getattr(cause, "args", ())
-    if args and args[0] in RETRYABLE_MYSQL_CODES:
-        return True
-    return isinstance(error, OperationalError) and any(
-        message in str(error) for message in SQLITE_LOCK_MESSAGES
-    )
+    return isinstance(error, ConcurrencyError) or is_conflict(error)
 
 
 def is_connection_error(exc: BaseException) -> bool:

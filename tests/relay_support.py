@@ -116,7 +116,7 @@ def select_claim(mode: str, monkeypatch: Any) -> str:
     if mode == "one-statement" and not statements.one_statement(connection.alias):
         pytest.skip(f"no one-statement claim on {connection.vendor}: the portable run covers it")
     if mode == "portable":
-        monkeypatch.setattr(statements, "ONE_STATEMENT_VENDORS", frozenset())
+        monkeypatch.setattr(statements, "PORTABLE_ONLY", True)
     return mode
 
 

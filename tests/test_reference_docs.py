@@ -16,7 +16,8 @@ from django.dispatch import Signal
 
 import django_uow
 from django_uow import signals
-from django_uow.conf import DEFAULTS
+from django_uow.checks import CROSS_CHECKS
+from django_uow.conf import DEFAULTS, UowSettings
 
 PACKAGE = Path(django_uow.__file__).resolve().parent
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference"
@@ -43,41 +44,40 @@ def test_every_setting_is_listed_with_its_default() -> None:
 
 
 def _check_ids_in_code() -> set[str]:
+    """Every id a check can emit: each key's declaration, the rules' own, the cross checks."""
+    ids = {f"django_uow.E{setting.check_id:03d}" for setting in UowSettings.declared()}
+    rules = (PACKAGE / "conf" / "rules.py").read_text()
+    ids |= {f"django_uow.E{int(n):03d}" for n in re.findall(r"check_id=(\d+)", rules)}
+    return ids | {f"django_uow.{code}" for code in CROSS_CHECKS}
+
+
+def test_each_check_id_has_one_meaning() -> None:
+    declared = [setting.check_id for setting in UowSettings.declared()]
+    assert len(declared) == len(set(declared)), "two settings share a check id"
+    rules = (PACKAGE / "conf" / "rules.py").read_text()
+    own = [int(n) for n in re.findall(r"check_id=(\d+)", rules)]
+    cross = [int(code[1:]) for code in CROSS_CHECKS if code.startswith("E")]
+    numbers = declared + own + cross
+    assert len(numbers) == len(set(numbers)), "an error id is used for two meanings"
+    # checks.py emits only the ids it declares in CROSS_CHECKS (the rest: the schema's).
     tree = ast.parse((PACKAGE / "checks.py").read_text())
-    ids: set[str] = set()
+    emitted: set[str] = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
-        name = getattr(node.func, "id", getattr(node.func, "attr", ""))
         for keyword in node.keywords:
-            value = keyword.value
-            if keyword.arg == "id" and isinstance(value, ast.Constant):
-                ids.add(str(value.value))
-        numbers = [
-            a.value for a in node.args if isinstance(a, ast.Constant) and type(a.value) is int
-        ]
-        if name in {"_error", "_positive_int"} and numbers:
-            ids.add(f"django_uow.E{numbers[-1]:03d}")
-    return ids
+            if keyword.arg == "id" and isinstance(keyword.value, ast.Constant):
+                emitted.add(str(keyword.value.value).removeprefix("django_uow."))
+        literal = [a.value for a in node.args if isinstance(a, ast.Constant)]
+        if getattr(node.func, "id", "") == "_error" and literal and type(literal[-1]) is int:
+            emitted.add(f"E{literal[-1]:03d}")
+    assert emitted <= set(CROSS_CHECKS), emitted - set(CROSS_CHECKS)
 
 
-def test_each_check_id_belongs_to_one_validator() -> None:
-    tree = ast.parse((PACKAGE / "checks.py").read_text())
-    owners: dict[int, set[str]] = {}
-    for function in ast.walk(tree):
-        if not isinstance(function, ast.FunctionDef):
-            continue
-        for node in ast.walk(function):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_error":
-                numbers = [
-                    a.value
-                    for a in node.args
-                    if isinstance(a, ast.Constant) and type(a.value) is int
-                ]
-                if numbers:
-                    owners.setdefault(numbers[-1], set()).add(function.name)
-    shared = {n: names for n, names in owners.items() if len(names) > 1}
-    assert not shared, f"check ids used by more than one validator: {shared}"
+def test_each_setting_has_its_one_line_on_the_reference_page() -> None:
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| `[^`]*` \| ([^|]+) \|", page("settings.md"), re.M))
+    for setting in UowSettings.declared():
+        assert rows.get(setting.name, "").strip() == setting.doc, setting.name
 
 
 def test_every_check_id_is_listed() -> None:

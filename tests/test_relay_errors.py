@@ -39,7 +39,7 @@ class DependencyDown(ConnectionError):
 @pytest.fixture(autouse=True, params=["one-statement", "portable"])
 def claim_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "portable":
-        monkeypatch.setattr(claims, "ONE_STATEMENT_VENDORS", frozenset())
+        monkeypatch.setattr(claims, "PORTABLE_ONLY", True)
     return str(request.param)
 
 

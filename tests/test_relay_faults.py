@@ -304,7 +304,7 @@ def test_three_concurrent_relays_publish_each_event_once_in_aggregate_order(
     if claim_mode == "one-statement" and not claims.one_statement(connection.alias):
         pytest.skip(f"no one-statement claim on {connection.vendor}: the portable run covers it")
     if claim_mode == "portable":  # the MySQL/MariaDB path, on PostgreSQL too
-        monkeypatch.setattr(claims, "ONE_STATEMENT_VENDORS", frozenset())
+        monkeypatch.setattr(claims, "PORTABLE_ONLY", True)
     rows = make_rows(interleaved(50, per_aggregate))
     table = connection.ops.quote_name(OutboxEvent._meta.db_table)
     with connection.cursor() as cursor:  # fresh statistics, as autovacuum would gather

@@ -37,6 +37,11 @@ _LATER = {
 }
 
 
+def knows_clock(vendor: str) -> bool:
+    """Whether the server's time of this kind of database can be read in SQL here."""
+    return vendor in _NOW
+
+
 def _vendor(vendor: str) -> str:
     if vendor not in _NOW:
         raise NotImplementedError(

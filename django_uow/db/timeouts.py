@@ -23,11 +23,7 @@ from typing import Any
 
 from django.db import DatabaseError
 
-#: PostgreSQL: statement_timeout (query_canceled), lock_timeout, idle-in-transaction.
-TIMEOUT_SQLSTATES = frozenset({"57014", "55P03", "25P03"})
-#: MariaDB max_statement_time, MySQL max_execution_time, InnoDB lock wait timeout.
-TIMEOUT_MYSQL_CODES = frozenset({1969, 3024, 1205})
-SQLITE_LOCK_MESSAGES = ("database is locked", "database table is locked")
+from .errors import is_time_limit
 
 Restore = Callable[[], None]
 
@@ -114,16 +110,4 @@ def _restorer(connection: Any, statements: list[Any]) -> Restore:
 
 def is_timeout(error: BaseException, vendor: str) -> bool:
     """True when ``error`` is the database enforcing a unit's time limit."""
-    if not isinstance(error, DatabaseError):
-        return False
-    cause = error.__cause__
-    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-    if sqlstate in TIMEOUT_SQLSTATES:
-        return True
-    args = getattr(cause, "args", ())
-    if args and args[0] in TIMEOUT_MYSQL_CODES:
-        return True
-    text = str(error)
-    if vendor == "postgresql" and "idle-in-transaction timeout" in text:
-        return True
-    return vendor == "sqlite" and any(message in text for message in SQLITE_LOCK_MESSAGES)
+    return is_time_limit(error, vendor)

@@ -25,6 +25,7 @@ from django.db.models import F, Field, QuerySet
 from django.db.models.functions import Coalesce
 
 from ..db.clock import DatabaseNow, later, now_sql
+from ..db.features import features
 from ..events.base import Envelope
 from ..models import OWED_DELIVERY_STATUSES, DeliveryStatus, ProcessedEvent
 from ..retry import describe, storable_text
@@ -81,10 +82,8 @@ def traceback_text(exc: BaseException) -> str:
 
 
 def _can_upsert(connection: BaseDatabaseWrapper) -> bool:
-    # INSERT ... ON CONFLICT (...) DO UPDATE ... WHERE ... RETURNING: PostgreSQL, SQLite 3.35+.
-    return connection.vendor == "postgresql" or (
-        connection.vendor == "sqlite" and connection.features.can_return_rows_from_bulk_insert
-    )
+    """``INSERT ... ON CONFLICT (...) DO UPDATE ... WHERE ... RETURNING``."""
+    return features(connection).returning
 
 
 @cache
@@ -296,7 +295,7 @@ def record_published(deliveries: Sequence[tuple[Envelope, str]], *, using: str) 
         chunk = rows[start : start + UPSERT_CHUNK]
         if _can_upsert(connection):
             _publish_upsert(connection, chunk)
-        elif connection.vendor == "mysql":
+        elif features(connection).upsert_on_duplicate_key:
             _publish_upsert_mysql(connection, chunk)
         else:
             _publish_portable(using, [d for d in deliveries[start : start + UPSERT_CHUNK]])
@@ -309,7 +308,7 @@ def _publish_upsert(connection: BaseDatabaseWrapper, rows: Sequence[list[Any]]) 
     now = now_sql(connection.vendor)
     names = ", ".join(_KEY_COLUMNS)
     fixed = "'published', 0, '', '', 1"
-    if connection.vendor == "postgresql" and len(rows) > 1:
+    if features(connection).typed_placeholders and len(rows) > 1:
         # One array per column: five parameters whatever the batch size (psycopg parses a
         # query with thousands of placeholders on every call).
         meta = ProcessedEvent._meta

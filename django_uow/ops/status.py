@@ -19,6 +19,7 @@ from django.db import connections, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from ..db.features import features
 from ..delivery.rows import consumer_lag, failed_deliveries
 from ..models import OutboxEvent
 from .holds import blocked_summary, wait_reasons
@@ -170,11 +171,6 @@ RECENT_HANDLER_FAILURES = 5
 REPORT_ERROR_CHARS = 500
 
 
-#: Where ``SET TRANSACTION`` gives the next transaction one snapshot for all its reads
-#: (SQLite's transactions already read one snapshot).
-SNAPSHOT_VENDORS = frozenset({"postgresql", "mysql"})
-
-
 @contextmanager
 def snapshot(using: str) -> Iterator[None]:
     """Run the enclosed reads in one transaction, so their numbers agree.
@@ -188,7 +184,7 @@ def snapshot(using: str) -> Iterator[None]:
     connection = connections[using]
     outermost = not connection.in_atomic_block
     with transaction.atomic(using=using, savepoint=False):
-        if outermost and connection.vendor in SNAPSHOT_VENDORS:
+        if outermost and features(connection).snapshot_transactions:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         yield

@@ -30,7 +30,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from ..db.clock import later_sql, now_sql, seconds_param
+from ..db.clock import knows_clock, later_sql, now_sql, seconds_param
+from ..db.features import Features, features
 from ..models import OutboxEvent
 
 #: Columns written at staging time; the others are nullable and start empty.
@@ -89,23 +90,19 @@ def write_events(
     if not events:
         return
     connection = connections[using]
-    vendor = connection.vendor
-    if vendor not in CLOCK_VENDORS:
+    db = features(connection)
+    if not knows_clock(db.vendor):
         schedules = None  # no known clock SQL: the values the events carry are written
-    limit = PARAMETER_LIMITS.get(vendor, connection.features.max_query_params)
+    limit = db.parameter_limit
     params = len(events) * (len(INSERT_FIELDS) + (1 if schedules is not None else 0))
-    if vendor == "postgresql" and params > PSYCOPG_CACHED_PARAMS:
+    if db.json_rows == "jsonb" and params > (db.cached_parameters or limit or params):
         _insert_jsonb_rows(events, using, payload_texts, schedules)
     elif limit is None or params <= limit:
         _insert_values(events, using, payload_texts, schedules)
-    elif vendor == "sqlite":
+    elif db.json_rows == "json_each":
         _insert_json_each(events, using, payload_texts, schedules)
     else:
         OutboxEvent.objects.using(using).bulk_create(events)
-
-
-#: Databases whose clock ``db.clock`` reads in SQL.
-CLOCK_VENDORS = frozenset({"postgresql", "mysql", "sqlite"})
 
 
 @functools.cache
@@ -125,15 +122,6 @@ def new_row(values: dict[str, Any]) -> OutboxEvent:
     )
 
 
-#: Past this many parameters psycopg parses a statement's text again on every call (its
-#: cache keeps only statements with fewer): a commit of a few events would spend more on
-#: that than on encoding them. One JSON document of rows is one parameter.
-PSYCOPG_CACHED_PARAMS = 50
-
-#: Bind parameters one statement may carry, where Django's feature flag says nothing.
-PARAMETER_LIMITS: dict[str, int | None] = {"postgresql": 65_535, "mysql": None}
-
-
 def _insert_values(
     events: Sequence[OutboxEvent], using: str, texts: Texts, schedules: Schedules
 ) -> None:
@@ -149,7 +137,7 @@ def _insert_values(
         ]
     params = [param for values in zip(*columns, strict=True) for param in _flat(values)]
     with connection.cursor() as cursor:
-        cursor.execute(_values_sql(connection.vendor, using, len(events), clock), params)
+        cursor.execute(_values_sql(using, len(events), clock), params)
 
 
 class _Several(tuple[Any, ...]):
@@ -176,7 +164,7 @@ def _schedule_values(
         _Several(
             (
                 connection.ops.adapt_datetimefield_value(s.deliver_at)
-                if s.deliver_at is not None and vendor not in NATIVE_TYPES_VENDORS
+                if s.deliver_at is not None and not features(connection).native_types
                 else s.deliver_at,
                 None if s.delay is None else seconds_param(vendor, s.delay),
             )
@@ -186,10 +174,11 @@ def _schedule_values(
     return {"available_at": pairs, "created_at": [_Several()] * len(pairs), "deliver_at": pairs}
 
 
-def _clock_sql(vendor: str) -> dict[str, str]:
+def _clock_sql(db: Features) -> dict[str, str]:
     """The clock columns' SQL: each takes (deliver_at, delay) but ``created_at`` (none)."""
+    vendor = db.vendor
     now = now_sql(vendor)
-    stamp = "%s::timestamptz" if vendor == "postgresql" else "%s"
+    stamp = "%s::timestamptz" if db.typed_placeholders else "%s"
     due = f"COALESCE({stamp}, {later_sql(vendor)})"
     return {
         "available_at": f"COALESCE({stamp}, {later_sql(vendor)}, {now})",
@@ -199,14 +188,15 @@ def _clock_sql(vendor: str) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=256)
-def _values_sql(vendor: str, using: str, rows: int, clock: bool = False) -> str:
+def _values_sql(using: str, rows: int, clock: bool = False) -> str:
     """The ``INSERT ... VALUES`` text for ``rows`` events (cached: built once per size)."""
     connection = connections[using]
     fields = _fields()
     table = connection.ops.quote_name(OutboxEvent._meta.db_table)
     names = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    json_placeholder = "%s::jsonb" if vendor == "postgresql" else "%s"
-    times = _clock_sql(vendor) if clock else {}
+    db = features(connection)
+    json_placeholder = "%s::jsonb" if db.typed_placeholders else "%s"
+    times = _clock_sql(db) if clock else {}
     row = (
         "("
         + ", ".join(
@@ -226,39 +216,33 @@ def _fields() -> list[Any]:
 #: others are plain strings and integers that every driver takes as they are. psycopg
 #: takes ``UUID`` and aware ``datetime`` objects directly.
 PREPARED_FIELDS = frozenset({"event_id", "occurred_at", "available_at", "created_at", "deliver_at"})
-NATIVE_TYPES_VENDORS = frozenset({"postgresql"})
 
 _json_default = DjangoJSONEncoder().default
 
 
 def _json_column(
-    events: Sequence[OutboxEvent], attname: str, texts: Texts, vendor: str
+    events: Sequence[OutboxEvent], attname: str, texts: Texts, ascii_only: bool
 ) -> list[str]:
     if texts is None:
         return [json.dumps(getattr(e, attname), default=_json_default) for e in events]
     return [
         text
-        if text is not None and (vendor not in ASCII_JSON_VENDORS or text.isascii())
+        if text is not None and (not ascii_only or text.isascii())
         else json.dumps(getattr(e, attname), default=_json_default)
         for e, text in zip(events, texts, strict=True)
     ]
 
 
-#: MySQL/MariaDB connections may use a 3-byte ``utf8`` charset (Django's default): text
-#: with characters outside ASCII is sent \u-escaped there, as ``json.dumps`` writes it.
-ASCII_JSON_VENDORS = frozenset({"mysql"})
-
-
 def _column_values(events: Sequence[OutboxEvent], using: str, texts: Texts) -> list[list[Any]]:
     connection = connections[using]
-    prepared = frozenset() if connection.vendor in NATIVE_TYPES_VENDORS else PREPARED_FIELDS
+    prepared = frozenset() if features(connection).native_types else PREPARED_FIELDS
     columns: list[list[Any]] = []
     for field in _fields():
         attname = field.attname
         if field.name == "payload":
-            columns.append(_json_column(events, attname, texts, connection.vendor))
+            columns.append(_json_column(events, attname, texts, features(connection).ascii_json))
         elif field.name in JSON_FIELDS:
-            columns.append(_json_column(events, attname, None, connection.vendor))
+            columns.append(_json_column(events, attname, None, features(connection).ascii_json))
         elif field.name in prepared:
             columns.append(
                 [field.get_db_prep_save(getattr(e, attname), connection) for e in events]

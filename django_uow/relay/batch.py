@@ -32,6 +32,7 @@ from django.db import connections, transaction
 
 from .. import signals
 from ..conf import uow_settings
+from ..db.features import features
 from ..db.timeouts import apply_limits
 from ..events.base import Envelope
 from ..exceptions import (
@@ -476,7 +477,7 @@ def relay_mode(publishers: Sequence[Publisher], using: str) -> str:
     if mode != "auto":
         return mode
     fast = all(getattr(p, "direct_relay", False) for p in publishers)
-    skip_locked = connections[using].features.has_select_for_update_skip_locked
+    skip_locked = features(connections[using]).skip_locked
     return "direct" if fast and skip_locked else "lease"
 
 

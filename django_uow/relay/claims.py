@@ -49,6 +49,7 @@ from django.db.models.functions import Greatest
 
 from ..db.clock import DatabaseNow, later_sql, now_sql, seconds_param
 from ..db.clock import later as clock_later
+from ..db.features import features
 from ..models import OutboxEvent, OutboxStatus
 from .claimed import CLAIM_COLUMNS, ClaimedRow, read_rows
 
@@ -58,9 +59,9 @@ FAILED = OutboxStatus.FAILED.value
 #: What holds later events of an aggregate back; dispatched and discarded events do not.
 OWED = (PENDING, FAILED)
 
-#: Databases where the claim is one ``WITH ... UPDATE ... RETURNING`` statement; the
-#: others use ``claim_portable`` (a short transaction of a few statements).
-ONE_STATEMENT_VENDORS = frozenset({"postgresql", "sqlite"})
+#: True runs every claim through ``claim_portable`` (the tests run the claim of
+#: MySQL/MariaDB on any database this way).
+PORTABLE_ONLY = False
 
 
 #: ``(aggregate_type, aggregate_id)``: the unit of per-aggregate ordering.
@@ -103,11 +104,7 @@ def one_statement(using: str) -> bool:
     ``can_return_rows_from_bulk_insert`` feature flag tracks the same version).
     """
     connection = connections[using]
-    if connection.vendor not in ONE_STATEMENT_VENDORS:
-        return False
-    return connection.vendor != "sqlite" or bool(
-        connection.features.can_return_rows_from_bulk_insert
-    )
+    return features(connection).returning and not PORTABLE_ONLY
 
 
 def due_sql(alias: str) -> str:
@@ -256,7 +253,7 @@ def claim_batch(
         )
     t = _quote(using, OutboxEvent._meta.db_table)
     lock = ""
-    if connection.features.has_select_for_update_skip_locked:
+    if features(connection).skip_locked:
         lock = " FOR UPDATE" if aggregates is not None else " FOR UPDATE SKIP LOCKED"
     params: list[Any] = []
 
@@ -383,7 +380,7 @@ def claim_portable(
             )
             due = due.extra(where=[skip], params=skip_params)
         # See claim_batch: a follow-up waits for a row another claim has locked.
-        skip_locked = connection.features.has_select_for_update_skip_locked and aggregates is None
+        skip_locked = features(connection).skip_locked and aggregates is None
         candidates = list(
             due.order_by("available_at", "id")
             .select_for_update(skip_locked=skip_locked)

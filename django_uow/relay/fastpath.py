@@ -32,6 +32,7 @@ from django.db import connections
 from django.utils import timezone
 
 from ..conf import uow_settings
+from ..db.features import features
 from ..exceptions import RelayError
 from ..publishers import Publisher, commit_path_publishers, get_publishers
 from ..publishers.connections import celery_connection
@@ -48,7 +49,7 @@ NOTIFY_CHANNEL = "django_uow_outbox"
 def notify_relays(using: str) -> None:
     """Wake relays waiting with LISTEN (PostgreSQL, ``NOTIFY`` setting on); never raises."""
     connection = connections[using]
-    if connection.vendor != "postgresql":
+    if not features(connection).notify:
         return
     try:
         with connection.cursor() as cursor:
@@ -137,7 +138,7 @@ def relay_after_commit(
     brokered = True
     budget: float | None = None
     if mode == "inline" or all_brokered():
-        if all_brokered() and connections[using].vendor != "sqlite":
+        if all_brokered() and not features(connections[using]).single_writer:
             # Every publisher talks to a broker: the commit waits for them up to the
             # budget, and a late answer is still awaited on a helper thread (handoff),
             # which settles on a connection of its own. Not on SQLite: a second writer

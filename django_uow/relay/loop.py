@@ -26,6 +26,7 @@ from typing import Any
 from django.db import DatabaseError, close_old_connections, connections
 
 from ..conf import uow_settings
+from ..db.features import features
 from ..exceptions import RelayError
 from ..publishers import Publisher
 from .batch import RelayResult, count_pending, default_relay_id, relay_batch
@@ -234,7 +235,7 @@ class RelayLoop:
         return self.total
 
     def _listens(self) -> bool:
-        return self.listen and connections[self.using].vendor == "postgresql"
+        return self.listen and features(connections[self.using]).notify
 
     def _listener(self) -> Listener | None:
         if not self._listens():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import connections, models
 
+from ..db.features import features
 from .journal import Journal, identity_key
 
 
@@ -24,7 +25,7 @@ def _insert_new(journal: Journal, using: str) -> None:
     journal.new.clear()
     if not pending:
         return
-    can_bulk = connections[using].features.can_return_rows_from_bulk_insert
+    can_bulk = features(connections[using]).bulk_insert_returns_pks
     groups: dict[type[models.Model], list[models.Model]] = {}
     for obj in pending:
         groups.setdefault(type(obj), []).append(obj)
