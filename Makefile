@@ -85,10 +85,10 @@ test-django51: $(VENV51)/.installed-stamp
 # the checkout; test_package fails unless django_uow comes from site-packages. The tests that
 # need the checkout itself (docs, demo, manage.py subprocesses) stay out.
 WHEEL_VENV := .venv-wheel
-WHEEL_TESTS := tests/test_package.py tests/test_unit_of_work.py tests/test_outbox.py \
-	tests/test_events.py tests/test_handlers.py tests/test_relay.py tests/test_repository.py \
-	tests/test_locking.py tests/test_retries.py tests/test_checks.py tests/test_admin.py \
-	tests/test_versioned_admin.py tests/test_http.py tests/test_status.py tests/test_testing_kit.py
+WHEEL_TESTS := tests/project/test_package.py tests/uow/test_unit_of_work.py tests/outbox/test_outbox.py \
+	tests/events/test_events.py tests/delivery/test_handlers.py tests/relay/test_relay.py tests/uow/test_repository.py \
+	tests/locking/test_locking.py tests/uow/test_retries.py tests/project/test_checks.py tests/admin/test_admin.py \
+	tests/admin/test_versioned_admin.py tests/locking/test_http.py tests/ops/test_status.py tests/project/test_testing_kit.py
 test-wheel: install
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(BIN)/python -m pip wheel -q --no-deps -w "$$tmp/dist" . ; \

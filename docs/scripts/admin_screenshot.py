@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def main() -> int:
     env = {**os.environ, "UOW_DOCS_SCREENSHOT": "1", "CI": "true"}  # CI: fail, never skip
-    command = [sys.executable, "-m", "pytest", "-q", "tests/browser/test_admin_browser.py"]
+    command = [sys.executable, "-m", "pytest", "-q", "tests/admin/browser/test_admin_browser.py"]
     result = subprocess.run(command, cwd=ROOT, env=env, timeout=300, check=False)
     if result.returncode == 0:
         print(f"wrote {ROOT / 'docs' / 'img' / 'admin-list.png'}")

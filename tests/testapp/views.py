@@ -1,4 +1,4 @@
-"""Views for the optimistic-locking HTTP helpers (``tests/test_http.py``)."""
+"""Views for the optimistic-locking HTTP helpers (``tests/locking/test_http.py``)."""
 
 from __future__ import annotations
 
