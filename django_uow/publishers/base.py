@@ -66,6 +66,16 @@ class OrderedFailures:
         return self.failures or None
 
 
+def for_another_thread(publisher: Publisher) -> Publisher:
+    """``publisher`` ready to publish from another thread: what it resolves per thread
+    (Celery's current app) fixed now, through its ``bound()`` when it has one."""
+    bound = getattr(publisher, "bound", None)
+    if callable(bound):
+        copy: Publisher = bound()
+        return copy
+    return publisher
+
+
 def handler_task_id(event_id: UUID | str, handler_name: str) -> str:
     """The deterministic Celery task id of (event, handler): a redelivery reuses it."""
     return str(uuid.uuid5(UUID(str(event_id)), handler_name))

@@ -45,6 +45,7 @@ from ..exceptions import (
 )
 from ..models import OutboxEvent, OutboxStatus
 from ..publishers import Publisher, get_publishers, record_sent, recording_deferred
+from ..publishers.base import for_another_thread
 from ..retry import backoff_delay, describe, is_connection_error
 from ..tracing import span
 from . import claims as statements
@@ -349,7 +350,7 @@ class _Batch:
         self.triage()
         lease = not connections[self.using].in_atomic_block
         # What the calling thread resolves for itself (Celery's current app) is fixed here.
-        publishers = [getattr(p, "bound", lambda p=p: p)() for p in publishers]
+        publishers = [for_another_thread(p) for p in publishers]
 
         sent: list[Any] = []  # the deliveries the publish sent, written by whoever settles
 
