@@ -187,28 +187,34 @@ class CeleryPublisher:
             if record:
                 record_deliveries(sent, strict=False)
 
-    def queue_depths(self, handlers: Iterable[Handler], *, timeout: float = 5.0) -> dict[str, int]:
-        """Messages waiting in the broker queue of each handler (by name), where the
-        transport can tell (Redis, AMQP); handlers it cannot tell about are left out.
-
-        Waiting means ready to be taken: messages a worker holds (running, prefetched,
-        or kept for a countdown) are not counted. Bounded by ``timeout``; a broker error
-        propagates.
-        """
+    def queues_of(self, handlers: Iterable[Handler]) -> dict[str, str]:
+        """The broker queue each handler's tasks go to (by handler name), as ``send_task``
+        routes them; handlers whose route cannot be told are left out."""
         app = self.app
-        depths: dict[str, int] = {}
-        by_queue: dict[str, list[str]] = {}
+        queues: dict[str, str] = {}
         for handler in handlers:
             name = task_queue(app, handler.queue or uow_settings.CELERY_QUEUE or None)
             if name is not None:
-                by_queue.setdefault(name, []).append(handler.name)
-        if not by_queue:
+                queues[handler.name] = name
+        return queues
+
+    def queue_depths(self, queues: Iterable[str], *, timeout: float = 5.0) -> dict[str, int]:
+        """Messages waiting in each broker queue, where the transport can tell (Redis,
+        AMQP); queues it cannot tell about are left out.
+
+        Waiting means ready to be taken: messages a worker holds (running, prefetched, or
+        kept for a countdown) are not counted. Bounded by ``timeout``; a broker error
+        propagates.
+        """
+        names = sorted(set(queues))
+        depths: dict[str, int] = {}
+        if not names:
             return depths
-        with celery_connection(app, timeout) as connection:
-            for queue, names in by_queue.items():
+        with celery_connection(self.app, timeout) as connection:
+            for queue in names:
                 count = _ready_messages(connection, queue)
                 if count is not None:
-                    depths.update(dict.fromkeys(names, count))
+                    depths[queue] = count
         return depths
 
     @staticmethod

@@ -66,14 +66,17 @@ FRONTIER_SLACK = timedelta(seconds=2)
 MAX_DEADLINE_DOUBLINGS = 6
 
 
+#: Overdue deliveries looked at per sweep, per delivery it may publish: one whose copy may
+#: still be queued is passed over, so that it cannot keep the ones behind it waiting.
+SCAN_FACTOR = 20
+
+
 def _frontiers(using: str, handlers: Sequence[str], since: datetime) -> dict[str, datetime]:
     """For each handler, the latest publish time of a delivery a worker took and finished
     at its first attempt, among those finished since ``since``.
 
-    A broker queue hands out messages in the order they were sent: once a delivery sent
-    at time T was taken, every delivery of that handler sent well before T was taken
-    too. Only first-attempt successes count: a retry's row holds its retry's due time,
-    not its place in the queue. One statement, over the index of succeeded rows.
+    Only first-attempt successes count: a retry's row holds its retry's due time, not its
+    place in the queue. One statement, over the index of succeeded rows.
     """
     rows = (
         ProcessedEvent.objects.using(using)
@@ -92,28 +95,50 @@ def _frontiers(using: str, handlers: Sequence[str], since: datetime) -> dict[str
     return {name: frontier for name, frontier in rows if frontier is not None}
 
 
-def _copy_gone(
-    row: tuple[int, UUID, str, datetime, int],
-    now: datetime,
-    depths: dict[str, int],
-    frontiers: dict[str, datetime],
-) -> bool:
-    """Whether the previous copy of an overdue delivery can no longer be in the queue.
+@dataclass(frozen=True)
+class _Queues:
+    """What the broker and the table say of each handler's queue."""
 
-    - the broker's queue of its handler is empty: no copy waits there;
-    - or a delivery of its handler sent after it was already taken (the queue's order);
-    - or, when the broker cannot say, its deadline has passed again, doubled with every
-      republish, so a backlog is not copied again and again.
-    """
-    _pk, _event_id, handler, due_at, publishes = row
-    deadline = uow_settings.HANDLER_DEADLINE
-    if handler in depths:
-        if depths[handler] == 0:
-            return True
-        frontier = frontiers.get(handler)
-        return frontier is not None and due_at < frontier - FRONTIER_SLACK
-    doublings = min(max(publishes - 1, 0), MAX_DEADLINE_DOUBLINGS)
-    return bool(due_at < now - deadline * 2**doublings)
+    #: handler -> the queue its tasks go to
+    of: dict[str, str]
+    #: queue -> messages waiting in it (where the transport can tell)
+    depth: dict[str, int]
+    #: queue -> the latest publish time of a message of it that a worker took
+    frontier: dict[str, datetime]
+
+    def copy_gone(self, row: tuple[int, UUID, str, datetime, int], now: datetime) -> bool:
+        """Whether the previous copy of an overdue delivery can no longer be queued.
+
+        - its queue is empty: no copy waits there;
+        - or a message of its queue sent after it (whatever handler that one was for) was
+          already taken: a queue hands out messages in the order they were sent;
+        - or, when the broker cannot say, its deadline has passed again, doubled with
+          every republish, so a backlog is not copied again and again.
+        """
+        _pk, _event_id, handler, due_at, publishes = row
+        queue = self.of.get(handler)
+        if queue is not None and queue in self.depth:
+            if self.depth[queue] == 0:
+                return True
+            frontier = self.frontier.get(queue)
+            return frontier is not None and due_at < frontier - FRONTIER_SLACK
+        doublings = min(max(publishes - 1, 0), MAX_DEADLINE_DOUBLINGS)
+        return bool(due_at < now - uow_settings.HANDLER_DEADLINE * 2**doublings)
+
+
+def _queues(
+    publisher: CeleryPublisher, using: str, handlers: dict[str, Handler], now: datetime
+) -> _Queues:
+    """The queues of ``handlers``: their depth (one passive declare each) and frontier."""
+    of = publisher.queues_of(handlers.values())
+    depth = publisher.queue_depths(of.values())
+    since = now - 2 * uow_settings.HANDLER_DEADLINE
+    frontier: dict[str, datetime] = {}
+    for name, when in _frontiers(using, sorted(of), since).items():
+        queue = of[name]
+        if queue not in frontier or when > frontier[queue]:
+            frontier[queue] = when
+    return _Queues(of, depth, frontier)
 
 
 def _overdue(using: str, limit: int) -> list[tuple[int, UUID, str, datetime, int]]:
@@ -172,23 +197,20 @@ def republish_overdue(
     if publisher is None:
         return 0
     size = batch_size or uow_settings.BATCH_SIZE
-    overdue = _overdue(using, size)
+    overdue = _overdue(using, size * SCAN_FACTOR)
     if not overdue:
         return 0
     now = database_now(using)
     names = sorted({row[2] for row in overdue})
     known = {name: handler for name in names if (handler := _registered(name)) is not None}
     try:
-        depths = publisher.queue_depths(known.values())
+        queues = _queues(publisher, using, known, now)
     except Exception as exc:
         raise RelayError(
             f"Could not read the broker's queues ({describe(exc)}); overdue handler "
             "deliveries are published again by a later sweep."
         ) from exc
-    frontiers = _frontiers(using, names, now - 2 * uow_settings.HANDLER_DEADLINE)
-    chosen = [
-        row[0] for row in overdue if row[2] not in known or _copy_gone(row, now, depths, frontiers)
-    ]
+    chosen = [row[0] for row in overdue if row[2] not in known or queues.copy_gone(row, now)][:size]
     taken = _claim(using, chosen) if chosen else []
     if not taken:
         return 0

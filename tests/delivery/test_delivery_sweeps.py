@@ -177,3 +177,34 @@ def test_the_admin_says_what_a_rerun_of_a_delivery_in_flight_did(
     assert "1 delivery was not re-run: a worker has it or will take it" in page
     assert "1 delivery was in flight: another copy is queued behind it" in page
     assert queued(celery_app, queue) == 1
+
+
+@pytest.mark.celery
+def test_a_queue_overtaken_by_another_handlers_message_republishes_the_lost_one(
+    celery_app: Any,
+) -> None:
+    """Two handlers share a queue. The ordered handler's delivery was lost and its
+    aggregate waits behind it, so that handler finishes nothing; the queue is not empty.
+    A message of the other handler sent later was taken: the lost one is published again;
+    the overdue ones sent after that message still wait their turn."""
+    queue = f"uow_shared_{uuid.uuid4().hex[:8]}"
+    policy = {**CELERY, "HANDLER_DEADLINE": 1.0, "CELERY_QUEUE": queue}
+    (lost,) = sequenced_rows([1], status="dispatched")
+    waiting = cancelled_rows(12, status="dispatched")
+    (taken,) = cancelled_rows(1, status="dispatched")
+    record_published([(lost.to_envelope(), SEQUENCE_HANDLER)], using="default")
+    record_published([(r.to_envelope(), CANCELLED) for r in (*waiting, taken)], using="default")
+    ProcessedEvent.objects.filter(event_id=lost.event_id).update(due_at=later(-20))
+    ProcessedEvent.objects.filter(event_id__in=[r.event_id for r in waiting]).update(
+        due_at=later(-4)
+    )
+    ProcessedEvent.objects.filter(event_id=taken.event_id).update(due_at=later(-10))
+    record_success(CANCELLED, taken.to_envelope(), using="default")
+    with override_settings(DJANGO_UOW=policy):
+        publisher = CeleryPublisher(celery_app)
+        handler = registry.get(CANCELLED)
+        publisher.send_deliveries([(r.to_envelope(), handler) for r in waiting], record=False)
+        assert republish_overdue(publishers=[publisher], batch_size=1) == 1
+    assert delivery(lost, SEQUENCE_HANDLER).publishes == 2  # type: ignore[union-attr]
+    assert {delivery(r, CANCELLED).publishes for r in waiting} == {1}  # type: ignore[union-attr]
+    assert queued(celery_app, queue) == 13
