@@ -27,7 +27,7 @@ from . import signals
 from .conf import uow_settings
 from .delivery.handlers import Handler
 from .delivery.handlers import registry as handler_registry
-from .delivery.rows import Outcome
+from .delivery.rows import Outcome, mark_waiting
 from .delivery.running import run_handler
 from .events.base import Envelope
 from .exceptions import PermanentFailure, PredecessorPending, RelayError, RetryAfter
@@ -183,6 +183,8 @@ def run_handler_task(
         )
     except PredecessorPending as pending:
         logger.debug("%s; re-queued (wait %d of %d)", pending, waited + 1, polls)
+        if not waited:
+            mark_waiting(handler_name, envelope)
         raise requeue(
             ordered_poll_delay(waited), None, waits=waits + 1, waited=waited + 1
         ) from None
@@ -292,6 +294,7 @@ def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> 
             handler, envelope, retry_delay=retry_delay, report=outcomes.append, wait=True, wake=wake
         )
     except PredecessorPending:
+        mark_waiting(handler_name, envelope)
         again(ordered_poll_delay(0), waits=1, waited=1)
         return False
     except PermanentFailure as exc:

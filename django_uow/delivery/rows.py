@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F, Field, QuerySet
 from django.db.models.functions import Coalesce
@@ -378,6 +378,23 @@ def _publish_portable(using: str, deliveries: Sequence[tuple[Envelope, str]]) ->
                     published_at=Coalesce(F("published_at"), DatabaseNow()),
                     due_at=DatabaseNow(),
                 )
+
+
+def mark_waiting(handler_name: str, envelope: Envelope, *, using: str | None = None) -> int:
+    """An ordered delivery starts waiting for its predecessor: due now (one UPDATE).
+
+    A worker holds it meanwhile (its re-queues are countdowns, not in the queue), so the
+    deadline sweep must not take it for lost: from here it is due again only
+    ``HANDLER_DEADLINE`` later, and it is ``blocked`` after ``ORDERED_WAIT``, which is shorter.
+    """
+    db = using or router.db_for_write(ProcessedEvent)
+    return int(
+        ProcessedEvent.objects.using(db)
+        .filter(
+            event_id=envelope.event_id, handler=handler_name, status__in=OWED_DELIVERY_STATUSES
+        )
+        .update(due_at=DatabaseNow())
+    )
 
 
 # ----------------------------------------------------------------------- operators

@@ -208,3 +208,34 @@ def test_a_queue_overtaken_by_another_handlers_message_republishes_the_lost_one(
     assert delivery(lost, SEQUENCE_HANDLER).publishes == 2  # type: ignore[union-attr]
     assert {delivery(r, CANCELLED).publishes for r in waiting} == {1}  # type: ignore[union-attr]
     assert queued(celery_app, queue) == 13
+
+
+@pytest.mark.celery
+def test_an_ordered_delivery_waiting_for_its_predecessor_is_not_copied_by_the_sweep(
+    celery_app: Any,
+) -> None:
+    """A worker holds a waiting delivery (its re-queues are countdowns, not queued): the
+    first wait makes it due again, so the sweep does not take it for lost meanwhile."""
+    from types import SimpleNamespace
+
+    from django_uow.tasks import run_handler_task
+
+    class Requeued(Exception):
+        pass
+
+    task = SimpleNamespace(request=SimpleNamespace(retries=0), app=celery_app)
+    task.retry = lambda **options: Requeued()  # type: ignore[attr-defined]
+    queue = f"uow_waiting_{uuid.uuid4().hex[:8]}"
+    policy = {**CELERY, "HANDLER_DEADLINE": 1.0, "CELERY_QUEUE": queue}
+    first, second = sequenced_rows([1, 2], status="dispatched")
+    record_published(
+        [(r.to_envelope(), SEQUENCE_HANDLER) for r in (first, second)], using="default"
+    )
+    ProcessedEvent.objects.update(due_at=later(-20))
+    with override_settings(DJANGO_UOW=policy):
+        with pytest.raises(Requeued):
+            run_handler_task(task, second.to_envelope().to_message(), SEQUENCE_HANDLER)
+        # Only the predecessor (lost, its queue empty) is sent again; the waiting one is not.
+        assert republish_overdue(publishers=[CeleryPublisher(celery_app)]) == 1
+    assert delivery(first, SEQUENCE_HANDLER).publishes == 2  # type: ignore[union-attr]
+    assert delivery(second, SEQUENCE_HANDLER).publishes == 1  # type: ignore[union-attr]
