@@ -164,9 +164,11 @@ def _undo(changes: dict[contextvars.ContextVar[Any], tuple[Any, Any]]) -> None:
         if var.get(_MISSING) is not new:
             continue
         if old is _MISSING:
-            old = contextvars.Context().run(var.get, _MISSING)  # its default, if any
-        if old is not _MISSING:
-            var.set(old)
+            try:
+                old = contextvars.Context().run(var.get)  # its default
+            except LookupError:
+                continue  # none: it cannot be unset, and nothing reads it unset
+        var.set(old)
 
 
 class AsyncEntry:
