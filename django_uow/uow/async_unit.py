@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Self, TypeVar
 from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext, sync_to_async
 from django.db import connections, transaction
 
-from ..context import current_uow
+from ..context import current_uow, open_units, pop_unit
 from ..exceptions import UnitOfWorkContextError
 
 if TYPE_CHECKING:
@@ -72,8 +72,38 @@ def another_task(label: str, action: str) -> UnitOfWorkContextError:
     )
 
 
+#: Idle unit threads kept for the next units (with their connections, as
+#: ``CONN_MAX_AGE`` allows, and the fast path's broker connection); more are ended.
+IDLE_THREADS = 16
+_idle: list[ThreadPoolExecutor] = []
+_idle_lock = threading.Lock()
+
+
+def _take_thread() -> ThreadPoolExecutor:
+    with _idle_lock:
+        if _idle:
+            return _idle.pop()
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-uow-unit")
+
+
+def _give_back(thread: ThreadPoolExecutor) -> None:
+    with _idle_lock:
+        if len(_idle) < IDLE_THREADS:
+            _idle.append(thread)
+            return
+    thread.shutdown(wait=False)
+
+
+def _forget_idle_threads() -> None:
+    # A forked child has none of its parent's threads: their executors would never run.
+    _idle.clear()
+
+
+os.register_at_fork(after_in_child=_forget_idle_threads)
+
+
 class UnitThread(Executor):
-    """The one thread of a root async unit: it runs work for the unit's task only."""
+    """The one thread of a root async unit while it runs: work for the unit's task only."""
 
     def __init__(self, label: str, owner: asyncio.Task[Any]) -> None:
         self.label = label
@@ -81,7 +111,9 @@ class UnitThread(Executor):
         #: Tasks the unit itself starts to run its entry and exit to the end.
         self.helpers: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self.finished = False
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-uow-unit")
+        #: Its connections were left in a state no later unit may inherit.
+        self.spoiled = False
+        self._pool = _take_thread()
 
     def admits(self, task: asyncio.Task[Any] | None) -> bool:
         return task is self.owner or (task is not None and task in self.helpers)
@@ -98,8 +130,13 @@ class UnitThread(Executor):
         return self._pool.submit(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self.finished = True
-        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        """End this unit's use of the thread; the thread waits for the next unit."""
+        if not self.finished:
+            self.finished = True
+            if self.spoiled:
+                self._pool.shutdown(wait=False)
+            else:
+                _give_back(self._pool)
 
 
 class _Scope:
@@ -293,6 +330,10 @@ class AsyncEntry:
             )
         finally:
             _undo(self.__dict__.pop("_context_changes", {}))
+            if self.is_active:  # its exit was refused: it and what it holds are gone
+                stack = open_units()
+                for unit in stack[stack.index(self) :] if self in stack else ():
+                    pop_unit(unit, None)
             self._release()
 
     def _exit_on_thread(
@@ -305,8 +346,20 @@ class AsyncEntry:
             return self._exit(exc_type, exc, tb)
         finally:
             if self._scope is not None:
-                # The thread ends with the unit: so does every connection it opened.
-                connections.close_all()
+                self._leave_thread_clean(self._scope.thread)
+
+    @staticmethod
+    def _leave_thread_clean(thread: UnitThread) -> None:
+        """As at a request's end, close the unit thread's broken connections and those past
+        ``CONN_MAX_AGE``: its next unit reuses the rest. A connection still inside a
+        transaction (an exit refused half-way) is closed, which rolls it back on the
+        server, and the thread is not reused."""
+        for connection in connections.all(initialized_only=True):
+            if connection.in_atomic_block:
+                thread.spoiled = True
+                connection.close()
+            else:
+                connection.close_if_unusable_or_obsolete()
 
     def _release(self) -> None:
         scope, self._scope = self._scope, None

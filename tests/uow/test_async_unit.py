@@ -336,6 +336,29 @@ def test_interleaved_sync_and_async_units_are_refused() -> None:
     with pytest.raises(UnitOfWorkContextError, match="another thread"):
         run(on_a_thread_pool)
 
+    async def afterwards() -> None:
+        async with UnitOfWork():
+            await Note.objects.acreate(text="afterwards")
+
+    run(afterwards)  # no later unit inherits what the refused ones left
+    assert list(Note.objects.values_list("text", flat=True)) == ["afterwards"]
+
+
+@pytest.mark.server_db  # an in-memory SQLite connection is never closed
+def test_later_units_reuse_the_thread_on_a_fresh_connection_when_conn_max_age_is_0() -> None:
+    async def main() -> list[int]:
+        threads = []
+        for _ in range(3):
+            async with UnitOfWork():
+                await Note.objects.acreate(text="n")
+                threads.append(await on_unit_thread(threading.get_ident))
+        return threads
+
+    with statements_of_new_connections() as statements:
+        threads = run(main)
+    assert len(set(threads)) == 1
+    assert statements.count("INSERT testapp_note") == 3  # each unit on a new connection
+
 
 def test_entering_from_sync_code_joins_a_sync_unit_and_is_refused_inside_plain_atomic() -> None:
     async def service(text: str) -> bool:
