@@ -41,14 +41,20 @@ def statements_of_new_connections() -> Iterator[Statements]:
             seen.append(statement_kind(sql))
         return execute(sql, params, many, context)
 
+    attached: list[Any] = []
+
     def attach(sender: Any, connection: Any, **kwargs: Any) -> None:
-        connection.execute_wrappers.append(record)
+        if record not in connection.execute_wrappers:  # a wrapper that connects again
+            connection.execute_wrappers.append(record)
+            attached.append(connection)
 
     connection_created.connect(attach)
     try:
         yield seen
     finally:
         connection_created.disconnect(attach)
+        for connection in attached:  # unit threads outlive the test
+            connection.execute_wrappers.remove(record)
 
 
 async def on_unit_thread(fn: Callable[[], T]) -> T:
