@@ -13,7 +13,14 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connection, transaction
 
-from django_uow import UnitOfWork, UnitOfWorkContextError, current_uow, signals, unit_of_work
+from django_uow import (
+    UnitOfWork,
+    UnitOfWorkContextError,
+    UnitOfWorkTimeout,
+    current_uow,
+    signals,
+    unit_of_work,
+)
 from django_uow.models import OutboxEvent
 from tests.support.aio import (
     in_atomic_block,
@@ -151,6 +158,17 @@ def test_each_async_unit_has_its_own_correlation_id() -> None:
     run(main)
     correlations = [e.headers["correlation_id"] for e in OutboxEvent.objects.order_by("id")]
     assert len(set(correlations)) == 2
+
+
+def test_a_time_limit_holds_across_awaits() -> None:
+    async def slow() -> None:
+        async with UnitOfWork(timeout=0.2):
+            await Note.objects.acreate(text="too late")
+            await asyncio.sleep(0.4)  # a long await: the unit's time runs out meanwhile
+
+    with pytest.raises(UnitOfWorkTimeout, match="time limit of 0.2s"):
+        run(slow)
+    assert not Note.objects.exists()
 
 
 # -- isolation between tasks --------------------------------------------------------------
