@@ -35,12 +35,7 @@ def statements_of_new_connections() -> Iterator[Statements]:
     """The data statements (no transaction control) of every connection opened meanwhile,
     whatever its thread, in the order they ran."""
     seen = Statements()
-
-    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if not TRANSACTION_CONTROL.match(sql):
-            seen.append(statement_kind(sql))
-        return execute(sql, params, many, context)
-
+    record = _recorder(seen)
     attached: list[Any] = []
 
     def attach(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -55,6 +50,26 @@ def statements_of_new_connections() -> Iterator[Statements]:
         connection_created.disconnect(attach)
         for connection in attached:  # unit threads outlive the test
             connection.execute_wrappers.remove(record)
+
+
+def _recorder(seen: Statements) -> Any:
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if not TRANSACTION_CONTROL.match(sql):
+            seen.append(statement_kind(sql))
+        return execute(sql, params, many, context)
+
+    return record
+
+
+async def record_statements() -> tuple[Statements, Callable[[], None]]:
+    """Start recording the data statements of the current unit's connection (on its
+    thread): the list, and the function that stops it (call it after the unit ended, so
+    that its commit's statements are in)."""
+    seen = Statements()
+    record = _recorder(seen)
+    wrappers: list[Any] = await on_unit_thread(lambda: connections["default"].execute_wrappers)
+    wrappers.append(record)
+    return seen, lambda: wrappers.remove(record)
 
 
 async def on_unit_thread(fn: Callable[[], T]) -> T:

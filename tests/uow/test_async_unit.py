@@ -25,6 +25,7 @@ from django_uow.models import OutboxEvent
 from tests.support.aio import (
     in_atomic_block,
     on_unit_thread,
+    record_statements,
     run,
     statements_of_new_connections,
     wait_for_flag,
@@ -52,6 +53,7 @@ def test_an_async_unit_tracks_versions_and_writes_its_events_in_one_insert() -> 
 
     async def main() -> tuple[Any, ...]:
         async with UnitOfWork() as uow:
+            statements, stop = await record_statements()
             order = await Order.objects.aget(pk=placed.pk)
             order.place()
             await order.asave()
@@ -60,10 +62,20 @@ def test_an_async_unit_tracks_versions_and_writes_its_events_in_one_insert() -> 
             await fresh.asave()
             uow.record_event(Pinged(note="async"))
             seen = (current_uow() is uow, await on_unit_thread(in_atomic_block), uow.tracked)
-        return (*seen, uow.state, order.version, fresh.version, current_uow(), fresh.pk)
+        stop()
+        return (
+            *seen,
+            uow.state,
+            order.version,
+            fresh.version,
+            current_uow(),
+            fresh.pk,
+            statements,
+        )
 
-    with statements_of_new_connections() as statements:
-        is_current, atomic, tracked, state, version, fresh_version, after, fresh_pk = run(main)
+    (is_current, atomic, tracked, state, version, fresh_version, after, fresh_pk, statements) = run(
+        main
+    )
 
     assert is_current and atomic and state == "committed" and after is None
     assert len(tracked) == 2
