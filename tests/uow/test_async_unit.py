@@ -140,10 +140,14 @@ def test_an_exception_rolls_back_and_propagates_unchanged() -> None:
 
 def test_acommit_and_arollback_and_hooks_from_the_coroutine() -> None:
     ran: list[str] = []
+    hook_threads: list[tuple[int, int | None]] = []
 
     async def main() -> None:
         async with UnitOfWork() as uow:
             uow.on_commit(lambda: ran.append("committed"))
+            # Registered from the coroutine, run after the COMMIT on the unit's thread.
+            uow.on_commit(lambda: hook_threads.append((threading.get_ident(), uow._thread_id)))
+            assert ran == []
             uow.on_rollback(lambda: ran.append("rolled back"))
             await Note.objects.acreate(text="committed early")
             with pytest.raises(UnitOfWorkContextError, match=r"await uow\.acommit\(\)"):
@@ -159,6 +163,8 @@ def test_acommit_and_arollback_and_hooks_from_the_coroutine() -> None:
     run(main)
     assert list(Note.objects.values_list("text", flat=True)) == ["committed early"]
     assert ran == ["committed", "rolled back"]
+    ((hook_thread, unit_thread),) = hook_threads
+    assert hook_thread == unit_thread
 
 
 def test_each_async_unit_has_its_own_correlation_id() -> None:
