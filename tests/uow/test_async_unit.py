@@ -100,6 +100,29 @@ def test_an_async_unit_tracks_versions_and_writes_its_events_in_one_insert() -> 
     assert list(statements) == list(sync_statements)
 
 
+def test_adelete_and_queryset_methods_take_part_in_the_unit() -> None:
+    doomed = Order.objects.create(total=Decimal("1"))
+    kept = Order.objects.create(total=Decimal("2"))
+
+    async def main() -> list[int]:
+        async with UnitOfWork():
+            order = await Order.objects.aget(pk=doomed.pk)
+            order.cancel("gone")
+            await order.adelete()  # version-checked, its event kept
+            await Note.objects.abulk_create([Note(text="a"), Note(text="b")])
+            await Note.objects.filter(text="b").adelete()
+            inside = [pk async for pk in Order.objects.values_list("pk", flat=True)]
+            async with UnitOfWork():
+                await Note.objects.filter(text="a").aupdate(text="updated")
+            assert await Order.objects.filter(pk=kept.pk).aexists()
+        return inside
+
+    assert run(main) == [kept.pk]
+    assert list(Order.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert list(Note.objects.values_list("text", flat=True)) == ["updated"]
+    assert outbox() == [("orders.cancelled", str(doomed.pk), doomed.version)]
+
+
 def test_nested_async_with_is_a_savepoint() -> None:
     async def main() -> list[str]:
         threads = []
