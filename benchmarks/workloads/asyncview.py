@@ -91,7 +91,7 @@ def run_asyncview(cfg: Config, results: Results) -> None:
         return
     truncate(OUTBOX, Account._meta.db_table)
     pks = [Account.objects.create(name=f"async-{i}").pk for i in range(ACCOUNTS)]
-    requests = cfg.scale(600, 150)
+    requests = cfg.scale(300, 150)
     port = _free_port()
     server = Service(
         "uvicorn", [sys.executable, "-m", "benchmarks.asgi_server", str(port)], bench_env()
