@@ -26,22 +26,26 @@ def _failed(response: HttpResponse) -> bool:
 @unit_of_work(rollback_if=_failed)
 async def isolation(request: HttpRequest, round_: str, number: int) -> JsonResponse:
     """Write a note and an order's event, wait until every request of the round has
-    written (none committed), and answer the notes of the round this unit sees. Odd
-    numbers then roll back (409)."""
+    written, look at the round's notes, and wait until every request has looked: none
+    has committed yet, so each must see its own note only. Odd numbers then roll back
+    (409)."""
     size = int(request.GET["size"])
-    barrier = _BARRIERS.setdefault(round_, asyncio.Barrier(size))
+    written = _BARRIERS.setdefault(f"{round_}:written", asyncio.Barrier(size))
+    read = _BARRIERS.setdefault(f"{round_}:read", asyncio.Barrier(size))
     await Note.objects.acreate(text=f"{round_}:{number}")
     order = await Order.objects.acreate(total=Decimal(number))
     order.place()
     await order.asave()
     async with asyncio.timeout(20):
-        await barrier.wait()
+        await written.wait()  # every unit of the round has written, none has committed
     seen = [
         text
         async for text in Note.objects.filter(text__startswith=f"{round_}:").values_list(
             "text", flat=True
         )
     ]
+    async with asyncio.timeout(20):
+        await read.wait()  # every unit has looked before any commits
     status = 409 if number % 2 else 200
     return JsonResponse({"order": order.pk, "seen": seen}, status=status)
 
