@@ -165,9 +165,25 @@ class _Scope:
 
 async def run_to_end(fn: Callable[[], T], thread: UnitThread | None) -> T:
     """Run ``fn`` on the unit's thread and wait for its end even if this task is cancelled
-    meanwhile (then the cancellation goes on). Context changes come back to this task."""
-    context = contextvars.copy_context()
-    helper = asyncio.get_running_loop().create_task(sync_to_async(fn)(), context=context)
+    meanwhile; then the cancellation goes on."""
+    try:
+        return await sync_to_async(fn)()
+    except asyncio.CancelledError:
+        # asgiref stopped waiting, but the call goes on on the unit's thread: a no-op queued
+        # behind it ends when it does. The caller mends the context (asgiref copied it
+        # back before the call ended).
+        await _shielded(_nothing, thread)
+        raise
+
+
+def _nothing() -> None:
+    return None
+
+
+async def _shielded(fn: Callable[[], T], thread: UnitThread | None) -> T:
+    """``fn`` on the unit's thread in a helper task, awaited to its end through any number
+    of cancellations (re-raised after)."""
+    helper = asyncio.get_running_loop().create_task(sync_to_async(fn)())
     if thread is not None:
         thread.helpers.add(helper)
     cancelled = False
@@ -176,9 +192,6 @@ async def run_to_end(fn: Callable[[], T], thread: UnitThread | None) -> T:
             await asyncio.wait({helper})
         except asyncio.CancelledError:
             cancelled = True
-    for var, value in context.items():
-        if var.get(_MISSING) is not value:
-            var.set(value)
     if cancelled:
         error = helper.exception()
         raise asyncio.CancelledError() from error
@@ -308,12 +321,13 @@ class AsyncEntry:
             await run_to_end(self.begin, self._unit_thread)
         except BaseException as error:
             if self.is_active:  # cancelled while it began: it began all the same
-                await run_to_end(
+                await _shielded(
                     functools.partial(
                         self._exit_on_thread, type(error), error, error.__traceback__
                     ),
                     self._unit_thread,
                 )
+            self._forget(_changes(before))
             self._release()
             raise
         self.__dict__["_context_changes"] = _changes(before)
@@ -329,12 +343,17 @@ class AsyncEntry:
                 functools.partial(self._exit_on_thread, exc_type, exc, tb), self._unit_thread
             )
         finally:
-            _undo(self.__dict__.pop("_context_changes", {}))
-            if self.is_active:  # its exit was refused: it and what it holds are gone
-                stack = open_units()
-                for unit in stack[stack.index(self) :] if self in stack else ():
-                    pop_unit(unit, None)
+            self._forget(self.__dict__.pop("_context_changes", {}))
             self._release()
+
+    def _forget(self, changes: dict[contextvars.ContextVar[Any], tuple[Any, Any]]) -> None:
+        """Take this unit out of the task's context: what its entry set, and the unit
+        itself with any left open inside it (an exit refused or cancelled half-way)."""
+        _undo(changes)
+        stack = open_units()
+        if self in stack:
+            for unit in stack[stack.index(self) :]:
+                pop_unit(unit, None)
 
     def _exit_on_thread(
         self,

@@ -119,9 +119,10 @@ def test_a_broker_outage_never_holds_an_async_views_commit_nor_the_event_loop(
             broker.hang()
         (took, ticks), *_ = run(lambda: timed_commits(4))
         assert took < WITHIN_BUDGET, f"a commit waited {took:.1f}s on a {outage} broker"
-        # The loop ran other tasks while the commit waited on the broker (a hung one: the
-        # whole budget, 0.2 s, with the ticker due every 0.01 s).
-        assert ticks >= (5 if outage == "hung" else 1)
+        if outage == "hung":
+            # The loop ran other tasks while the commit waited on the broker the whole
+            # budget (0.2 s), with the ticker due every 0.01 s.
+            assert ticks >= 5
         assert breaker.is_open and breaker.skipped == 3
         assert Order.objects.filter(status="placed").count() == 5  # all committed
 

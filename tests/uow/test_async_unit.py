@@ -394,6 +394,14 @@ def test_interleaved_sync_and_async_units_are_refused() -> None:
         async with UnitOfWork():
             await sync_to_async(lambda: UnitOfWork().__enter__(), thread_sensitive=False)()
 
+    async def saved_on_a_thread_pool() -> None:
+        async with UnitOfWork():
+            order = await Order.objects.acreate(total=Decimal("1"))
+            order.place()
+            await sync_to_async(order.save, thread_sensitive=False)()
+
+    with pytest.raises(UnitOfWorkContextError, match="saved on another thread"):
+        run(saved_on_a_thread_pool)
     with pytest.raises(UnitOfWorkContextError, match="left open across an await"):
         run(left_open)
     with pytest.raises(UnitOfWorkContextError, match="another thread"):
