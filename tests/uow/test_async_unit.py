@@ -309,6 +309,32 @@ def test_cancelling_mid_unit_rolls_back_and_the_next_unit_works() -> None:
     assert not OutboxEvent.objects.exists()
 
 
+def test_a_cancel_while_the_unit_commits_lets_the_commit_end_on_its_thread() -> None:
+    def slow_hook() -> None:
+        committing.set()
+        threading.Event().wait(0.3)  # the cancellation arrives now
+
+    async def main() -> tuple[bool, Any]:
+        async def request() -> tuple[bool, Any]:
+            try:
+                async with UnitOfWork() as uow:
+                    await Note.objects.acreate(text="committed")
+                    uow.before_commit(slow_hook)
+            except asyncio.CancelledError:
+                return True, current_uow()
+            return False, current_uow()
+
+        task = asyncio.create_task(request())
+        await asyncio.get_running_loop().run_in_executor(None, committing.wait, 10)
+        task.cancel()
+        return await task
+
+    committing = threading.Event()
+    cancelled, left_open = run(main)
+    assert cancelled and left_open is None
+    assert list(Note.objects.values_list("text", flat=True)) == ["committed"]
+
+
 @pytest.mark.postgres
 def test_a_cancel_during_a_statement_waits_for_it_then_rolls_back_on_the_units_thread() -> None:
     def slow_statement() -> None:
