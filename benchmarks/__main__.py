@@ -32,6 +32,7 @@ WORKLOADS = [
     "consumer",
     "latency",
     "hotagg",
+    "asyncview",
     "soak",
     "scale",
     "peers",

@@ -135,6 +135,7 @@ ORDER = [
     "consumer",
     "latency",
     "hotagg",
+    "asyncview",
     "soak",
     "scale",
 ]

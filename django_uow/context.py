@@ -7,9 +7,10 @@ itself (which pushes onto the stack) can both import it without importing each o
 from __future__ import annotations
 
 import contextvars
+import threading
 from typing import Any, Protocol
 
-from .exceptions import NoActiveUnitOfWork, UnitOfWorkError
+from .exceptions import NoActiveUnitOfWork, UnitOfWorkContextError, UnitOfWorkError
 
 
 class ActiveUnit(Protocol):
@@ -64,6 +65,14 @@ def uow_guarding_write(obj: Any, using: str, operation: str) -> ActiveUnit | Non
     """Return the unit of work an aggregate write belongs to, or raise if events would be lost."""
     uow: ActiveUnit | None = current_uow(using)
     if uow is not None:
+        thread = getattr(uow, "_thread_id", None)
+        if thread is not None and thread != threading.get_ident():
+            raise UnitOfWorkContextError(
+                f"{obj._meta.label} pk={obj.pk!r} is being {operation}d on another thread than "
+                f"its unit of work's ({uow!r}), whose connection holds the transaction: it "
+                "would be written outside it. Write it on the unit's thread (in a coroutine: "
+                f"`await obj.a{operation}()` in the task that opened the unit)."
+            )
         return uow
     pending = obj.__dict__.get("_uow_staged_events") or []
     label = f"{obj._meta.label} pk={obj.pk!r}"

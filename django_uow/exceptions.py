@@ -77,6 +77,18 @@ class NoActiveUnitOfWork(UnitOfWorkError, TransactionManagementError):
     """
 
 
+class UnitOfWorkContextError(UnitOfWorkError, TransactionManagementError):
+    """Raised when a unit of work is used from where its transaction is not.
+
+    A unit's transaction lives on one connection, on one thread: an ``async with``
+    unit's on a thread of its own, driven by the asyncio task that opened it. Refused:
+    another task (``gather``, ``create_task``) using or nesting in that unit; a sync
+    ``with UnitOfWork()`` inside a coroutine; a sync unit and an async one interleaved
+    (one left open while the other is entered or finishes); a unit used from another
+    thread than its own. Nothing was written by the refused call.
+    """
+
+
 class EventSerializationError(UnitOfWorkError, TypeError):
     """Raised by ``record_event`` when an event field cannot be stored as JSON.
 

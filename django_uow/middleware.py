@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponseBase
 
 from .events.audit import attributed_to
@@ -49,18 +50,42 @@ def _actor_of(request: HttpRequest) -> Any:
 
 
 class EventContextMiddleware:
-    """Put the acting user and a request id into the headers of every event recorded."""
+    """Put the acting user and a request id into the headers of every event recorded.
+
+    In an async request (an async view under ASGI) events are recorded on the event
+    loop's thread, where loading the user from the database is refused; there the user
+    is loaded when the request starts (``request.auser()``, no query without a session),
+    in a sync request at the first event.
+    """
 
     sync_capable = True
-    async_capable = False
+    async_capable = True
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+    def __call__(self, request: HttpRequest) -> Any:
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
         request_id = request_id_of(request)
         request.request_id = request_id  # type: ignore[attr-defined]
         with attributed_to(request_id=request_id, load_actor=lambda: _actor_of(request)):
             response = self.get_response(request)
+        response["X-Request-ID"] = request_id
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        request_id = request_id_of(request)
+        request.request_id = request_id  # type: ignore[attr-defined]
+        auser = getattr(request, "auser", None)
+        if auser is not None:
+            user = await auser()
+            actor = user.pk if user.is_authenticated else None
+        else:  # Django < 5.0, or no AuthenticationMiddleware before this one
+            actor = await sync_to_async(_actor_of)(request)
+        with attributed_to(request_id=request_id, actor=actor):
+            response: HttpResponseBase = await self.get_response(request)
         response["X-Request-ID"] = request_id
         return response

@@ -83,6 +83,7 @@ INSTALLED_APPS = [
     "tests.quickstart",
     "tests.allocation",
     "tests.chaos",
+    "tests.asyncapp",
 ]
 
 MIDDLEWARE = [

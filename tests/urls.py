@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from django_uow.contrib.prometheus import metrics_view
 from django_uow.views import health
@@ -16,6 +16,7 @@ urlpatterns = [
     path("cbv/counters/<int:pk>/", views.CounterView.as_view(), name="cbv-counter"),
     path("orders/<int:pk>/note/", views.note_order, name="note-order"),
     path("cbv/strict/counters/<int:pk>/", views.StrictCounterView.as_view(), name="cbv-strict"),
+    path("async/", include("tests.asyncapp.urls")),
 ]
 
 try:

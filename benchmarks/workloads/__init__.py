@@ -26,6 +26,7 @@ registry: dict[str, Callable[[Any, Any], None]] = {
     "latency": _lazy("latency", "run_latency"),
     "scale": _lazy("scale", "run_scale"),
     "hotagg": _lazy("hotagg", "run_hotagg"),
+    "asyncview": _lazy("asyncview", "run_asyncview"),
     "soak": _lazy("soak", "run_soak"),
     "rabbitmq": _lazy("rabbitmq", "run_rabbitmq"),
     "consumer": _lazy("consumer", "run_consumer"),

@@ -27,6 +27,7 @@ from ..retry import backoff_delay, is_retryable
 from ..tracing import span
 from ..uow.unit_of_work import UnitOfWork
 from . import ordering
+from .async_calls import call_handler
 from .handlers import Handler
 from .rows import Outcome, record_failure, record_success
 
@@ -195,7 +196,7 @@ def _run(handler: Handler, envelope: Envelope, db: str) -> bool:
     )
     with context, attribution, trace:
         if not handler.idempotent and not handler.retries and not handler.ordered:
-            handler.func(event, **kwargs)
+            call_handler(handler.func, event, **kwargs)
             record_success(handler.name, envelope, using=db, only_once=False)
             return True
         attempt = 0
@@ -241,7 +242,7 @@ def _run_in_unit(
             return False
         if handler.ordered:
             ordering.check_predecessor(handler, envelope, db)
-        handler.func(event, **kwargs)
+        call_handler(handler.func, event, **kwargs)
     if not handler.idempotent:
         record_success(handler.name, envelope, using=db, only_once=False)
     return True

@@ -1,15 +1,20 @@
-"""``unit_of_work``: ``@unit_of_work``, ``@unit_of_work(...)`` and ``with unit_of_work():``."""
+"""``unit_of_work``: ``@unit_of_work``, ``@unit_of_work(...)`` and ``with unit_of_work():``.
+
+On an ``async def`` (an async view, an async class-based view's handler or dispatch,
+``method_decorator`` included) each call runs in ``async with UnitOfWork()``, and
+``retries=`` re-runs the coroutine, as it re-runs a function.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from asgiref.sync import iscoroutinefunction
@@ -74,35 +79,6 @@ def _is_async_view(view: Any) -> bool:
         return False
 
 
-def _decorating_an_async_view_method() -> bool:
-    """True when ``method_decorator(unit_of_work, ...)`` is applying us to an async view.
-
-    Django applies a method decorator once, when the class is decorated, to a dummy
-    function (in ``_update_method_wrapper``), then on every request to a partial of the
-    bound method. Looking at the frames of that first application lets us refuse an
-    async view when its class is decorated instead of on its first request (where
-    ``is_async_callable`` refuses it anyway, should Django change its internals).
-    """
-    from django.utils import decorators
-
-    marker = getattr(decorators, "_update_method_wrapper", None)
-    code = getattr(marker, "__code__", None)
-    frame: FrameType | None = sys._getframe(1)
-    for _ in range(6):
-        if frame is None or code is None:
-            return False
-        if frame.f_code is code:
-            multi = frame.f_back  # _multi_decorate(decorators, method)
-            method = multi.f_locals.get("method") if multi is not None else None
-            if method is not None and is_async_callable(method):
-                return True
-            dec = multi.f_back if multi is not None else None  # method_decorator's _dec(obj)
-            owner = dec.f_locals.get("obj") if dec is not None else None
-            return isinstance(owner, type) and _is_async_view(owner)
-        frame = frame.f_back
-    return False
-
-
 class UnitOfWorkDecorator:
     """What ``unit_of_work(...)`` returns: a decorator, and a context manager for ``with``.
 
@@ -142,15 +118,9 @@ class UnitOfWorkDecorator:
         self._entries = threading.local()
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
-        if is_async_callable(func) or _decorating_an_async_view_method():
-            raise TypeError(
-                f"@unit_of_work cannot decorate the async function {callable_name(func)}(): "
-                "Django transactions are synchronous. Put the transactional part in a sync "
-                "function decorated with @unit_of_work and call it with "
-                "asgiref.sync.sync_to_async(...)."
-            )
-
         label = f"@unit_of_work {callable_name(func)}()"  # once, not at every call
+        if is_async_callable(func):
+            return self._decorate_async(func, label)
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -162,24 +132,71 @@ class UnitOfWorkDecorator:
                 try:
                     return self._run_once(func, label, *args, **kwargs)
                 except BaseException as error:
-                    retryable = is_retryable(error) or isinstance(error, self.retry_on)
-                    if attempt >= self.retries or not retryable:
-                        raise
+                    delay = self._retry_delay(func, error, attempt)
                     attempt += 1
-                    # The n-th retry waits up to base * 2**n (capped).
-                    delay = backoff_delay(attempt + 1, *self.backoff)
-                    logger.info(
-                        "Retrying %s (attempt %d of %d) in %.3fs after %s: %s",
-                        callable_name(func),
-                        attempt + 1,
-                        self.retries + 1,
-                        delay,
-                        type(error).__name__,
-                        error,
-                    )
                     time.sleep(delay)
 
         return wrapper
+
+    def _decorate_async(self, func: Callable[P, Any], label: str) -> Callable[P, Any]:
+        """The coroutine form: each call runs ``func`` in ``async with UnitOfWork()``.
+
+        ``func`` may be an ``async def``, or a callable that returns an awaitable (an
+        async view's ``as_view()``, a method decorated by ``method_decorator``).
+        """
+        if inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"@unit_of_work cannot decorate the async generator {callable_name(func)}(): "
+                "a unit of work cannot stay open across the values it yields. Decorate a "
+                "coroutine function (async def without yield) instead."
+            )
+
+        @functools.wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            if self.retries and current_uow(self.using) is not None:
+                # The outermost unit that owns retries re-runs the whole transaction.
+                return await self._run_once_async(func, label, *args, **kwargs)
+            attempt = 0
+            while True:
+                try:
+                    return await self._run_once_async(func, label, *args, **kwargs)
+                except BaseException as error:
+                    delay = self._retry_delay(func, error, attempt)
+                    attempt += 1
+                    await asyncio.sleep(delay)
+
+        return wrapper
+
+    def _retry_delay(self, func: Callable[..., Any], error: BaseException, attempt: int) -> float:
+        """Seconds to wait before re-running after ``error``; re-raise it when not retried."""
+        retryable = is_retryable(error) or isinstance(error, self.retry_on)
+        if attempt >= self.retries or not retryable:
+            raise error
+        # The n-th retry waits up to base * 2**n (capped).
+        delay = backoff_delay(attempt + 2, *self.backoff)
+        logger.info(
+            "Retrying %s (attempt %d of %d) in %.3fs after %s: %s",
+            callable_name(func),
+            attempt + 2,
+            self.retries + 1,
+            delay,
+            type(error).__name__,
+            error,
+        )
+        return delay
+
+    async def _run_once_async(
+        self, func: Callable[P, Any], label: str, /, *args: P.args, **kwargs: P.kwargs
+    ) -> Any:
+        async with UnitOfWork(
+            self.using, savepoint=self.savepoint, timeout=self.timeout, label=label
+        ) as uow:
+            result = func(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            if self.rollback_if is not None and self.rollback_if(result):
+                await uow.arollback()
+        return result
 
     def _run_once(
         self, func: Callable[P, R], label: str, /, *args: P.args, **kwargs: P.kwargs

@@ -30,6 +30,7 @@ from ..events.base import DomainEvent, StagedEvent, ensure_correlation, reset_ev
 from ..exceptions import NoActiveUnitOfWork, UnitOfWorkError, UnitOfWorkTimeout
 from ..locking.fields import version_field_or_none
 from ..locking.writes import touch
+from .async_unit import AsyncEntry
 from .flush import flush_changes
 from .journal import Journal, Mark, identity_key
 
@@ -60,13 +61,14 @@ class _State(Enum):
 _claim_lock = threading.Lock()
 
 
-class UnitOfWork:
+class UnitOfWork(AsyncEntry):
     """One business transaction on database ``using``; nested, a savepoint.
 
-    Use it as ``with UnitOfWork() as uow:``, or call ``begin()`` and later
-    ``commit()`` / ``rollback()``. An exception leaving the block rolls back and
-    propagates unchanged. A unit marked for rollback (``transaction.set_rollback(True)``,
-    or a database error caught inside it) rolls back at exit, as ``atomic`` does.
+    Use it as ``with UnitOfWork() as uow:`` (in a coroutine ``async with``, see
+    ``async_unit``), or call ``begin()`` and later ``commit()`` / ``rollback()``. An
+    exception leaving the block rolls back and propagates unchanged. A unit marked for
+    rollback (``transaction.set_rollback(True)``, or a database error caught inside it)
+    rolls back at exit, as ``atomic`` does.
 
     Like ``atomic``, one object can be entered again while it is open (the inner entry
     is a savepoint), again after it finished, and from several threads at once: each
@@ -114,6 +116,7 @@ class UnitOfWork:
                 "another transaction."
             )
         self._parent = current_uow(self.using)
+        self._note_thread(self._parent)
         if self._parent is not None:
             self._root = self._parent._root
             self._journal = self._root._journal
@@ -131,21 +134,20 @@ class UnitOfWork:
         self._state = _State.ACTIVE
         return self
 
-    def __enter__(self) -> UnitOfWork:
+    def _entry_unit(self) -> UnitOfWork:
+        """The unit a ``with`` entry runs: this one first, a fresh one for each later entry."""
         with _claim_lock:
             first = not self._claimed and self._state is _State.NEW
             self._claimed = True
         # State lives per entry: a reused object runs each later entry as a unit of its own.
-        unit = (
-            self
-            if first
-            else UnitOfWork(
-                self.using,
-                savepoint=self.savepoint_enabled,
-                timeout=self.timeout,
-                label=self.label,
-            )
+        if first:
+            return self
+        return UnitOfWork(
+            self.using, savepoint=self.savepoint_enabled, timeout=self.timeout, label=self.label
         )
+
+    def __enter__(self) -> UnitOfWork:
+        unit = self._entry_unit()
         unit.begin()
         entries: list[UnitOfWork] = self._entries.__dict__.setdefault("stack", [])
         entries.append(unit)
@@ -241,6 +243,7 @@ class UnitOfWork:
     def _require_innermost(self, action: str) -> None:
         if self._state is not _State.ACTIVE:
             raise UnitOfWorkError(f"Cannot {action}: this UnitOfWork is {self._state.value}.")
+        self._check_caller(action, advice=f"await uow.a{action.replace(' ', '')}()")
         stack = open_units()
         if not stack or stack[-1] is not self:
             raise UnitOfWorkError(
@@ -471,10 +474,7 @@ class UnitOfWork:
     def on_commit(self, fn: Callable[[], Any], *, robust: bool = False) -> Callable[[], Any]:
         """Run ``fn`` after the real COMMIT (``transaction.on_commit``)."""
         self._require_active("register an on_commit hook")
-        if robust:
-            transaction.on_commit(fn, using=self.using, robust=True)
-        else:
-            transaction.on_commit(fn, using=self.using)
+        self._hook_connection().on_commit(fn, robust=robust)
         return fn
 
     def on_rollback(self, fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -489,6 +489,7 @@ class UnitOfWork:
                 f"Cannot {action}: this UnitOfWork is {self._state.value}. Do it inside "
                 "the `with UnitOfWork():` block."
             )
+        self._check_caller(action)
 
     @property
     def new(self) -> list[models.Model]:

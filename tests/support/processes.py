@@ -95,3 +95,40 @@ def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -
             return True
         time.sleep(step)
     return predicate()
+
+
+def start_asgi_server(
+    port: int, *, extra: Mapping[str, Any] | None = None, **env: Any
+) -> subprocess.Popen[bytes]:
+    """The test project under uvicorn on 127.0.0.1:``port`` (``tests.asgi_subprocess``)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.asgi_subprocess",
+            connection.settings_dict["NAME"],
+            str(port),
+        ],
+        env=_env(extra, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Wait until something listens on 127.0.0.1:``port``; fail with ``proc``'s stderr if it
+    exits first."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"the server exited with {proc.returncode}: {stderr[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} after {timeout}s")

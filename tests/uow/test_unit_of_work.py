@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import transaction
@@ -243,12 +245,16 @@ def test_decorator_bare_and_with_options(transactional_db: None) -> None:
     assert bare.__name__ == "bare"
 
 
-def test_async_function_is_refused_at_decoration_time() -> None:
+def test_an_async_function_is_decorated_into_a_coroutine_function_and_a_generator_refused() -> None:
     async def view() -> None:
         await asyncio.sleep(0)
 
-    with pytest.raises(TypeError, match="async function .*sync_to_async"):
-        unit_of_work(view)
+    async def stream() -> Any:
+        yield 1
+
+    assert inspect.iscoroutinefunction(unit_of_work(view))
+    with pytest.raises(TypeError, match=r"async generator .*stream\(\).*coroutine function"):
+        unit_of_work(stream)
 
 
 def test_nested_retries_are_refused_inside_a_plain_atomic_block(transactional_db: None) -> None:
