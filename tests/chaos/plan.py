@@ -108,6 +108,8 @@ class Plan:
     chaos_seconds: float = 75.0
     chaos_rate: float = 6.0
     settle_bound: float = 60.0
+    #: The settle phase's hard limit while the backlog keeps shrinking.
+    settle_cap: float = 600.0
     sample_every: float = 2.0
     # Shares of the units of work.
     flaky_share: float = 0.06
