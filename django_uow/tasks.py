@@ -25,6 +25,7 @@ from uuid import UUID
 
 from . import signals
 from .conf import uow_settings
+from .delivery.connections import prepare_handler_task
 from .delivery.handlers import Handler
 from .delivery.handlers import registry as handler_registry
 from .delivery.rows import Outcome, mark_waiting
@@ -33,9 +34,13 @@ from .events.base import Envelope
 from .exceptions import PermanentFailure, PredecessorPending, RelayError, RetryAfter
 from .models import OutboxEvent
 from .publishers import CeleryPublisher, handler_task_id
-from .publishers.celery_messages import HANDLE_TASK
+from .publishers.celery_messages import HANDLE_BATCH_TASK, HANDLE_TASK
 from .relay import prune, relay_events, relay_pending, republish_overdue, wake_blocked
 from .retry import backoff_delay
+
+#: The handler tasks, which keep their worker's database connection between them
+#: (``delivery.connections``).
+HANDLER_TASKS = frozenset({HANDLE_TASK, HANDLE_BATCH_TASK})
 
 logger = logging.getLogger("django_uow.tasks")
 
@@ -351,6 +356,7 @@ if shared_task is not None:
         waited: int = 0,
     ) -> bool:
         """Run one handler for one event (idempotent handlers skip redeliveries)."""
+        prepare_handler_task(self, HANDLER_TASKS)
         return run_handler_task(self, message, handler_name, waiting_since, waits, waited)
 
     @shared_task(
@@ -362,4 +368,5 @@ if shared_task is not None:
     )
     def handle_events(self: Any, messages: list[dict[str, Any]], handler_name: str) -> int:
         """Run one handler for several events in turn (``HANDLER_BATCH`` > 1)."""
+        prepare_handler_task(self, HANDLER_TASKS)
         return run_handler_batch(self, messages, handler_name)

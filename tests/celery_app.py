@@ -23,3 +23,16 @@ def _close_db_connections(**kwargs: object) -> None:
     from django.db import connections
 
     connections.close_all()
+
+
+@app.task(name="tests.celery_app.record_backend", ignore_result=True)
+def record_backend(event_id: str) -> None:
+    """A plain task (not django-uow's): writes its session's backend pid as an effect."""
+    from django.db import connection
+
+    from tests.testapp.models import Effect
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = str(cursor.fetchone()[0])
+    Effect.objects.create(event_id=event_id, handler="plain", aggregate_id=backend)

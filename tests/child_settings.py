@@ -5,6 +5,7 @@ Read before Django is set up:
 - ``UOW_CELERY_BROKER``: the Celery broker URL (a Redis server of the test's own, say);
 - ``UOW_PG_APPLICATION_NAME``: the ``application_name`` of every PostgreSQL connection
   of the process, so a test can find them in ``pg_stat_activity`` (and terminate them);
+- ``UOW_CONN_MAX_AGE``: Django's ``CONN_MAX_AGE`` of the default database (seconds);
 - ``UOW_LOG``: a level (``WARNING``...): django-uow's log lines go to stderr;
 - ``UOW_CLOCK_SKEW``: seconds (may be negative) added to ``time.time()`` and
   ``django.utils.timezone.now()``: a process whose clock is off.
@@ -49,6 +50,8 @@ def configure(settings: ModuleType, database: str) -> None:
     if name and db["ENGINE"].endswith("postgresql"):
         # libpq's "options" also reaches the relay's LISTEN connection (it keeps that key).
         db["OPTIONS"] = {**db.get("OPTIONS", {}), "options": f"-c application_name={name}"}
+    if os.environ.get("UOW_CONN_MAX_AGE"):
+        db["CONN_MAX_AGE"] = int(os.environ["UOW_CONN_MAX_AGE"])
     broker = os.environ.get("UOW_CELERY_BROKER")
     if broker:
         settings.CELERY_BROKER_URL = broker

@@ -5,7 +5,8 @@ Environment: UOW_HANDLER_SLEEP (seconds per OrderCancelled event), UOW_SEQUENCE_
 (the ordered handler's longest random pause), UOW_HANDLER_BEHAVIOUR (what the OrderPlaced
 handler does with every order: "raise" or "permanent"), UOW_REDIS_DB, UOW_CELERY_BROKER (a
 broker URL instead of the Redis database, e.g. amqp://...), UOW_EXTRA (JSON merged into
-DJANGO_UOW), UOW_RECORD_ARRIVALS=1 (record each chaos handler task started:
+DJANGO_UOW), UOW_PING_RECORDS_BACKEND=1 (the Pinged handler writes its database
+session's backend pid as its effect's aggregate id), UOW_RECORD_ARRIVALS=1 (record each chaos handler task started:
 ``tests.chaos.arrivals``), and the other knobs of ``tests.child_settings``.
 """
 
@@ -35,6 +36,7 @@ def main() -> None:
         from tests.chaos import arrivals
 
         arrivals.install()
+    handlers.PING_RECORDS_BACKEND[0] = os.environ.get("UOW_PING_RECORDS_BACKEND") == "1"
     handlers.SLEEP[0] = float(os.environ.get("UOW_HANDLER_SLEEP", "0"))
     handlers.SEQUENCE_JITTER[0] = float(os.environ.get("UOW_SEQUENCE_JITTER", "0.005"))
     if behaviour := os.environ.get("UOW_HANDLER_BEHAVIOUR"):

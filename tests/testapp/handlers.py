@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Any
 
+from django.db import connection
+
 from django_uow import Envelope, PermanentFailure, RetryAfter
 from django_uow.delivery.handlers import event_handler
 
@@ -31,6 +33,8 @@ BEHAVIOUR: dict[Any, Any] = {}
 SEEN: list[tuple[str, str]] = []
 #: Seconds the OrderCancelled handler sleeps (the SIGKILL test needs a slow batch).
 SLEEP: list[float] = [0.0]
+#: The Pinged handler writes its session's backend pid (PostgreSQL) as the aggregate id.
+PING_RECORDS_BACKEND: list[bool] = [False]
 
 
 @event_handler(OrderPlaced, name="testapp.record_placed")
@@ -70,7 +74,12 @@ def record_cancelled(event: OrderCancelled, envelope: Envelope) -> None:
 
 @event_handler(Pinged, name="testapp.on_ping")
 def on_ping(event: Pinged, envelope: Envelope) -> None:
-    Effect.objects.create(event_id=envelope.event_id, handler="pinged", aggregate_id="")
+    backend = ""
+    if PING_RECORDS_BACKEND[0]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = str(cursor.fetchone()[0])
+    Effect.objects.create(event_id=envelope.event_id, handler="pinged", aggregate_id=backend)
 
 
 @event_handler(OrderNoted, name="testapp.acknowledge_note")
