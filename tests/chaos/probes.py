@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from django.core.management import call_command
-from django.db import connections
+from django.db import connections, transaction
 from django.test import RequestFactory
 
 from django_uow.models import OutboxEvent, ProcessedEvent
@@ -240,15 +240,22 @@ def read_metrics(using: str) -> list[tuple[str, dict[str, str], float]]:
 
 
 def read_reported(using: str, broker: Any, phase: str) -> Reported:
-    """Tables, then the broker and the three reports, then the tables again."""
-    before = read_tables(using)
-    report = Reported(before=before, after=before, phase=phase)
-    try:
-        report.queued, report.unacked = broker_depth(broker)
-    except Exception as exc:  # the broker is restarting: no depth this time
-        report.error = f"broker: {exc}"
-    report.status = read_status(using)
-    report.health_code, report.health = read_health(using)
-    report.metrics = read_metrics(using)
-    report.after = read_tables(using)
+    """Tables, then the broker and the three reports, then the tables again: on
+    PostgreSQL all in one REPEATABLE READ snapshot, so a report is judged against the
+    rows it saw (deliveries going failed and out of it between two reads of their own
+    could make an honest count fall outside the two table reads)."""
+    with transaction.atomic(using=using):
+        if connections[using].vendor == "postgresql":
+            with connections[using].cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        before = read_tables(using)
+        report = Reported(before=before, after=before, phase=phase)
+        try:
+            report.queued, report.unacked = broker_depth(broker)
+        except Exception as exc:  # the broker is restarting: no depth this time
+            report.error = f"broker: {exc}"
+        report.status = read_status(using)
+        report.health_code, report.health = read_health(using)
+        report.metrics = read_metrics(using)
+        report.after = read_tables(using)
     return report
