@@ -29,7 +29,7 @@ from django.db.models import F, Max
 from ..conf import uow_settings
 from ..db.clock import DatabaseNow, database_now
 from ..delivery import ordering
-from ..delivery.handlers import Handler
+from ..delivery.handlers import Handler, handlers_for
 from ..delivery.handlers import registry as handler_registry
 from ..delivery.rows import claim_redelivery, overdue_deliveries
 from ..delivery.running import Ran, run_delivery
@@ -392,7 +392,45 @@ def redeliver(
     except Exception as exc:
         return Redelivery(event_id, handler.name, "failed", describe(exc))
     outcome = {Ran.RAN: "succeeded", Ran.SKIPPED: "skipped", Ran.BLOCKED: "blocked"}[ran]
+    if ran is not Ran.BLOCKED:
+        finish_handled_event(event, using=using, publishers=publishers)
     return Redelivery(event_id, handler.name, outcome)
+
+
+def finish_handled_event(
+    event: OutboxEvent, *, using: str = "default", publishers: Sequence[Publisher] | None = None
+) -> bool:
+    """Mark a ``failed`` event ``dispatched`` once every handler of its type has succeeded.
+
+    In inline mode a handler that fails for good fails its event, and a failed event holds
+    back the later events of its aggregate. Once an operator's re-runs have made every
+    delivery succeed, nothing of the event is left to do, so it stops holding them back.
+    Only when every configured publisher just runs this project's handlers: an event for
+    a broker's consumers elsewhere still has to be published (``Retry now``).
+    """
+    if event.status != OutboxStatus.FAILED:
+        return False
+    configured = list(publishers) if publishers is not None else get_publishers()
+    if not configured or not all(getattr(p, "runs_handlers", False) for p in configured):
+        return False
+    names = [h.name for h in handlers_for(event.event_type)]
+    done = (
+        ProcessedEvent.objects.using(using)
+        .filter(event_id=event.event_id, handler__in=names, status=DeliveryStatus.SUCCEEDED)
+        .count()
+    )
+    if done < len(names):
+        return False
+    finished = (
+        OutboxEvent.objects.using(using)
+        .filter(pk=event.pk, status=OutboxStatus.FAILED)
+        .update(status=OutboxStatus.DISPATCHED, dispatched_at=DatabaseNow(), last_error="")
+    )
+    if finished:
+        logger.info(
+            "Event %s is dispatched: every handler's delivery has succeeded", event.event_id
+        )
+    return bool(finished)
 
 
 def _refusal(event_id: UUID, handler: Handler, status: str) -> Redelivery:

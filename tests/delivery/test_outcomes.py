@@ -26,7 +26,7 @@ from django_uow.delivery.rows import (
     record_published,
 )
 from django_uow.models import OutboxEvent, ProcessedEvent
-from django_uow.publishers import CeleryPublisher
+from django_uow.publishers import CeleryPublisher, InlinePublisher
 from django_uow.relay import (
     prune_inbox,
     prune_outbox,
@@ -193,6 +193,48 @@ def test_redeliver_inline_reruns_a_dead_letter_and_skips_what_succeeded(settings
     call_command("redeliver", "--event", str(event.event_id), stdout=out)
     assert "testapp.record_placed: skipped" in out.getvalue()
     assert Effect.objects.count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("outside", [False, True], ids=["handlers only", "a stream too"])
+def test_an_inline_event_failed_by_its_handler_stops_holding_its_aggregate_once_redelivered(
+    settings: Any, outside: bool
+) -> None:
+    publishers = INLINE["PUBLISHERS"] + (
+        ["django_uow.publishers.RedisStreamPublisher"] if outside else []
+    )
+    settings.DJANGO_UOW = {**INLINE, "PUBLISHERS": publishers, "MAX_ATTEMPTS": 1}
+    order = place_order()
+    handlers.BEHAVIOUR[order.pk] = "raise"
+    relay_batch(publishers=[InlinePublisher()])
+    placed = OutboxEvent.objects.get()
+    assert (placed.status, ProcessedEvent.objects.get().status) == ("failed", "failed")
+    with UnitOfWork():
+        order.refresh_from_db()
+        order.cancel("changed my mind")
+        order.save()
+    relay_batch(publishers=[InlinePublisher()])
+    cancelled = OutboxEvent.objects.exclude(pk=placed.pk).get()
+    assert cancelled.status == "pending"  # held back behind the failed event
+
+    handlers.BEHAVIOUR.clear()
+    call_command("redeliver", "--failed", stdout=io.StringIO())
+    placed.refresh_from_db()
+    relay_batch(publishers=[InlinePublisher()])
+    cancelled.refresh_from_db()
+    if outside:
+        # The stream's consumers never had it: the operator's Retry now still has to send it.
+        assert (placed.status, cancelled.status) == ("failed", "pending")
+    else:
+        assert (placed.status, placed.last_error, cancelled.status) == (
+            "dispatched",
+            "",
+            "dispatched",
+        )
+        assert placed.dispatched_at is not None
+    assert sorted(Effect.objects.values_list("handler", flat=True)) == (
+        ["placed"] if outside else ["cancelled", "placed"]
+    )
 
 
 @pytest.mark.django_db
