@@ -16,7 +16,6 @@ Beat schedule::
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from datetime import timedelta
@@ -35,9 +34,9 @@ from .models import OutboxEvent
 from .publishers import CeleryPublisher, handler_task_id
 from .publishers.celery_messages import HANDLE_TASK
 from .relay import prune, relay_events, relay_pending, republish_overdue, wake_blocked
-from .retry import backoff_delay
+from .retry import backoff_delay, logger_for
 
-logger = logging.getLogger("django_uow.tasks")
+logger = logger_for("django_uow.tasks")
 
 try:
     from celery import shared_task
