@@ -93,9 +93,11 @@ class EventSerializationError(UnitOfWorkError, TypeError):
     """Raised by ``record_event`` when an event field cannot be stored as JSON.
 
     Also for values one database stores and another refuses or alters: NaN and
-    infinities (float or Decimal), NUL characters and lone surrogates in strings or keys.
-    ``field`` is the event's field; ``path`` leads to the value inside it, e.g.
-    ``lines[2].sku``.
+    infinities (float or Decimal), NUL characters and lone surrogates in strings or keys,
+    dict keys that JSON writes alike (``1`` and ``"1"``); and for what a column refuses:
+    an event type or aggregate id longer than its column, a NUL or lone surrogate in a
+    header (a correlation id). ``field`` is the event's field (``""`` for the event type,
+    aggregate id and headers); ``path`` leads to the value inside it, e.g. ``lines[2].sku``.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class EventSerializationError(UnitOfWorkError, TypeError):
         path: str = "",
         problem: str = "",
         advice: str = "",
+        subject: str = "",
     ) -> None:
         self.event_type = event_type
         self.field = field
@@ -121,6 +124,7 @@ class EventSerializationError(UnitOfWorkError, TypeError):
             "date/datetime, or a list/dict of those), e.g. the pk instead of a model instance."
         )
         where = f"field {field!r}" if self.path == field else f"field {field!r}, at {self.path!r},"
+        where = subject or where  # not a field: its event type, aggregate id or a header
         super().__init__(
             f"Event {event_type!r}: {where} {problem}. {advice} The event was not recorded."
         )

@@ -12,7 +12,14 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .context import ActiveUnit, current_uow, open_units, uow_guarding_write
-from .events.base import DomainEvent, Envelope, StagedEvent
+from .events.base import (
+    AGGREGATE_ID_MAX_LENGTH,
+    EVENT_TYPE_MAX_LENGTH,
+    DomainEvent,
+    Envelope,
+    StagedEvent,
+    check_aggregate_id,
+)
 from .locking.fields import VersionField, get_version, version_field_of
 from .locking.writes import conflict_error, versioned_delete_guard, versioned_update
 
@@ -41,9 +48,9 @@ class OutboxEvent(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     event_id = models.UUIDField(unique=True, editable=False)
-    event_type = models.CharField(max_length=255)
+    event_type = models.CharField(max_length=EVENT_TYPE_MAX_LENGTH)
     aggregate_type = models.CharField(max_length=255, blank=True, default="")
-    aggregate_id = models.CharField(max_length=255, blank=True, default="")
+    aggregate_id = models.CharField(max_length=AGGREGATE_ID_MAX_LENGTH, blank=True, default="")
     aggregate_version = models.PositiveBigIntegerField(null=True, blank=True)
     occurred_at = models.DateTimeField(default=timezone.now)
     payload = models.JSONField(encoder=DjangoJSONEncoder, default=dict)
@@ -370,6 +377,8 @@ class AggregateRoot(VersionedModel):
         or ``ValueError`` for a bad schedule; nothing is recorded then.
         """
         staged = StagedEvent.from_event(event, delay=delay, deliver_at=deliver_at)
+        if self.pk is not None:  # else checked when the unit writes it, once it has one
+            check_aggregate_id(staged.event_type, self.pk)
         uow: ActiveUnit | None = current_uow(self._uow_alias())
         if uow is not None:
             uow._remember(self)

@@ -7,6 +7,7 @@ same way through it.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 
@@ -90,3 +91,47 @@ def describe(exc: BaseException, limit: int = ERROR_TEXT_LIMIT) -> str:
     except Exception:  # a broken __str__ must not hide the failure itself
         text = f"<unprintable {type(exc).__name__}>"
     return storable_text(f"{type(exc).__name__}: {text}", limit)
+
+
+# --------------------------------------------------------------------------- log lines
+
+#: Characters a terminal or a log reader acts on: C0 controls (newlines and ESC among
+#: them), DEL and C1 controls. Logged text comes from stored errors, event types and
+#: handler names, which anyone able to record an event may have chosen.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: In a traceback, line breaks and tabs are its layout and stay.
+_CONTROL_IN_TRACEBACK = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _escaped(found: re.Match[str]) -> str:
+    return f"\\x{ord(found.group()):02x}"
+
+
+def escape_control(text: str, *, keep_lines: bool = False) -> str:
+    """``text`` with each control character written as ``\\xNN`` (so ESC is ``\\x1b``)."""
+    pattern = _CONTROL_IN_TRACEBACK if keep_lines else _CONTROL
+    return pattern.sub(_escaped, text)
+
+
+class EscapeControl(logging.Filter):
+    """Formats a record's message once and escapes its control characters (and those of
+    its traceback, but its line breaks), so a logged value cannot forge log lines or
+    drive the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        escaped = escape_control(message)
+        if escaped != message or record.args:
+            record.msg, record.args = escaped, None
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = escape_control(text, keep_lines=True)
+        return True
+
+
+def logger_for(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` with ``EscapeControl`` on it (once)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, EscapeControl) for f in logger.filters):
+        logger.addFilter(EscapeControl())
+    return logger

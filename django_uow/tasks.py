@@ -16,7 +16,6 @@ Beat schedule::
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from datetime import timedelta
@@ -36,13 +35,13 @@ from .models import OutboxEvent
 from .publishers import CeleryPublisher, handler_task_id
 from .publishers.celery_messages import HANDLE_BATCH_TASK, HANDLE_TASK
 from .relay import prune, relay_events, relay_pending, republish_overdue, wake_blocked
-from .retry import backoff_delay
+from .retry import backoff_delay, logger_for
 
 #: The handler tasks, which keep their worker's database connection between them
 #: (``delivery.connections``).
 HANDLER_TASKS = frozenset({HANDLE_TASK, HANDLE_BATCH_TASK})
 
-logger = logging.getLogger("django_uow.tasks")
+logger = logger_for("django_uow.tasks")
 
 try:
     from celery import shared_task

@@ -10,7 +10,6 @@ the group and acts only on members still failed, reports its counts through
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,8 +33,9 @@ from ..ops.deadletters import (
     find_group,
     retry_delivery,
 )
+from ..retry import logger_for
 
-logger = logging.getLogger("django_uow.admin")
+logger = logger_for("django_uow.admin")
 
 #: Characters of a group's sample error shown on the page.
 SAMPLE_CHARS = 500

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +31,7 @@ from django.utils.translation import gettext_lazy as _
 from ..delivery.rows import consumer_lag
 from ..models import ProcessedEvent
 from ..relay.redelivery import redeliver
+from ..retry import logger_for
 from .changelists import CappedPaginator, LightDeliveryChangeList
 from .display import (
     ERROR_PREVIEW_CHARS,
@@ -43,7 +43,7 @@ from .display import (
 from .filters import EventTypeFilter, HandlerFilter
 from .lookups import StrictLookupsMixin
 
-logger = logging.getLogger("django_uow.admin")
+logger = logger_for("django_uow.admin")
 
 #: Deliveries "Re-run" takes at once: each runs its handler (or publishes it) right away,
 #: inside the request. More is a job for ``manage.py redeliver --failed``.

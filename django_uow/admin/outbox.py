@@ -6,7 +6,6 @@ the model's change permission, everything else its view permission.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +43,7 @@ from ..events.redaction import MASK, redact, redactor
 from ..models import OutboxEvent, ProcessedEvent
 from ..ops.holds import WaitReason, failing_heads, is_scheduled, wait_reasons
 from ..ops.status import outbox_status, snapshot
+from ..retry import logger_for
 from .changelists import HEAVY_FIELDS, CappedPaginator, LightChangeList
 from .dead_letters import group_action_view, groups_view
 from .display import (
@@ -69,7 +69,7 @@ from .filters import (
 )
 from .lookups import StrictLookupsMixin
 
-logger = logging.getLogger("django_uow.admin")
+logger = logger_for("django_uow.admin")
 
 
 Status = OutboxEvent.Status

@@ -24,7 +24,6 @@ Two kinds of numbers:
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -35,8 +34,9 @@ from django.utils import timezone
 
 from .. import signals
 from ..ops.health import outbox_health
+from ..retry import logger_for
 
-logger = logging.getLogger("django_uow.metrics")
+logger = logger_for("django_uow.metrics")
 
 try:
     import prometheus_client

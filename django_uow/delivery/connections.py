@@ -12,13 +12,14 @@ Every other task keeps the fix-up's behaviour.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
 from django.db import connections
 
-logger = logging.getLogger("django_uow.tasks")
+from ..retry import logger_for
+
+logger = logger_for("django_uow.tasks")
 
 #: Set on a fix-up whose ``close_database`` this module wrapped (it is wrapped once).
 _WRAPPED = "_django_uow_keeps_handler_connections"

@@ -11,7 +11,6 @@ after it, outside it.
 from __future__ import annotations
 
 import enum
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,7 @@ from ..events.audit import attributed_to
 from ..events.base import Envelope, event_context
 from ..exceptions import PermanentFailure, PredecessorPending, UnknownEventType
 from ..models import ProcessedEvent
-from ..retry import backoff_delay, is_retryable
+from ..retry import backoff_delay, is_retryable, logger_for
 from ..tracing import span
 from ..uow.unit_of_work import UnitOfWork
 from . import ordering
@@ -31,7 +30,7 @@ from .async_calls import call_handler
 from .handlers import Handler
 from .rows import Outcome, record_failure, record_success
 
-logger = logging.getLogger("django_uow.handlers")
+logger = logger_for("django_uow.handlers")
 
 #: Backoff (base, cap) in seconds between re-runs of a handler with ``retries=``.
 HANDLER_RETRY_BACKOFF = (0.01, 0.5)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import datetime
-import json
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -26,11 +25,17 @@ from ..exceptions import EventDecodeError, EventSerializationError, UnknownEvent
 from ..tracing import inject_trace_context
 from . import decoding, encoding
 from .audit import audit_headers
+from .redaction import redact
 from .scheduling import due_time, seconds
 
 E = TypeVar("E", bound="DomainEvent")
 
 SCHEMA_VERSION_HEADER = "schema_version"
+#: The outbox columns' lengths (``OutboxEvent`` declares its fields with them): a longer
+#: value is refused at ``record_event()``, where PostgreSQL and MariaDB would refuse it
+#: at COMMIT and SQLite would store it.
+EVENT_TYPE_MAX_LENGTH = 255
+AGGREGATE_ID_MAX_LENGTH = 255
 
 
 class _EventMeta(type):
@@ -83,9 +88,11 @@ class DomainEvent(metaclass=_EventMeta):
         ``event_version``.
         """
         if version != cls.event_version:
-            raise ValueError(
-                f"{cls.__name__} is at schema version {cls.event_version} but a stored "
-                f"payload has version {version}; define {cls.__name__}.upcast() to convert it."
+            # Permanent (an EventDecodeError is a ValueError): retrying cannot change it.
+            raise EventDecodeError(
+                event_type_of(cls),
+                f"{cls.__name__} is at schema version {cls.event_version} but the stored "
+                f"payload has version {version}; define {cls.__name__}.upcast() to convert it",
             )
         return payload
 
@@ -101,8 +108,9 @@ class DomainEvent(metaclass=_EventMeta):
         Raises ``EventDecodeError`` (a permanent failure) when the payload does not fit.
         """
         if not isinstance(payload, Mapping):
+            shown = redact(payload)  # a list may hold secret keys: the text reaches logs
             raise EventDecodeError(
-                event_type_of(cls), f"payload is not a JSON object: {payload!r:.200}"
+                event_type_of(cls), f"payload is not a JSON object: {shown!r:.200}"
             )
         data = dict(payload)
         if version is not None and version != cls.event_version:
@@ -233,9 +241,86 @@ def encode_payload_text(event: DomainEvent) -> tuple[dict[str, Any], str]:
         error = _serialization_error(event, values)
         if error is not None:  # else "\\u0000" was six ordinary characters
             raise error
-    if all(type(value) in _JSON_SCALARS for value in values.values()):
-        return values, text  # already what decoding the text would give
-    return json.loads(text), text
+    scalars = all(type(value) in _JSON_SCALARS for value in values.values())
+    # All scalars: already what decoding the text would give (field names never collide).
+    try:
+        payload = values if scalars else encoding.loads_unique(text)
+    except encoding.KeysCollide:
+        error = _collision_error(event, values)
+        raise error or EventSerializationError(
+            event_type_of(event), "", values, problem="has dict keys that JSON writes alike"
+        ) from None
+    if encoding.may_hold_unsteady_numbers(text):
+        steady = encoding.steady_numbers(payload)
+        if steady is not payload:
+            payload, text = steady, encoding.dumps(steady)
+    return payload, text
+
+
+def _collision_error(event: DomainEvent, values: dict[str, Any]) -> EventSerializationError | None:
+    for name, value in values.items():
+        problem = encoding.find_collision(value, name)
+        if problem is not None:
+            return EventSerializationError(
+                event_type_of(event),
+                name,
+                problem.value,
+                path=problem.path,
+                problem=problem.problem,
+                advice=problem.advice,
+            )
+    return None
+
+
+def check_storable_text(event_type: str, what: str, value: str, limit: int | None = None) -> None:
+    """Refuse ``value`` (``what`` it is: "its aggregate id"...) if a column would refuse it.
+
+    Raises ``EventSerializationError`` naming it, the limit and what to do.
+    """
+    if limit is not None and len(value) > limit:
+        raise EventSerializationError(
+            event_type,
+            "",
+            value,
+            subject=what,
+            problem=f"is {len(value)} characters long ({value[:40]!r}...), over the "
+            f"outbox column's limit of {limit}, which PostgreSQL and MariaDB refuse at COMMIT",
+            advice="Use a shorter value (a surrogate key, or a hash of the long one).",
+        )
+    if value.isascii() and "\x00" not in value:
+        return
+    problem = encoding.text_problem(what, value, "text")
+    if problem is not None:
+        raise EventSerializationError(
+            event_type,
+            "",
+            value,
+            subject=what,
+            problem=problem.problem,
+            advice=problem.advice,
+        )
+
+
+def check_aggregate_id(event_type: str, pk: Any) -> None:
+    """Refuse an aggregate pk the outbox's ``aggregate_id`` column cannot hold."""
+    check_storable_text(event_type, "its aggregate id", str(pk), AGGREGATE_ID_MAX_LENGTH)
+
+
+def _check_headers(event_type: str, headers: dict[str, Any]) -> None:
+    for key, value in headers.items():
+        if isinstance(value, str):
+            check_storable_text(event_type, f"its header {key!r}", value)
+        elif value is not None and not isinstance(value, int | float):
+            problem = encoding.find_problem(value, key)
+            if problem is not None:
+                raise EventSerializationError(
+                    event_type,
+                    "",
+                    problem.value,
+                    subject=f"its header {key!r}",
+                    problem=problem.problem,
+                    advice=problem.advice,
+                )
 
 
 def _serialization_error(
@@ -327,7 +412,16 @@ class Envelope:
 
     @property
     def schema_version(self) -> int:
-        return int(self.headers.get(SCHEMA_VERSION_HEADER, 1))
+        value = self.headers.get(SCHEMA_VERSION_HEADER, 1)
+        if type(value) is int:
+            return value
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 10:
+            return int(value)
+        # Permanent, like a payload that does not decode: no retry makes it a number.
+        raise EventDecodeError(
+            self.event_type,
+            f"header {SCHEMA_VERSION_HEADER!r} is not a schema version number: {value!r:.50}",
+        )
 
     @property
     def correlation_id(self) -> str | None:
@@ -441,10 +535,13 @@ class StagedEvent:
         headers.update(audit_headers())
 
         inject_trace_context(headers)
+        event_type = event_type_of(event)
+        check_storable_text(event_type, "its event type", event_type, EVENT_TYPE_MAX_LENGTH)
+        _check_headers(event_type, headers)
         return cls(
             event=event,
             event_id=uuid.uuid4(),
-            event_type=event_type_of(event),
+            event_type=event_type,
             occurred_at=now,
             payload=payload,
             headers=headers,

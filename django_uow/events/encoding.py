@@ -1,9 +1,11 @@
 """Encoding event payloads: a dataclass to one JSON object every database stores alike.
 
 Values that one database stores and another refuses or alters (NaN, infinities, NUL,
-lone surrogates) are refused, so SQLite and PostgreSQL behave alike and the error comes
-at ``record_event()``, naming the field, instead of at COMMIT. The happy path is one
-``json.dumps`` and one scan of its text; only a failure walks the values.
+lone surrogates, dict keys that collide once they are JSON text) are refused, so SQLite,
+PostgreSQL and MariaDB behave alike and the error comes at ``record_event()``, naming the
+field, instead of at COMMIT. Floats that PostgreSQL would read back as another type are
+written as what it reads (``steady_numbers``). The happy path is one ``json.dumps`` and
+one scan of its text; only a failure walks the values.
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ _GENERIC_ADVICE = (
     "date/datetime, Enum, a frozen dataclass, or a list/dict of those), e.g. the pk "
     "instead of a model instance."
 )
+
+
+def text_problem(path: str, text: str, what: str) -> Problem | None:
+    """Why ``text`` (``what`` it is, for the message) cannot be stored, if it cannot."""
+    return _text_problem(path, text, what)
 
 
 def _text_problem(path: str, text: str, what: str) -> Problem | None:
@@ -185,3 +192,114 @@ def find_problem(value: Any, path: str, _stack: frozenset[int] = frozenset()) ->
             str(exc),
         )
     return find_problem(converted, path, _stack)
+
+
+# --------------------------------------------------------------------------- collisions
+
+
+class KeysCollide(ValueError):
+    """Two keys of one JSON object in a payload's text are the same."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise KeysCollide
+    return result
+
+
+def loads_unique(text: str) -> Any:
+    """``json.loads(text)``, raising ``KeysCollide`` where reading it would drop a key."""
+    return json.loads(text, object_pairs_hook=_unique_pairs)
+
+
+def find_collision(value: Any, path: str) -> Problem | None:
+    """The first dict under ``value`` with two keys that JSON writes alike (``1``, ``"1"``).
+
+    JSON object keys are text: ``json.dumps`` writes both, and every database keeps only
+    one of them when it reads the document back, silently.
+    """
+    if isinstance(value, dict):
+        seen: dict[str, Any] = {}
+        for key in value:
+            text = _key_text(key)
+            if text is not None and text in seen:
+                return Problem(
+                    path,
+                    value,
+                    f"has the keys {seen[text]!r} and {key!r}, which JSON writes as the same "
+                    f"key {text!r}, so one of them would be lost",
+                    "Use keys of one type (str, or int, not both) in a dict.",
+                )
+            if text is not None:
+                seen[text] = key
+        for key, item in value.items():
+            found = find_collision(item, key_path(path, key))
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = find_collision(item, f"{path}[{index}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, set | frozenset):
+        return find_collision(_set_items(value), path)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            found = find_collision(getattr(value, f.name), f"{path}.{f.name}")
+            if found:
+                return found
+    return None
+
+
+def _key_text(key: Any) -> str | None:
+    """The object key ``json.dumps`` writes for dict key ``key``."""
+    if isinstance(key, str):
+        return key
+    if key is True:
+        return "true"
+    if key is False:
+        return "false"
+    if key is None:
+        return "null"
+    if isinstance(key, int | float):
+        return json.dumps(key)
+    return None
+
+
+# --------------------------------------------------------------------------- numbers
+
+#: From here up, a float's shortest text has an exponent ("1e+16"); PostgreSQL's jsonb
+#: stores such a number as a numeric and writes it back without one, so it reads back
+#: as an int there and as a float on SQLite and MariaDB.
+_EXPONENT_FROM = 1e16
+
+
+def may_hold_unsteady_numbers(text: str) -> bool:
+    """A cheap check: a float that reads back as another value on some database may be in
+    ``text`` (a hit inside a string is ruled out by ``steady_numbers``)."""
+    return "e+" in text or "-0.0" in text
+
+
+def steady_numbers(value: Any) -> Any:
+    """``value`` (JSON primitives) with each float that databases read back differently
+    written as what they all read: an integral float of 1e16 or more as its int (exact),
+    ``-0.0`` as ``0.0`` (PostgreSQL's numeric has no negative zero). The same object when
+    nothing changes."""
+    if type(value) is float:
+        if abs(value) >= _EXPONENT_FROM:
+            return int(value)
+        if value == 0.0 and math.copysign(1.0, value) < 0:
+            return 0.0
+        return value
+    if isinstance(value, dict):
+        changed = {key: steady_numbers(item) for key, item in value.items()}
+        same = all(changed[key] is item for key, item in value.items())
+        return value if same else changed
+    if isinstance(value, list):
+        items = [steady_numbers(item) for item in value]
+        same = all(new is old for new, old in zip(items, value, strict=True))
+        return value if same else items
+    return value

@@ -7,7 +7,10 @@ case-insensitive:
 - a name without a dot (``"ssn"``) masks that key at any depth, inside lists too;
 - a dotted path (``"customer.card.number"``) masks that key only at that place, counted
   from the top of the payload (or of the headers); list items are stepped through, so
-  ``"lines.secret"`` masks ``lines[i]["secret"]`` for every ``i``.
+  ``"lines.secret"`` masks ``lines[i]["secret"]`` for every ``i``;
+- a name or a path segment may be a glob (``"*secret*"``, ``"x-*-key"``, ``"card.*"``):
+  ``*`` any run of characters, ``?`` one, ``[...]`` a set, as ``fnmatch`` reads them.
+  The built-in list uses them, so ``client_secret`` and ``github_token`` are masked.
 
 Only what is *shown* is masked: the stored row and what publishers send keep the real
 values.
@@ -15,6 +18,9 @@ values.
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,7 +39,19 @@ DEFAULT_KEYS = (
     "set-cookie",
     "access_token",
     "refresh_token",
+    # Globs: any key that contains one of these words.
+    "*password*",
+    "*passwd*",
+    "*secret*",
+    "*token*",
+    "*api_key*",
+    "*apikey*",
+    "*api-key*",
+    "*private_key*",
+    "*credential*",
+    "*authorization*",
 )
+_GLOB = re.compile(r"[*?\[]")
 #: What a masked value shows.
 MASK = "[redacted]"
 
@@ -44,17 +62,37 @@ class Redactor:
     def __init__(self, entries: Iterable[str]) -> None:
         self.names: set[str] = set()
         self.paths: set[tuple[str, ...]] = set()
+        name_globs: list[str] = []
+        #: Dotted paths with a glob in some segment: one regex per segment.
+        self.path_globs: list[tuple[re.Pattern[str], ...]] = []
         for entry in entries:
             entry = entry.strip().lower()
             if "." in entry:
-                self.paths.add(tuple(entry.split(".")))
+                parts = tuple(entry.split("."))
+                if any(_GLOB.search(part) for part in parts):
+                    self.path_globs.append(tuple(_compiled(part) for part in parts))
+                else:
+                    self.paths.add(parts)
+            elif _GLOB.search(entry):
+                name_globs.append(fnmatch.translate(entry))
             elif entry:
                 self.names.add(entry)
+        # One alternation for all name globs: one match call per key, however many globs.
+        self.name_glob = re.compile("|".join(name_globs)) if name_globs else None
 
     def key_is_secret(self, key: str, path: tuple[str, ...] = ()) -> bool:
         """True when ``key`` (reached through ``path``) is masked."""
         lowered = key.lower() if isinstance(key, str) else str(key)
-        return lowered in self.names or (*path, lowered) in self.paths
+        if lowered in self.names or (*path, lowered) in self.paths:
+            return True
+        if self.name_glob is not None and self.name_glob.match(lowered):
+            return True
+        full = (*path, lowered)
+        return any(
+            len(parts) == len(full)
+            and all(part.match(step) for part, step in zip(parts, full, strict=True))
+            for parts in self.path_globs
+        )
 
     def __call__(self, value: Any) -> Any:
         """A copy of ``value`` with the secret keys' values replaced by ``MASK``."""
@@ -75,9 +113,19 @@ class Redactor:
         return value
 
 
+def _compiled(glob: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(glob))
+
+
 def redactor() -> Redactor:
     """The redactor of the current settings (``DEFAULT_KEYS`` plus ``REDACT``)."""
-    return Redactor((*DEFAULT_KEYS, *uow_settings.REDACT))
+    return _redactor_of(tuple(uow_settings.REDACT))
+
+
+@functools.lru_cache(maxsize=8)
+def _redactor_of(entries: tuple[str, ...]) -> Redactor:
+    # Built once per setting value: the globs compile to regexes.
+    return Redactor((*DEFAULT_KEYS, *entries))
 
 
 def redact(value: Any) -> Any:
@@ -86,8 +134,10 @@ def redact(value: Any) -> Any:
 
 
 def redact_field(path: str, value: Any) -> Any:
-    """``value`` if the payload field at ``path`` (``"a.b[0].c"``) may be shown, else MASK."""
+    """The payload field at ``path`` (``"a.b[0].c"``) as it may be shown: MASK when its key
+    is secret, else ``value`` with the secret keys inside it masked."""
     parts = tuple(p.split("[", 1)[0].lower() for p in path.split(".") if p.split("[", 1)[0])
-    if not parts:
-        return value
-    return MASK if redactor().key_is_secret(parts[-1], parts[:-1]) else value
+    secret = redactor()
+    if parts and secret.key_is_secret(parts[-1], parts[:-1]):
+        return MASK
+    return secret._walk(value, parts)

@@ -11,7 +11,6 @@ that batch: it reports them as ``BlockedByEarlierFailure`` and the relay hands t
 from __future__ import annotations
 
 import inspect
-import logging
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,9 +28,9 @@ from ..delivery.rows import record_published
 from ..events.base import Envelope
 from ..exceptions import BlockedByEarlierFailure, DeliveriesNotRecorded
 from ..models import ProcessedEvent
-from ..retry import describe
+from ..retry import describe, logger_for
 
-logger = logging.getLogger("django_uow.publishers")
+logger = logger_for("django_uow.publishers")
 
 
 @runtime_checkable

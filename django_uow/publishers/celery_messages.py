@@ -23,7 +23,6 @@ An unreachable broker raises, as ``send_task`` does: the relay hands the batch b
 
 from __future__ import annotations
 
-import logging
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -32,9 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..events.base import Envelope
+from ..retry import logger_for
 from .rabbitmq import MessageNotConfirmed
 
-logger = logging.getLogger("django_uow.publishers")
+logger = logger_for("django_uow.publishers")
 
 #: The Celery task that runs one handler for one event.
 HANDLE_TASK = "django_uow.tasks.handle_event"

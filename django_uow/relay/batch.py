@@ -46,14 +46,14 @@ from ..exceptions import (
 from ..models import OutboxEvent, OutboxStatus
 from ..publishers import Publisher, get_publishers, record_sent, recording_deferred
 from ..publishers.base import for_another_thread
-from ..retry import backoff_delay, describe, is_connection_error
+from ..retry import backoff_delay, describe, is_connection_error, logger_for
 from ..tracing import span
 from . import claims as statements
 from .claimed import ClaimedRow
 from .handoff import Handoff, PublishOverBudget
 from .lease import lease_kept
 
-logger = logging.getLogger("django_uow.relay")
+logger = logger_for("django_uow.relay")
 
 
 @dataclass

@@ -10,12 +10,13 @@ of commits in between. One breaker per process: the broker is shared by every th
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
 
-logger = logging.getLogger("django_uow.fastpath")
+from ..retry import logger_for
+
+logger = logger_for("django_uow.fastpath")
 
 
 class CircuitBreaker:

@@ -23,7 +23,6 @@ takes the message after all is not sent it a second time by the sweep.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -36,11 +35,11 @@ from ..db.features import features
 from ..exceptions import RelayError
 from ..publishers import Publisher, commit_path_publishers, get_publishers
 from ..publishers.connections import celery_connection
-from ..retry import is_connection_error
+from ..retry import is_connection_error, logger_for
 from .batch import relay_events
 from .breaker import breaker
 
-logger = logging.getLogger("django_uow.fastpath")
+logger = logger_for("django_uow.fastpath")
 
 #: The PostgreSQL channel a looping ``relay_outbox`` LISTENs on.
 NOTIFY_CHANNEL = "django_uow_outbox"

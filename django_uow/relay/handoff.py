@@ -11,13 +11,14 @@ reply timeout passes): acknowledge, or give back, with a database connection of 
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
-logger = logging.getLogger("django_uow.fastpath")
+from ..retry import logger_for
+
+logger = logger_for("django_uow.fastpath")
 
 Late = Callable[[Any, BaseException | None], None]
 

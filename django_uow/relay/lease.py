@@ -10,16 +10,16 @@ heartbeat dies with it.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from django.db import connections
 
+from ..retry import logger_for
 from . import claims as statements
 
-logger = logging.getLogger("django_uow.relay")
+logger = logger_for("django_uow.relay")
 
 
 @contextmanager

@@ -13,7 +13,6 @@ then the loop exits. Database and broker errors are logged and retried next roun
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 import threading
 import time
@@ -29,12 +28,13 @@ from ..conf import uow_settings
 from ..db.features import features
 from ..exceptions import RelayError
 from ..publishers import Publisher
+from ..retry import logger_for
 from .batch import RelayResult, count_pending, default_relay_id, relay_batch
 from .fastpath import NOTIFY_CHANNEL
 from .redelivery import republish_overdue, wake_blocked
 from .retention import prune
 
-logger = logging.getLogger("django_uow.relay")
+logger = logger_for("django_uow.relay")
 
 #: How often a looping relay with ``prune=True`` prunes (seconds).
 PRUNE_EVERY = 3600.0

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,9 +42,9 @@ from ..models import (
     ProcessedEvent,
 )
 from ..publishers import CeleryPublisher, Publisher, get_publishers
-from ..retry import describe
+from ..retry import describe, logger_for
 
-logger = logging.getLogger("django_uow.relay")
+logger = logger_for("django_uow.relay")
 
 
 def celery_publisher(publishers: Sequence[Publisher] | None = None) -> CeleryPublisher | None:

@@ -16,7 +16,6 @@ Ages count on the database's clock.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,8 +25,9 @@ from ..conf import uow_settings
 from ..db.clock import database_now
 from ..delivery.handlers import registry as handler_registry
 from ..models import DeliveryStatus, OutboxEvent, OutboxStatus, ProcessedEvent
+from ..retry import logger_for
 
-logger = logging.getLogger("django_uow.relay")
+logger = logger_for("django_uow.relay")
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,10 +20,10 @@ from asgiref.sync import iscoroutinefunction
 from django.db import connections
 
 from ..exceptions import UnitOfWorkError
-from ..retry import backoff_delay, is_retryable
+from ..retry import backoff_delay, is_retryable, logger_for
 from .unit_of_work import UnitOfWork, current_uow
 
-logger = logging.getLogger("django_uow.retry")
+logger = logger_for("django_uow.retry")
 
 P = ParamSpec("P")
 R = TypeVar("R")

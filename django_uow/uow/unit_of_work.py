@@ -26,7 +26,13 @@ from ..conf import uow_settings
 from ..context import current_uow as _current_unit
 from ..context import open_units, pop_unit, push_unit
 from ..db.timeouts import Restore, apply_limits, is_timeout
-from ..events.base import DomainEvent, StagedEvent, ensure_correlation, reset_event_context
+from ..events.base import (
+    DomainEvent,
+    StagedEvent,
+    check_aggregate_id,
+    ensure_correlation,
+    reset_event_context,
+)
 from ..exceptions import NoActiveUnitOfWork, UnitOfWorkError, UnitOfWorkTimeout
 from ..locking.fields import version_field_or_none
 from ..locking.writes import touch
@@ -392,6 +398,7 @@ class UnitOfWork(AsyncEntry):
                 aggregate_type = owner._meta.label_lower
                 pk = owner.pk if owner.pk is not None else owner.__dict__.get("_uow_deleted_pk")
                 aggregate_id = "" if pk is None else str(pk)
+                check_aggregate_id(staged.event_type, aggregate_id)  # a pk given after record
                 field = version_field_or_none(owner)
                 version = None if field is None else getattr(owner, field.attname)
             rows.append(

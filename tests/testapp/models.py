@@ -29,6 +29,12 @@ class Order(AggregateRoot):
             raise ValueError(f"Order {self.pk}: total must not be negative")
 
 
+class Ticket(AggregateRoot):
+    """An aggregate keyed by text longer than the outbox's aggregate_id column."""
+
+    code = models.CharField(primary_key=True, max_length=400)
+
+
 class Counter(VersionedModel):
     name = models.CharField(max_length=50, unique=True)
     value = models.IntegerField(default=0)
