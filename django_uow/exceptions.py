@@ -173,9 +173,20 @@ class HandlerFailed(UnitOfWorkError):
     a publisher's own transport errors pause the relay.
     """
 
-    def __init__(self, handler: str, original: BaseException) -> None:
+    def __init__(
+        self,
+        handler: str,
+        original: BaseException,
+        *,
+        final: bool | None = None,
+        retry_in: float | None = None,
+    ) -> None:
         self.handler = handler
         self.original = original
+        #: The handler's own policy decided: True a dead letter, False due again after
+        #: ``retry_in`` seconds; None leaves it to the relay's ``MAX_ATTEMPTS``/``BACKOFF``.
+        self.final = final
+        self.retry_in = retry_in
         super().__init__(f"handler {handler} raised {type(original).__name__}")
         self.__cause__ = original
 

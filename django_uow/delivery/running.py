@@ -18,10 +18,9 @@ from typing import Any
 
 from django.db import router
 
-from ..conf import uow_settings
 from ..events.audit import attributed_to
 from ..events.base import Envelope, event_context
-from ..exceptions import PermanentFailure, PredecessorPending, UnknownEventType
+from ..exceptions import PredecessorPending
 from ..models import ProcessedEvent
 from ..retry import backoff_delay, is_retryable
 from ..tracing import span
@@ -195,7 +194,12 @@ def _run(handler: Handler, envelope: Envelope, db: str) -> bool:
         aggregate_id=envelope.aggregate_id or None,
     )
     with context, attribution, trace:
-        if not handler.idempotent and not handler.retries and not handler.ordered:
+        if (
+            not handler.idempotent
+            and not handler.retries
+            and not handler.ordered
+            and handler.policy.timeout is None
+        ):
             call_handler(handler.func, event, **kwargs)
             record_success(handler.name, envelope, using=db, only_once=False)
             return True
@@ -228,8 +232,15 @@ def _run(handler: Handler, envelope: Envelope, db: str) -> bool:
 def _run_in_unit(
     handler: Handler, envelope: Envelope, event: Any, kwargs: dict[str, Any], db: str
 ) -> bool:
-    """One run of the handler's unit of work (marking its delivery when idempotent)."""
-    with UnitOfWork(using=db):
+    """One run of the handler's unit of work (marking its delivery when idempotent).
+
+    A handler with ``timeout=`` runs in a unit with that time limit: the database stops
+    its statements and lock waits past it, and a handler that returns late rolls back
+    (``UnitOfWorkTimeout``), a failed attempt either way.
+    """
+    limit = handler.policy.timeout
+    label = f"handler {handler.name}" if limit is not None else None
+    with UnitOfWork(using=db, timeout=limit, label=label):
         if handler.idempotent and not record_success(handler.name, envelope, using=db):
             logger.info(
                 "Skipped event %s (%s) of %s %s for handler %s: already processed",
@@ -262,8 +273,8 @@ def _record_failure(
             envelope,
             exc,
             using=db,
-            max_attempts=uow_settings.MAX_ATTEMPTS,
-            dead=isinstance(exc, PermanentFailure | UnknownEventType),
+            max_attempts=handler.policy.attempts(),
+            dead=handler.policy.gives_up(exc),
             attempts_floor=envelope.attempts,
             retry_in=(lambda attempts: retry_delay(exc, attempts)) if retry_delay else None,
         )
