@@ -228,6 +228,25 @@ class PredecessorPending(UnitOfWorkError):
         )
 
 
+class HandlerTimeout(UnitOfWorkError, TimeoutError):
+    """Raised when a handler with ``@event_handler(timeout=s)`` returned after ``s`` seconds.
+
+    Its unit of work is rolled back (the effect and the success mark with it) and the
+    attempt counts as failed, retried by the handler's policy. Under Celery a handler
+    that hangs is stopped sooner, by the task's soft time limit.
+    """
+
+    def __init__(self, handler: str, limit: float, elapsed: float) -> None:
+        self.handler = handler
+        self.limit = limit
+        self.elapsed = elapsed
+        super().__init__(
+            f"handler {handler} ran for {elapsed:.2f}s, past its timeout of {limit:g}s; its "
+            "unit of work was rolled back. Make the slow call faster or bounded (a client "
+            "timeout), give the handler a larger timeout=, or its own queue and worker."
+        )
+
+
 class EventDecodeError(PermanentFailure, ValueError):
     """Raised when a stored payload does not fit its event class's field annotations.
 

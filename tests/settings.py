@@ -1,10 +1,13 @@
 """Test settings: SQLite by default, PostgreSQL with UOW_DB=postgres, MariaDB with UOW_DB=mariadb.
 
-Parallel runs on one machine can keep apart with UOW_PG_TEST_DB and UOW_MARIADB_TEST_DB
-(test database names) and UOW_REDIS_DB (Redis database number).
+Checkouts on one machine keep apart by default: the test database names and the Redis
+database number carry a tag of the checkout's path (UOW_PG_TEST_DB, UOW_MARIADB_TEST_DB and
+UOW_REDIS_DB set them outright).
 """
 
+import hashlib
 import os
+from pathlib import Path
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -18,7 +21,12 @@ PG_HOST = os.environ.get("UOW_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("UOW_PG_PORT", "5432"))
 MARIADB_HOST = os.environ.get("UOW_MARIADB_HOST", "127.0.0.1")
 MARIADB_PORT = int(os.environ.get("UOW_MARIADB_PORT", "3306"))
-REDIS_DB = int(os.environ.get("UOW_REDIS_DB", "9"))
+#: Two checkouts' runs on one server must not share (and drop) one test database.
+CHECKOUT_TAG = hashlib.sha256(str(Path(__file__).resolve().parents[1]).encode()).hexdigest()[:8]
+TEST_DB = f"test_django_uow_{CHECKOUT_TAG}"
+#: Redis databases a checkout may take: not 0, nor the benchmark's 6.
+REDIS_DBS = (1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+REDIS_DB = int(os.environ.get("UOW_REDIS_DB", REDIS_DBS[int(CHECKOUT_TAG, 16) % len(REDIS_DBS)]))
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 if DB_VENDOR == "postgres":
@@ -30,7 +38,7 @@ if DB_VENDOR == "postgres":
             "USER": "postgres",
             "HOST": PG_HOST,
             "PORT": PG_PORT,
-            "TEST": {"NAME": os.environ.get("UOW_PG_TEST_DB", "test_django_uow")},
+            "TEST": {"NAME": os.environ.get("UOW_PG_TEST_DB", TEST_DB)},
         },
     }
 elif DB_VENDOR == "mariadb":
@@ -44,7 +52,7 @@ elif DB_VENDOR == "mariadb":
             "PORT": MARIADB_PORT,
             "OPTIONS": {"charset": "utf8mb4"},
             "TEST": {
-                "NAME": os.environ.get("UOW_MARIADB_TEST_DB", "test_django_uow"),
+                "NAME": os.environ.get("UOW_MARIADB_TEST_DB", TEST_DB),
                 "CHARSET": "utf8mb4",
             },
         },

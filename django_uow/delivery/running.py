@@ -20,7 +20,7 @@ from django.db import router
 
 from ..events.audit import attributed_to
 from ..events.base import Envelope, event_context
-from ..exceptions import PredecessorPending
+from ..exceptions import HandlerTimeout, PredecessorPending
 from ..models import ProcessedEvent
 from ..retry import backoff_delay, is_retryable
 from ..tracing import span
@@ -234,13 +234,14 @@ def _run_in_unit(
 ) -> bool:
     """One run of the handler's unit of work (marking its delivery when idempotent).
 
-    A handler with ``timeout=`` runs in a unit with that time limit: the database stops
-    its statements and lock waits past it, and a handler that returns late rolls back
-    (``UnitOfWorkTimeout``), a failed attempt either way.
+    A handler with ``timeout=`` that returns after it raises ``HandlerTimeout`` inside
+    its unit, so its effect rolls back and the attempt counts as failed. (The unit's
+    database limits are not used: PostgreSQL ends a session idle in its transaction past
+    them, and the failure could then not be recorded on that connection.)
     """
     limit = handler.policy.timeout
-    label = f"handler {handler.name}" if limit is not None else None
-    with UnitOfWork(using=db, timeout=limit, label=label):
+    started = time.monotonic()
+    with UnitOfWork(using=db):
         if handler.idempotent and not record_success(handler.name, envelope, using=db):
             logger.info(
                 "Skipped event %s (%s) of %s %s for handler %s: already processed",
@@ -254,6 +255,8 @@ def _run_in_unit(
         if handler.ordered:
             ordering.check_predecessor(handler, envelope, db)
         call_handler(handler.func, event, **kwargs)
+        if limit is not None and (elapsed := time.monotonic() - started) > limit:
+            raise HandlerTimeout(handler.name, limit, elapsed)
     if not handler.idempotent:
         record_success(handler.name, envelope, using=db, only_once=False)
     return True

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import settings as test_settings
 from tests.conftest import CI, require_server
 
 # celery: the Django 4.2 and 5.1 passes leave it out; the SQLite pass of make test runs it.
@@ -33,7 +34,7 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_DB = int(os.environ.get("UOW_REDIS_DB", "0"))
+REDIS_DB = test_settings.REDIS_DB
 WORKER_BUDGET = 60.0
 
 SETTINGS = """

@@ -32,9 +32,10 @@ from django_uow.publishers.rabbitmq import MessageNotConfirmed
 from django_uow.relay import relay_pending
 from tests.conftest import require_server
 from tests.relay.test_relay_faults import free_port
+from tests.settings import REDIS_URL
 from tests.testapp.models import Effect
 
-REDIS = f"redis://127.0.0.1:6379/{os.environ.get('UOW_REDIS_DB', '9')}"
+REDIS = REDIS_URL
 AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 UOW = {"RELAY_ON_COMMIT": False, "PUBLISHERS": ["django_uow.publishers.CeleryPublisher"]}
 #: (event type, payload of event i): each type has its own testapp handler writing an Effect.
