@@ -7,6 +7,8 @@ the ``hooks.*`` handlers it runs); the inline relay follows the same policy.
 
 from __future__ import annotations
 
+import io
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from django.test import override_settings
+from django.core.management import call_command
+from django.test import Client, override_settings
+from django.urls import reverse
 from django.utils import timezone
 
 from django_uow import DomainEvent, Envelope
@@ -295,3 +299,72 @@ def test_the_celery_task_of_a_handler_with_a_timeout_carries_the_soft_time_limit
     )
     assert three.soft_time_limit == 3.0
     assert Delivery(envelope, "hooks.three_tries", None, {}, "id").soft_time_limit is None
+
+
+# ----------------------------------------------------------------------- shown to operators
+
+
+@pytest.mark.django_db
+def test_outbox_status_shows_each_handlers_policy_in_json_and_text() -> None:
+    with override_settings(DJANGO_UOW={"MAX_ATTEMPTS": 7, "BACKOFF": (2.0, 9.0)}):
+        out = io.StringIO()
+        call_command("outbox_status", "--json", stdout=out)
+        by_name = {h["name"]: h for h in json.loads(out.getvalue())["handlers"]}
+        text = io.StringIO()
+        call_command("outbox_status", stdout=text)
+    assert by_name["hooks.three_tries"] | {"event_types": None} == {
+        "name": "hooks.three_tries",
+        "event_types": None,
+        "queue": None,
+        "ordered": False,
+        "idempotent": True,
+        "retries": 0,
+        "max_attempts": 3,
+        "backoff": [0.01, 0.05],
+        "timeout": None,
+        "retry_on": [],
+        "give_up_on": [],
+        "own": ["backoff", "max_attempts"],
+    }
+    assert by_name["hooks.three_tries"]["event_types"] == ["hooks.fired"]
+    default = by_name["hooks.default_policy"]
+    assert (default["max_attempts"], default["backoff"], default["own"]) == (7, [2.0, 9.0], [])
+    assert by_name["hooks.gives_up"]["give_up_on"] == ["LookupError"]
+    assert by_name["hooks.deadline"]["timeout"] == 1.0
+    assert by_name["shows.audit"]["event_types"] == [
+        "testapp.SeatsReleased",
+        "testapp.SeatsReserved",
+        "testapp.ShowEvent",
+        "testapp.ShowSoldOut",
+    ]
+    lines = text.getvalue().splitlines()
+    assert (
+        "  hooks.three_tries (hooks.fired): max_attempts 3*, backoff 0.01-0.05s*, no timeout"
+        in lines
+    )
+    assert "  hooks.default_policy (hooks.fired): max_attempts 7, backoff 2-9s, no timeout" in lines
+    assert any(
+        line.startswith("  hooks.retries_timeouts (hooks.fired): max_attempts 3*")
+        and "retry_on TimeoutError*" in line
+        for line in lines
+    )
+
+
+@pytest.mark.django_db
+def test_the_delivery_admin_page_shows_the_handlers_policy(admin_client: Client) -> None:
+    (event,) = outbox_rows("hooks.fired", [{"hook": "flaky"}], aggregate_id="")
+    own = ProcessedEvent.objects.create(
+        event_id=event.event_id, handler="hooks.deadline", status="failed", attempts=2
+    )
+    gone = ProcessedEvent.objects.create(
+        event_id=event.event_id, handler="hooks.renamed_since", status="failed", attempts=1
+    )
+    with override_settings(DJANGO_UOW={"MAX_ATTEMPTS": 7}):
+        page = admin_client.get(
+            reverse("admin:django_uow_processedevent_change", args=[own.pk])
+        ).content.decode()
+        other = admin_client.get(
+            reverse("admin:django_uow_processedevent_change", args=[gone.pk])
+        ).content.decode()
+    assert "max_attempts 2*, backoff 0.01-0.05s*, timeout 1s*" in page
+    assert "not registered in this process" in other
