@@ -325,7 +325,8 @@ def check_handlers(app_configs: Any = None, **kwargs: Any) -> list[Message]:
     only_handlers = isinstance(user, dict) and _publishers_only_run_handlers(user)
     by_type: dict[str, list[str]] = {}
     for handler in handler_registry.all():
-        by_type.setdefault(handler.event_type, []).append(handler.name)
+        for handled in handler.known_types():
+            by_type.setdefault(handled, []).append(handler.name)
     classes = {
         event_type_of(cls): cls for cls in event_types.classes() if _in_apps(cls, app_configs)
     }

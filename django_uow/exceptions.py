@@ -177,9 +177,20 @@ class HandlerFailed(UnitOfWorkError):
     a publisher's own transport errors pause the relay.
     """
 
-    def __init__(self, handler: str, original: BaseException) -> None:
+    def __init__(
+        self,
+        handler: str,
+        original: BaseException,
+        *,
+        final: bool | None = None,
+        retry_in: float | None = None,
+    ) -> None:
         self.handler = handler
         self.original = original
+        #: The handler's own policy decided: True a dead letter, False due again after
+        #: ``retry_in`` seconds; None leaves it to the relay's ``MAX_ATTEMPTS``/``BACKOFF``.
+        self.final = final
+        self.retry_in = retry_in
         super().__init__(f"handler {handler} raised {type(original).__name__}")
         self.__cause__ = original
 
@@ -218,6 +229,25 @@ class PredecessorPending(UnitOfWorkError):
         super().__init__(
             f"Handler {handler} runs in aggregate order: waiting for event {predecessor_id} "
             f"of the same aggregate ({state}) to succeed first."
+        )
+
+
+class HandlerTimeout(UnitOfWorkError, TimeoutError):
+    """Raised when a handler with ``@event_handler(timeout=s)`` returned after ``s`` seconds.
+
+    Its unit of work is rolled back (the effect and the success mark with it) and the
+    attempt counts as failed, retried by the handler's policy. Under Celery a handler
+    that hangs is stopped sooner, by the task's soft time limit.
+    """
+
+    def __init__(self, handler: str, limit: float, elapsed: float) -> None:
+        self.handler = handler
+        self.limit = limit
+        self.elapsed = elapsed
+        super().__init__(
+            f"handler {handler} ran for {elapsed:.2f}s, past its timeout of {limit:g}s; its "
+            "unit of work was rolled back. Make the slow call faster or bounded (a client "
+            "timeout), give the handler a larger timeout=, or its own queue and worker."
         )
 
 

@@ -139,8 +139,10 @@ def run_handler_task(
     """Body of the handler task: rebuild the envelope, run the handler, retry on failure.
 
     The delivery row counts the attempts (a copy republished after ``HANDLER_DEADLINE``
-    counts too): after ``MAX_ATTEMPTS`` the row is ``failed`` and the task stops retrying.
-    The backoff grows with those attempts.
+    counts too): after the handler's ``max_attempts`` (default ``MAX_ATTEMPTS``) the row
+    is ``failed`` and the task stops retrying; an error its policy gives up on
+    (``give_up_on``, or not in ``retry_on``) is ``failed`` at once. The backoff
+    (``backoff``, default ``BACKOFF``) grows with those attempts.
 
     An ordered handler's delivery whose predecessor has not succeeded is re-queued with
     a short countdown (no attempt is spent; ``waits`` counts every re-queue of the task,
@@ -152,7 +154,7 @@ def run_handler_task(
     envelope = Envelope.from_message(message)
     handler = handler_registry.get(handler_name)
     polls = ordered_polls(uow_settings.ORDERED_WAIT)
-    limit = celery_retry_limit(uow_settings.MAX_ATTEMPTS, polls)
+    limit = celery_retry_limit(handler.policy.attempts(), polls)
     delays: list[float] = []
     outcomes: list[Outcome] = []
 
@@ -160,7 +162,7 @@ def run_handler_task(
         if isinstance(exc, RetryAfter):
             delay = exc.seconds
         else:
-            delay = backoff_delay(attempts, *uow_settings.BACKOFF)
+            delay = backoff_delay(attempts, *handler.policy.backoff_bounds())
         delays.append(delay)
         return delay
 
@@ -200,7 +202,7 @@ def run_handler_task(
             dead, attempts = outcomes[0].dead, outcomes[0].attempts
         else:  # the failure could not be recorded: count Celery's retries instead
             attempts = _retries(task) - waits + 1
-            dead = attempts >= uow_settings.MAX_ATTEMPTS
+            dead = attempts >= handler.policy.attempts() or handler.policy.gives_up(exc)
         report_failure(handler_name, envelope, exc, dead=dead, attempts=attempts)
         if dead:
             raise
@@ -273,7 +275,7 @@ def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> 
         if isinstance(exc, RetryAfter):
             delay = exc.seconds
         else:
-            delay = backoff_delay(attempts, *uow_settings.BACKOFF)
+            delay = backoff_delay(attempts, *handler.policy.backoff_bounds())
         delays.append(delay)
         return delay
 
@@ -290,6 +292,7 @@ def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> 
             countdown=countdown,
             task_id=handler_task_id(envelope.event_id, handler_name),
             ignore_result=True,
+            soft_time_limit=handler.policy.timeout,
             **({"queue": queue} if queue else {}),
         )
 
@@ -305,7 +308,7 @@ def _run_one_of_batch(task: Any, message: dict[str, Any], handler_name: str) -> 
         report_failure(handler_name, envelope, exc, dead=True)
         return False
     except Exception as exc:
-        dead = bool(outcomes) and outcomes[0].dead
+        dead = outcomes[0].dead if outcomes else handler.policy.gives_up(exc)
         attempts = outcomes[0].attempts if outcomes else 1
         report_failure(handler_name, envelope, exc, dead=dead, attempts=attempts)
         if dead:

@@ -28,8 +28,11 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
+from ..delivery.handlers import registry as handler_registry
 from ..delivery.rows import consumer_lag
 from ..models import ProcessedEvent
+from ..ops.policies import handler_policy as describe_policy
+from ..ops.policies import policy_text
 from ..relay.redelivery import redeliver
 from ..retry import logger_for
 from .changelists import CappedPaginator, LightDeliveryChangeList
@@ -97,6 +100,7 @@ class ProcessedEventAdmin(StrictLookupsMixin, admin.ModelAdmin):  # type: ignore
                     "aggregate_type",
                     "aggregate_id",
                     "handler",
+                    "handler_policy",
                     "status",
                     "attempts",
                 )
@@ -123,6 +127,7 @@ class ProcessedEventAdmin(StrictLookupsMixin, admin.ModelAdmin):  # type: ignore
         "aggregate_type",
         "aggregate_id",
         "handler",
+        "handler_policy",
         "status",
         "attempts",
         "published_at",
@@ -177,6 +182,15 @@ class ProcessedEventAdmin(StrictLookupsMixin, admin.ModelAdmin):  # type: ignore
     @admin.display(description=_("last error"))
     def last_error_display(self, obj: ProcessedEvent) -> SafeString | str:
         return error_html(obj.last_error, obj.traceback)
+
+    @admin.display(description=_("handler policy"))
+    def handler_policy(self, obj: ProcessedEvent) -> str:
+        """What this process's registry says the handler runs under (``*``: its own)."""
+        try:
+            handler = handler_registry.get(obj.handler)
+        except LookupError:
+            return gettext("not registered in this process")
+        return policy_text(describe_policy(handler))
 
     @admin.display(description=_("outbox event"))
     def outbox_link(self, obj: ProcessedEvent) -> SafeString:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from importlib import import_module
@@ -24,17 +24,24 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import module_has_submodule
 
 from ..events.base import DomainEvent, event_type_of
+from ..events.base import registry as event_types
+from ..exceptions import UnknownEventType
 from . import names
+from .policy import DEFAULT, Policy, build
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
 class Handler:
-    """A registered handler; ``name`` is its stable identity (task ids, ``ProcessedEvent``)."""
+    """A registered handler; ``name`` is its stable identity (task ids, ``ProcessedEvent``).
+
+    It takes the events of each class in ``event_classes`` and of every subclass of
+    one, including subclasses defined after it was registered.
+    """
 
     func: Callable[..., Any]
-    event_class: type[DomainEvent]
+    event_classes: tuple[type[DomainEvent], ...]
     name: str
     idempotent: bool
     queue: str | None
@@ -46,10 +53,42 @@ class Handler:
     #: False when ``name`` is the default ``module.qualname``: such a name stands for
     #: one function, so a second function made from the same code may not take it.
     explicit_name: bool = True
+    #: Attempts, backoff, time limit and which errors to retry (``delivery.policy``).
+    policy: Policy = DEFAULT
+
+    @property
+    def event_class(self) -> type[DomainEvent]:
+        """The first event class it takes (the only one for most handlers)."""
+        return self.event_classes[0]
 
     @property
     def event_type(self) -> str:
-        return event_type_of(self.event_class)
+        """The stored type names of the classes it was declared for, comma-separated."""
+        return ", ".join(self.declared_types())
+
+    def declared_types(self) -> tuple[str, ...]:
+        """The stored type names of the classes named in ``@event_handler(...)``."""
+        return tuple(event_type_of(cls) for cls in self.event_classes)
+
+    def handles_class(self, cls: type[DomainEvent]) -> bool:
+        """True for an event class it takes: one it names, or a subclass of one."""
+        return issubclass(cls, self.event_classes)
+
+    def handles(self, event_type: str) -> bool:
+        """True for a stored event type it takes (a type this process does not know is
+        taken only when it names it)."""
+        if event_type in self.declared_types():
+            return True
+        try:
+            return self.handles_class(event_types.get(event_type))
+        except UnknownEventType:
+            return False
+
+    def known_types(self) -> list[str]:
+        """Every stored type name it takes that this process knows, sorted: its classes
+        and their registered subclasses (what the outbox is searched for)."""
+        known = {event_type_of(cls) for cls in event_types.classes() if self.handles_class(cls)}
+        return sorted(known | set(self.declared_types()))
 
     def with_func(self, func: Callable[..., Any]) -> Handler:
         """This handler (same name, event type and options) running ``func`` instead."""
@@ -91,8 +130,9 @@ class HandlerRegistry:
                 import_module(f"{config.name}.handlers")
 
     def for_type(self, event_type: str) -> list[Handler]:
+        """The handlers that take ``event_type``: named for it, or for a base class of it."""
         self.autodiscover()
-        return [h for h in self._by_name.values() if h.event_type == event_type]
+        return [h for h in self._by_name.values() if h.handles(event_type)]
 
     def get(self, name: str) -> Handler:
         self.autodiscover()
@@ -114,29 +154,45 @@ registry = HandlerRegistry()
 
 
 def event_handler(
-    event_class: type[DomainEvent],
-    *,
+    *event_classes: type[DomainEvent] | Sequence[type[DomainEvent]],
     idempotent: bool = True,
     name: str | None = None,
     queue: str | None = None,
     retries: int = 0,
     ordered: bool = False,
+    max_attempts: int | None = None,
+    backoff: tuple[float, float] | None = None,
+    timeout: float | None = None,
+    retry_on: type[BaseException] | Sequence[type[BaseException]] = (),
+    give_up_on: type[BaseException] | Sequence[type[BaseException]] = (),
 ) -> Callable[[F], F]:
-    """Register the decorated function as a consumer of ``event_class`` events.
+    """Register the decorated function as a consumer of events of ``event_classes``.
+
+    ``@event_handler(A)``, ``@event_handler(A, B, C)`` or ``@event_handler([A, B])``; a
+    class also brings every subclass of it, including subclasses defined later.
 
     ``retries=N`` re-runs the handler's unit of work on a conflict (``ConcurrencyError``,
     a deadlock, a serialization failure) up to N times before the delivery attempt
     counts as failed.
 
     ``ordered=True`` runs the events of one aggregate in ``aggregate_version`` order,
-    however many workers take them: a delivery waits until the previous event of its
-    aggregate that this handler handles has succeeded (see ``django_uow.ordering``).
+    however many workers take them, across every event type the handler takes: a
+    delivery waits until the previous such event of its aggregate has succeeded (see
+    ``django_uow.delivery.ordering``).
+
+    ``max_attempts``, ``backoff`` (base, cap seconds), ``timeout`` (seconds: Celery's
+    soft time limit for the task, and the deadline of the handler's unit of work),
+    ``retry_on`` and ``give_up_on`` (exception classes) are this handler's own delivery
+    policy; left out, the settings ``MAX_ATTEMPTS`` and ``BACKOFF`` apply
+    (``django_uow.delivery.policy``). ``queue`` is the Celery queue of its tasks
+    (default ``CELERY_QUEUE``).
 
     ``name`` defaults to ``module.qualname`` for a function or class; lambdas,
     ``functools.partial`` objects, bound methods and callable objects need one
-    (``ImproperlyConfigured`` otherwise), see ``django_uow.names``.
+    (``ImproperlyConfigured`` otherwise), see ``django_uow.delivery.names``.
     """
-    if not isinstance(retries, int) or retries < 0:
+    classes = _event_classes(event_classes)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ValueError(f"@event_handler(retries={retries!r}): retries must be 0 or more.")
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise TypeError(
@@ -145,23 +201,40 @@ def event_handler(
         )
     if not isinstance(ordered, bool):
         raise TypeError(f"@event_handler(ordered={ordered!r}): ordered must be True or False.")
-    if not (isinstance(event_class, type) and issubclass(event_class, DomainEvent)):
+    if not isinstance(idempotent, bool):
         raise TypeError(
-            f"@event_handler takes a DomainEvent subclass, got {event_class!r}; "
-            "write @event_handler(OrderPlaced)."
+            f"@event_handler(idempotent={idempotent!r}): idempotent must be True or False."
         )
+    if queue is not None and (not isinstance(queue, str) or not queue.strip()):
+        raise TypeError(
+            f"@event_handler(queue={queue!r}): queue is the name of a Celery queue (a "
+            "non-empty string), or None for CELERY_QUEUE."
+        )
+    policy = build(
+        max_attempts=max_attempts,
+        backoff=backoff,
+        timeout=timeout,
+        retry_on=retry_on,
+        give_up_on=give_up_on,
+    )
 
     def decorator(func: F) -> F:
+        if not callable(func):
+            raise TypeError(
+                f"@event_handler(...) decorates a callable (a function, a partial, an "
+                f"object with __call__), got {func!r}."
+            )
         handler = Handler(
             func=func,
-            event_class=event_class,
-            name=name if name is not None else names.default_name(func, event_class.__name__),
+            event_classes=classes,
+            name=name if name is not None else names.default_name(func, classes[0].__name__),
             idempotent=idempotent,
             queue=queue,
             wants_envelope=wants_envelope(func),
             retries=retries,
             ordered=ordered,
             explicit_name=name is not None,
+            policy=policy,
         )
         registry.register(handler)
         with suppress(AttributeError, TypeError):  # a bound method, an object with __slots__
@@ -169,6 +242,41 @@ def event_handler(
         return func
 
     return decorator
+
+
+def _event_classes(given: tuple[Any, ...]) -> tuple[type[DomainEvent], ...]:
+    """The event classes of ``@event_handler(A, B)`` or ``@event_handler([A, B])``."""
+    if len(given) == 1 and isinstance(given[0], list | tuple | set | frozenset):
+        given = tuple(given[0])
+    if not given:
+        raise TypeError(
+            "@event_handler needs the event classes it takes: write @event_handler(OrderPlaced) "
+            "or @event_handler(SeatsReserved, SeatsReleased)."
+        )
+    classes: list[type[DomainEvent]] = []
+    for position, item in enumerate(given, 1):
+        if not (isinstance(item, type) and issubclass(item, DomainEvent)):
+            if callable(item) and not isinstance(item, type):
+                hint = (
+                    "; it looks like @event_handler was used without its event classes: "
+                    "write @event_handler(OrderPlaced)"
+                )
+            elif isinstance(item, list | tuple | set | frozenset):
+                hint = "; pass the classes one by one or as one list, not nested lists"
+            else:
+                hint = "; write @event_handler(OrderPlaced)"
+            raise TypeError(
+                f"@event_handler takes DomainEvent subclasses, got {item!r} (argument "
+                f"{position}){hint}."
+            )
+        if item is DomainEvent:
+            raise TypeError(
+                "@event_handler(DomainEvent) would take every event of the project: name "
+                "the event classes, or a base class of your own that they share."
+            )
+        if item not in classes:
+            classes.append(item)
+    return tuple(classes)
 
 
 def wants_envelope(func: Callable[..., Any]) -> bool:

@@ -1,7 +1,8 @@
 """Handlers that run in aggregate order: ``@event_handler(EventType, ordered=True)``.
 
 For an ordered handler H and an event e of aggregate (type, id), e's *predecessor* is
-the event of the same aggregate, of the type H handles and still in the outbox, that
+the event of the same aggregate, of any type H takes (each class it names and their
+subclasses: one order across all of them) and still in the outbox, that
 comes right before e in ``(aggregate_version, id)`` order (record order when the
 aggregate has no version field), leaving out scheduled events due after e (the relay
 delivers e first, and so does H). e runs only once H's delivery of its predecessor has
@@ -55,7 +56,7 @@ def predecessor(handler: Handler, envelope: Envelope, using: str) -> UUID | None
     same = OutboxEvent.objects.using(using).filter(
         aggregate_type=envelope.aggregate_type,
         aggregate_id=envelope.aggregate_id,
-        event_type=handler.event_type,
+        event_type__in=handler.known_types(),
     )
     own = same.filter(event_id=envelope.event_id)
     own_id = own.values("id")[:1]

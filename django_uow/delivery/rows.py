@@ -390,9 +390,7 @@ def mark_waiting(handler_name: str, envelope: Envelope, *, using: str | None = N
     db = using or router.db_for_write(ProcessedEvent)
     return int(
         ProcessedEvent.objects.using(db)
-        .filter(
-            event_id=envelope.event_id, handler=handler_name, status__in=OWED_DELIVERY_STATUSES
-        )
+        .filter(event_id=envelope.event_id, handler=handler_name, status__in=OWED_DELIVERY_STATUSES)
         .update(due_at=DatabaseNow())
     )
 

@@ -17,10 +17,9 @@ from typing import Any
 
 from django.db import router
 
-from ..conf import uow_settings
 from ..events.audit import attributed_to
 from ..events.base import Envelope, event_context
-from ..exceptions import PermanentFailure, PredecessorPending, UnknownEventType
+from ..exceptions import HandlerTimeout, PredecessorPending
 from ..models import ProcessedEvent
 from ..retry import backoff_delay, is_retryable, logger_for
 from ..tracing import span
@@ -194,7 +193,12 @@ def _run(handler: Handler, envelope: Envelope, db: str) -> bool:
         aggregate_id=envelope.aggregate_id or None,
     )
     with context, attribution, trace:
-        if not handler.idempotent and not handler.retries and not handler.ordered:
+        if (
+            not handler.idempotent
+            and not handler.retries
+            and not handler.ordered
+            and handler.policy.timeout is None
+        ):
             call_handler(handler.func, event, **kwargs)
             record_success(handler.name, envelope, using=db, only_once=False)
             return True
@@ -227,7 +231,15 @@ def _run(handler: Handler, envelope: Envelope, db: str) -> bool:
 def _run_in_unit(
     handler: Handler, envelope: Envelope, event: Any, kwargs: dict[str, Any], db: str
 ) -> bool:
-    """One run of the handler's unit of work (marking its delivery when idempotent)."""
+    """One run of the handler's unit of work (marking its delivery when idempotent).
+
+    A handler with ``timeout=`` that returns after it raises ``HandlerTimeout`` inside
+    its unit, so its effect rolls back and the attempt counts as failed. (The unit's
+    database limits are not used: PostgreSQL ends a session idle in its transaction past
+    them, and the failure could then not be recorded on that connection.)
+    """
+    limit = handler.policy.timeout
+    started = time.monotonic()
     with UnitOfWork(using=db):
         if handler.idempotent and not record_success(handler.name, envelope, using=db):
             logger.info(
@@ -242,6 +254,8 @@ def _run_in_unit(
         if handler.ordered:
             ordering.check_predecessor(handler, envelope, db)
         call_handler(handler.func, event, **kwargs)
+        if limit is not None and (elapsed := time.monotonic() - started) > limit:
+            raise HandlerTimeout(handler.name, limit, elapsed)
     if not handler.idempotent:
         record_success(handler.name, envelope, using=db, only_once=False)
     return True
@@ -261,8 +275,8 @@ def _record_failure(
             envelope,
             exc,
             using=db,
-            max_attempts=uow_settings.MAX_ATTEMPTS,
-            dead=isinstance(exc, PermanentFailure | UnknownEventType),
+            max_attempts=handler.policy.attempts(),
+            dead=handler.policy.gives_up(exc),
             attempts_floor=envelope.attempts,
             retry_in=(lambda attempts: retry_delay(exc, attempts)) if retry_delay else None,
         )

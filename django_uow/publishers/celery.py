@@ -222,6 +222,8 @@ class CeleryPublisher:
         options: dict[str, Any] = {}
         if delivery.queue:
             options["queue"] = delivery.queue
+        if delivery.soft_time_limit is not None:
+            options["soft_time_limit"] = delivery.soft_time_limit
         # By name: the worker runs django_uow.tasks.handle_event.
         app.send_task(
             HANDLE_TASK,
@@ -264,6 +266,7 @@ def _deliveries(envelope: Envelope, handlers: Iterable[Handler]) -> list[Deliver
             handler.queue or uow_settings.CELERY_QUEUE or None,
             message,
             handler_task_id(envelope.event_id, handler.name),
+            timeout=handler.policy.timeout,
         )
         for handler in handlers
     ]

@@ -62,6 +62,13 @@ class Delivery:
     message: dict[str, Any]
     task_id: str
     more: tuple[tuple[Envelope, dict[str, Any]], ...] = ()
+    #: The handler's ``timeout`` (seconds per delivery), or None.
+    timeout: float | None = None
+
+    @property
+    def soft_time_limit(self) -> float | None:
+        """Celery's soft time limit of the task: the handler's timeout per delivery in it."""
+        return None if self.timeout is None else self.timeout * (1 + len(self.more))
 
     @property
     def task(self) -> str:
@@ -211,7 +218,7 @@ class _Builder:
             {},
             reply_to=self.reply_to,
             time_limit=route.time_limit,
-            soft_time_limit=route.soft_time_limit,
+            soft_time_limit=delivery.soft_time_limit or route.soft_time_limit,
             root_id=self.root_id,
             parent_id=self.parent_id,
             ignore_result=True,  # as the task does: no result backend call

@@ -6,10 +6,12 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 from uuid import UUID
 
-from ..delivery.handlers import handlers_for
+from ..delivery.handlers import Handler, handlers_for
+from ..delivery.rows import Outcome
 from ..delivery.running import run_handler
 from ..events.base import Envelope
 from ..exceptions import HandlerFailed, PermanentFailure, RetryAfter, UnknownEventType
+from ..retry import backoff_delay
 from .base import OrderedFailures
 
 
@@ -39,12 +41,39 @@ class InlinePublisher:
                 outcome.fail(envelope, exc)
                 continue
             for handler in handlers_for(envelope.event_type):
-                try:
-                    run_handler(handler, envelope)
-                except (PermanentFailure, RetryAfter) as exc:
-                    outcome.fail(envelope, exc)
-                    break
-                except Exception as exc:
-                    outcome.fail(envelope, HandlerFailed(handler.name, exc))
+                failure = _run(handler, envelope)
+                if failure is not None:
+                    outcome.fail(envelope, failure)
                     break
         return outcome.result()
+
+
+def _run(handler: Handler, envelope: Envelope) -> Exception | None:
+    """Run one handler; the error for the relay when it failed, or None.
+
+    A handler with a policy of its own (``max_attempts``, ``backoff``, ``retry_on``,
+    ``give_up_on``) decides whether the event is a dead letter and when it is due again;
+    the others leave it to the relay's ``MAX_ATTEMPTS`` and ``BACKOFF``.
+    """
+    outcomes: list[Outcome] = []
+    delays: list[float] = []
+    policy = handler.policy
+
+    def retry_delay(exc: BaseException, attempts: int) -> float | None:
+        if isinstance(exc, RetryAfter):
+            return exc.seconds
+        delays.append(backoff_delay(attempts, *policy.backoff_bounds()))
+        return delays[-1]
+
+    try:
+        run_handler(handler, envelope, retry_delay=retry_delay, report=outcomes.append)
+    except (PermanentFailure, RetryAfter) as exc:
+        return exc
+    except Exception as exc:
+        if not policy.own_options() - {"timeout"}:
+            return HandlerFailed(handler.name, exc)
+        dead = outcomes[0].dead if outcomes else policy.gives_up(exc)
+        return HandlerFailed(
+            handler.name, exc, final=dead, retry_in=None if dead or not delays else delays[0]
+        )
+    return None

@@ -145,8 +145,12 @@ def failure_for(row: ClaimedRow, exc: BaseException, max_attempts: int) -> state
     """The failure to record: dead letter, or a retry after backoff (or ``RetryAfter``)."""
     cause = exc.original if isinstance(exc, HandlerFailed) else exc
     dead = isinstance(cause, PermanentFailure | UnknownEventType) or row.attempts >= max_attempts
+    if isinstance(exc, HandlerFailed) and exc.final is not None:
+        dead = exc.final  # the handler's own max_attempts / give_up_on / retry_on decided
     if dead:
         return statements.Failure(error=describe(exc), dead=True)
+    if isinstance(exc, HandlerFailed) and exc.retry_in is not None:
+        return statements.Failure(error=describe(exc), dead=False, retry_in=exc.retry_in)
     if isinstance(cause, RetryAfter):
         delay = cause.seconds
     else:

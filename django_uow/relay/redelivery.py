@@ -488,7 +488,7 @@ def deliveries_to_redeliver(
             "Name an event (event_id), an event type, a start time or a handler, or ask for "
             "the failed deliveries."
         )
-    if chosen is not None and event_type is not None and event_type != chosen.event_type:
+    if chosen is not None and event_type is not None and not chosen.handles(event_type):
         raise ValueError(
             f"Handler {chosen.name} handles {chosen.event_type!r} events, not {event_type!r}: "
             "drop the event type or name a handler of that type."
@@ -500,10 +500,10 @@ def deliveries_to_redeliver(
             raise LookupError(f"Event {event_id} is not in the outbox.")
     else:
         events = events.filter(status=OutboxStatus.DISPATCHED)
-    if chosen is not None:
-        event_type = chosen.event_type  # a handler runs only on the events it handles
     if event_type is not None:
         events = events.filter(event_type=event_type)
+    elif chosen is not None:  # a handler runs only on the events it takes
+        events = events.filter(event_type__in=chosen.known_types())
     if since is not None:
         events = events.filter(created_at__gte=since)
     for found_id, found_type in events.order_by("id").values_list("event_id", "event_type"):

@@ -139,3 +139,6 @@ def sequence(event: OrderSequenced, envelope: Envelope) -> None:
     Effect.objects.create(
         event_id=envelope.event_id, handler="sequenced", aggregate_id=envelope.aggregate_id
     )
+
+
+from . import show_handlers  # noqa: E402, F401 - several event types, per-handler policies

@@ -10,6 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
+from ...ops.policies import handler_policies, policy_text
 from ...ops.status import outbox_report
 
 #: Control characters (ESC included) that a terminal would act on, in stored error text.
@@ -49,6 +50,7 @@ class Command(BaseCommand):
             status = outbox_report(using, **kwargs)
         except DatabaseError as exc:
             raise CommandError(f"Could not read the outbox on database {using!r}: {exc}") from exc
+        status["handlers"] = handler_policies()
         if options["json"]:
             self.stdout.write(json.dumps(status, sort_keys=True))
             return
@@ -94,3 +96,7 @@ class Command(BaseCommand):
                 f"{one_line(failure['handler'])}, {failure['attempts']} attempts: "
                 f"{one_line(failure['last_error'])}"
             )
+        self.stdout.write("handlers (* = the handler's own value, else the setting's):")
+        for policy in status["handlers"]:
+            types = ", ".join(one_line(t) for t in policy["event_types"])
+            self.stdout.write(f"  {one_line(policy['name'])} ({types}): {policy_text(policy)}")
