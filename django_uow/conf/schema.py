@@ -244,6 +244,17 @@ class UowSettings:
         20,
         "seconds a commit may wait on brokers in the fast path",
     )
+    BROKER_TIMEOUT = Setting(
+        5.0,
+        float,
+        rules.seconds(
+            at_most=300,
+            hint="It bounds each broker call of the sweep (connect, send, confirm), e.g. "
+            "5.0; a broker that does not answer in time is an outage, retried later.",
+        ),
+        22,
+        "seconds each broker call of the sweep may take (connect, send, confirm)",
+    )
     FAST_PATH_COOLDOWN = Setting(
         5.0,
         float,

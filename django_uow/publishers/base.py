@@ -75,6 +75,27 @@ def for_another_thread(publisher: Publisher) -> Publisher:
     return publisher
 
 
+def broker_label(publisher: Publisher) -> str:
+    """``"CeleryPublisher at redis://127.0.0.1:6379/0"``: which publisher and which broker
+    (its ``broker_url``, password masked), for a log line about an outage."""
+    name = type(publisher).__name__
+    try:
+        url = getattr(publisher, "broker_url", None)
+    except Exception:  # an app that cannot say: the class name is enough
+        url = None
+    return f"{name} at {mask_password(str(url))}" if url else name
+
+
+def mask_password(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    auth, _, host = rest.partition("@")
+    user, colon, _password = auth.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
 def handler_task_id(event_id: UUID | str, handler_name: str) -> str:
     """The deterministic Celery task id of (event, handler): a redelivery reuses it."""
     return str(uuid.uuid5(UUID(str(event_id)), handler_name))

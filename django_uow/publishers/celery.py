@@ -41,7 +41,7 @@ class CeleryPublisher:
         app: Any = None,
         *,
         timeout: float | None = None,
-        confirm_timeout: float = 10.0,
+        confirm_timeout: float | None = None,
         reply_timeout: float | None = None,
     ) -> None:
         self._app = app
@@ -49,7 +49,19 @@ class CeleryPublisher:
         self.reply_timeout = reply_timeout
         if timeout is not None:
             confirm_timeout = timeout if reply_timeout is None else reply_timeout
-        self.confirm_timeout = confirm_timeout
+        self._confirm_timeout: float | None = confirm_timeout
+
+    @property
+    def confirm_timeout(self) -> float:
+        """The wait for a batch's confirms (unset: ``BROKER_TIMEOUT``, read when used)."""
+        if self._confirm_timeout is None:
+            return uow_settings.BROKER_TIMEOUT
+        return self._confirm_timeout
+
+    @property
+    def broker_url(self) -> str:
+        conf = self.app.conf
+        return str(conf.broker_write_url or conf.broker_url)
 
     @property
     def app(self) -> Any:
@@ -67,7 +79,7 @@ class CeleryPublisher:
         return CeleryPublisher(
             self.app,
             timeout=self.timeout,
-            confirm_timeout=self.confirm_timeout,
+            confirm_timeout=self._confirm_timeout,
             reply_timeout=self.reply_timeout,
         )
 
@@ -80,11 +92,12 @@ class CeleryPublisher:
 
     @contextmanager
     def _producer(self, app: Any) -> Iterator[Any]:
-        if self.timeout is None:
-            with app.producer_or_acquire() as producer:
-                yield producer
-            return
-        with celery_connection(app, self.timeout, self.reply_timeout) as connection:
+        # Not the app's pool: kombu would retry a connect until broker_connection_timeout
+        # and its Redis transport sets no socket timeout, so a hung broker held the sweep
+        # (and SIGTERM) forever. The sweep is bounded by BROKER_TIMEOUT on every step.
+        timeout = uow_settings.BROKER_TIMEOUT if self.timeout is None else self.timeout
+        reply = timeout if self.timeout is None else self.reply_timeout
+        with celery_connection(app, timeout, reply) as connection:
             yield app.amqp.Producer(connection, auto_declare=False)
 
     def publish(self, envelopes: Sequence[Envelope]) -> Mapping[UUID, Exception] | None:

@@ -49,24 +49,25 @@ def celery_connection(
     connection is closed and dropped: the next use connects afresh.
     """
     url = app.conf.broker_write_url or app.conf.broker_url
-    # A forked child never reuses the parent's.
+    # A forked child never reuses the parent's. One per bound: the commit path's and the
+    # sweep's connections of one thread do not replace each other.
     key = (os.getpid(), id(app), url, timeout, reply_timeout)
-    cached = getattr(_local, "celery", None)
-    if cached is not None and cached[0] != key:
-        _close_quietly(cached[1])
-        cached = None
-    if cached is None:
+    kept: dict[Any, Any] = getattr(_local, "celery", None) or {}
+    _local.celery = kept
+    for other in [k for k in kept if k[0] != key[0] or k[2] != url or k[1] != key[1]]:
+        _close_quietly(kept.pop(other))
+    connection = kept.get(key)
+    if connection is None:
         connection = app.connection_for_write(connect_timeout=timeout)
         connection.transport_options.update(
             celery_transport_options(connection.transport.driver_type, timeout, reply_timeout)
         )
-        cached = (key, connection)
-        _local.celery = cached
+        kept[key] = connection
     try:
-        yield cached[1]
+        yield connection
     except BaseException:
-        _local.celery = None
-        _close_quietly(cached[1])
+        kept.pop(key, None)
+        _close_quietly(connection)
         raise
 
 

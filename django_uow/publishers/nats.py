@@ -70,20 +70,26 @@ class NatsJetStreamPublisher:
         stream: str | None = None,
         subject_prefix: str | None = None,
         declare: bool = True,
-        ack_timeout: float = 10.0,
-        connect_timeout: float = 5.0,
+        ack_timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self.url = url or uow_settings.NATS_URL
         self.stream = stream or uow_settings.NATS_STREAM
         self.subject_prefix = subject_prefix or uow_settings.NATS_SUBJECT_PREFIX
         self.declare = declare
-        self.ack_timeout = ack_timeout
-        self.connect_timeout = connect_timeout
+        # Unset: the sweep's bound on every broker call (BROKER_TIMEOUT).
+        bound = uow_settings.BROKER_TIMEOUT
+        self.ack_timeout = bound if ack_timeout is None else ack_timeout
+        self.connect_timeout = bound if connect_timeout is None else connect_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._client: Any = None
         self._js: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def broker_url(self) -> str:
+        return str(self.url)
 
     def for_commit_path(
         self, timeout: float, reply_timeout: float | None = None

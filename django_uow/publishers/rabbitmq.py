@@ -103,20 +103,25 @@ class RabbitMQPublisher:
         *,
         exchange: str | None = None,
         mandatory: bool | None = None,
-        confirm_timeout: float = 10.0,
-        connect_timeout: float = 5.0,
+        confirm_timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self.url = url or uow_settings.RABBITMQ_URL
         self.exchange = exchange or uow_settings.RABBITMQ_EXCHANGE
         if mandatory is not None:
             self.mandatory = mandatory
-        self.confirm_timeout = confirm_timeout
-        self.connect_timeout = connect_timeout
+        # Unset: the sweep's bound on every broker call (BROKER_TIMEOUT).
+        self.confirm_timeout = _or_bound(confirm_timeout)
+        self.connect_timeout = _or_bound(connect_timeout)
         self.connection_name = f"django-uow publisher {uuid.uuid4().hex[:8]}"
         self._connection: Any = None
         self._channel: Any = None
         self._next_tag = 1
         self._lock = threading.Lock()
+
+    @property
+    def broker_url(self) -> str:
+        return str(self.url)
 
     def for_commit_path(
         self, timeout: float, reply_timeout: float | None = None
@@ -252,3 +257,7 @@ class RabbitMQPublisher:
                 self._connection.drain_events(timeout=left)
             except TimeoutError:
                 return
+
+
+def _or_bound(seconds: float | None) -> float:
+    return uow_settings.BROKER_TIMEOUT if seconds is None else seconds

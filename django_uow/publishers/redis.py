@@ -55,12 +55,16 @@ class RedisStreamPublisher:
         )
 
     @property
+    def broker_url(self) -> str:
+        return str(self.url)
+
+    @property
     def client(self) -> Any:
         if self._client is None:
             import redis
 
-            if self.timeout is None:
-                options = {"socket_connect_timeout": 2, "socket_timeout": 5}
+            if self.timeout is None:  # the sweep: BROKER_TIMEOUT on every step, no retries
+                options = redis_client_options(uow_settings.BROKER_TIMEOUT)
             else:
                 options = redis_client_options(self.timeout, self.reply_timeout)
             self._client = redis.Redis.from_url(self.url, **options)

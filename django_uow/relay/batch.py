@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -45,13 +45,13 @@ from ..exceptions import (
 )
 from ..models import OutboxEvent, OutboxStatus
 from ..publishers import Publisher, get_publishers, record_sent, recording_deferred
-from ..publishers.base import for_another_thread
+from ..publishers.base import broker_label, for_another_thread
 from ..retry import backoff_delay, describe, is_connection_error, logger_for
 from ..tracing import span
 from . import claims as statements
 from .claimed import ClaimedRow
 from .handoff import Handoff, PublishOverBudget
-from .lease import lease_kept
+from .lease import LeaseGuard, LeaseLost, lease_kept
 
 logger = logger_for("django_uow.relay")
 
@@ -100,16 +100,28 @@ def default_relay_id() -> str:
 # ----------------------------------------------------------------------- publish
 
 
+class BrokerOutage(ConnectionError):
+    """A publisher could not reach its broker; the message names the publisher and the
+    broker (password masked), so the one log line of the outage says which."""
+
+    def __init__(self, publisher: Publisher, error: BaseException) -> None:
+        super().__init__(f"{broker_label(publisher)}: {describe(error)}")
+
+
 def publish_all(
-    publishers: Sequence[Publisher], envelopes: Sequence[Envelope]
+    publishers: Sequence[Publisher],
+    envelopes: Sequence[Envelope],
+    check: Callable[[], None] | None = None,
 ) -> dict[UUID, BaseException]:
     """Run every publisher over the batch; return the per-event failures.
 
     A publisher that raises fails the whole batch, except a broker outage, which
-    propagates so the caller can give the claim back. An outage of one publisher does not
-    stop the publishers that run handlers in this process (``in_process = True``, as
-    ``InlinePublisher``): they still run, since their inbox makes the batch's later
-    retry skip what they did; other brokers are left for that retry, not sent twice.
+    propagates (as ``BrokerOutage``) so the caller can give the claim back. An outage of
+    one publisher does not stop the publishers that run handlers in this process
+    (``in_process = True``, as ``InlinePublisher``): they still run, since their inbox
+    makes the batch's later retry skip what they did; other brokers are left for that
+    retry, not sent twice. ``check()`` runs before each publisher and may raise
+    (``LeaseLost``) to stop the batch there.
     """
     failures: dict[UUID, BaseException] = {}
     outage: BaseException | None = None
@@ -119,11 +131,14 @@ def publish_all(
         todo = [e for e in envelopes if e.event_id not in failures]
         if not todo:
             break
+        if check is not None:
+            check()
         try:
             result = publisher.publish(todo)
         except Exception as exc:
             if is_connection_error(exc):
-                outage = outage or exc
+                outage = outage or BrokerOutage(publisher, exc)
+                outage.__cause__ = exc
                 continue
             logger.warning(
                 "Publisher %s failed a batch of %d event(s): %s",
@@ -187,6 +202,10 @@ class _Batch:
     outage: BaseException | None = None
     #: Aggregates with an event acknowledged by this batch: what waited behind it is owed.
     acknowledged: set[statements.AggregateKey] = field(default_factory=set)
+    #: ``time.monotonic()`` before the claim statement: the lease runs LEASE from then.
+    claimed_at: float = field(default_factory=time.monotonic)
+    #: Seconds the heartbeat keeps renewing the lease (None: while the publish lasts).
+    renew_for: float | None = None
 
     def fail(self, row: ClaimedRow, exc: BaseException, failure: statements.Failure) -> None:
         # Signal receivers get what the handler raised, as before it was classified.
@@ -335,6 +354,9 @@ class _Batch:
         self.triage()
         try:
             by_event = self._publish(publishers, keep_lease=not self.direct)
+        except LeaseLost as exc:
+            self._give_up(exc, result)
+            return
         except Exception as exc:
             self._handed_back(exc, result)
         self.sort_outcomes(by_event)
@@ -398,6 +420,9 @@ class _Batch:
         result: RelayResult,
     ) -> None:
         """Write what a handed-off publish did: its delivery rows, then the outcome."""
+        if isinstance(error, LeaseLost):
+            self._give_up(error, result)
+            return
         if error is not None:
             with contextlib.suppress(Exception):  # best effort: the outage is what counts
                 record_sent(sent)
@@ -412,16 +437,42 @@ class _Batch:
     def _publish(
         self, publishers: Sequence[Publisher], *, keep_lease: bool
     ) -> dict[UUID, BaseException]:
-        with lease_kept(
+        guard = LeaseGuard(
             using=self.using,
             relay_id=self.relay_id,
-            ids=[r.id for r in self.to_publish] if keep_lease else [],
+            ids=[r.id for r in self.to_publish],
             lease=uow_settings.LEASE,
-        ):
-            return publish_all(publishers, [self.envelopes[r.id] for r in self.to_publish])
+            held_at=self.claimed_at,
+            direct=self.direct,
+        )
+        envelopes = [self.envelopes[r.id] for r in self.to_publish]
+        if not keep_lease:
+            return publish_all(publishers, envelopes, guard.confirm)
+        with lease_kept(guard, bound=self.renew_for):
+            return publish_all(publishers, envelopes, guard.confirm)
+
+    def _give_up(self, exc: LeaseLost, result: RelayResult) -> None:
+        """The claim is no longer this relay's: publish nothing more of it (the relay that
+        took it over does), release what is still ours, and say so once."""
+        logger.warning(
+            "Relay %s: %s; it publishes nothing more of this batch of %d event(s) (the "
+            "relay that took them over delivers them).",
+            self.relay_id,
+            exc,
+            len(self.to_publish),
+        )
+        self.failures = {}
+        if self.direct:
+            raise RelayError(
+                f"{exc}; nothing of the batch was published. It is relayed again."
+            ) from exc
+        result.handed_back += statements.give_back(
+            using=self.using, relay_id=self.relay_id, ids=[r.id for r in self.to_publish]
+        )
 
     def _handed_back(self, exc: BaseException, result: RelayResult) -> NoReturn:
         """The broker is unreachable: nothing is marked, no attempt is spent."""
+        reason = str(exc) if isinstance(exc, BrokerOutage) else describe(exc)
         if not self.direct:
             statements.record_failures(
                 using=self.using, relay_id=self.relay_id, failures=self.failures
@@ -431,7 +482,7 @@ class _Batch:
                 using=self.using, relay_id=self.relay_id, ids=[r.id for r in self.to_publish]
             )
         raise RelayError(
-            f"Could not reach the broker ({describe(exc)}); {len(self.to_publish)} claimed "
+            f"Could not reach the broker ({reason}); {len(self.to_publish)} claimed "
             "event(s) were handed back without spending an attempt. Check the broker and "
             "retry."
         ) from exc
@@ -468,6 +519,15 @@ def resolve_publishers(publishers: Sequence[Publisher] | None) -> list[Publisher
     return pubs
 
 
+def renewal_bound(publishers: Sequence[Publisher]) -> float | None:
+    """How long the sweep's heartbeat renews a batch sent to brokers only: ``LEASE`` plus
+    connect, send and confirm at ``BROKER_TIMEOUT`` each. None (no bound) when a
+    publisher runs handlers in this process, which may rightly take long."""
+    if any(getattr(p, "in_process", False) for p in publishers):
+        return None
+    return uow_settings.LEASE + 3 * uow_settings.BROKER_TIMEOUT
+
+
 def relay_mode(publishers: Sequence[Publisher], using: str) -> str:
     """``"direct"`` or ``"lease"``: how a batch is claimed and acknowledged.
 
@@ -496,6 +556,7 @@ def _claim(
     direct: bool,
 ) -> _Batch | None:
     """Claim one batch (``None``: nothing was due); ``RelayError`` if the database fails."""
+    started = time.monotonic()
     try:
         rows = statements.claim_batch(
             using=using,
@@ -516,7 +577,9 @@ def _claim(
     result.batches = 1
     if not rows:
         return None
-    return _Batch(rows, using, relay_id, uow_settings.MAX_ATTEMPTS, direct=direct)
+    return _Batch(
+        rows, using, relay_id, uow_settings.MAX_ATTEMPTS, direct=direct, claimed_at=started
+    )
 
 
 @contextmanager
@@ -580,6 +643,7 @@ def _run_batch(
             return result, set()  # an idle poll opens no span
         with _batch_span(using, relay_id, result) as current:
             if budget is None:
+                batch.renew_for = renewal_bound(pubs)
                 batch.run(pubs, result)
             else:
                 batch.run_within(pubs, result, budget)

@@ -244,20 +244,23 @@ def test_celery_publisher_reuses_one_producer_for_the_whole_batch(celery_worker:
     place(20)
     envelopes = [row.to_envelope() for row in OutboxEvent.objects.order_by("id")]
     acquired: list[Any] = []
-    pool = celery_worker.producer_pool
-    real = pool.acquire
+    amqp = celery_worker.amqp
+    real = amqp.Producer
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         producer = real(*args, **kwargs)
         acquired.append(producer)
         return producer
 
-    pool.acquire = spy
+    amqp.Producer = spy
     try:
         assert CeleryPublisher(celery_worker).publish(envelopes) is None
     finally:
-        del pool.acquire
+        del amqp.Producer
     assert len(acquired) == 1
+    # On the sweep's bounded connection: BROKER_TIMEOUT on every socket step, no retries.
+    options = acquired[0].channel.connection.client.transport_options
+    assert (options["socket_timeout"], options["max_retries"]) == (5.0, 0)
     assert wait_for(lambda: Effect.objects.count() == 20)
 
 

@@ -67,8 +67,9 @@ def in_relay_mode(relay_mode: str, settings: Any) -> str:
 class OwnRedis:
     """A throw-away redis-server on its own port (never the shared one on 6379)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *args: str) -> None:
         self.port = port
+        self.args = args  # more redis-server options (--maxmemory 1mb ...)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -85,6 +86,7 @@ class OwnRedis:
                 "",
                 "--appendonly",
                 "no",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
