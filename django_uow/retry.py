@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from .db.errors import is_conflict
 from .exceptions import ConcurrencyError, HandlerFailed, UnitOfWorkTimeout
@@ -119,14 +121,28 @@ class EscapeControl(logging.Filter):
     drive the terminal."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        escaped = escape_control(message)
-        if escaped != message or record.args:
-            record.msg, record.args = escaped, None
+        # The template and its arguments are escaped apart, so handlers that read
+        # ``record.args`` (log aggregation, counters) still get them.
+        if isinstance(record.msg, str):
+            record.msg = escape_control(record.msg)
+        if isinstance(record.args, Mapping):
+            record.args = {k: _escaped_arg(v) for k, v in record.args.items()}
+        elif isinstance(record.args, tuple):
+            record.args = tuple(_escaped_arg(v) for v in record.args)
         if record.exc_info and not record.exc_text:
             text = logging.Formatter().formatException(record.exc_info)
             record.exc_text = escape_control(text, keep_lines=True)
         return True
+
+
+def _escaped_arg(value: Any) -> Any:
+    """A log argument whose text cannot carry control characters (numbers stay numbers,
+    for ``%d``)."""
+    if value is None or isinstance(value, int | float):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    escaped = escape_control(text)
+    return value if escaped == text and not isinstance(value, str) else escaped
 
 
 def logger_for(name: str) -> logging.Logger:

@@ -166,6 +166,25 @@ def test_log_lines_escape_control_characters(caplog: pytest.LogCaptureFixture) -
     assert "\n" in traced.exc_text  # a traceback keeps its lines
     formatted = logging.Formatter().format(traced)
     assert "\x1b" not in formatted and "\x07" not in formatted
+    # Handlers that read the arguments (aggregators, counters) still get them, escaped.
+    assert plain.msg == "Event %s failed: %s"
+    assert plain.args == ("e-1", "oops\\x1b[2J\\x1b]0;owned\\x07\\x0aFAKE relay line\\x0d")
+
+
+def test_escaping_keeps_numbers_and_clean_objects_as_they_are(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import uuid
+
+    from django_uow.retry import logger_for
+
+    log = logger_for("django_uow.relay")
+    ref = uuid.UUID(int=7)
+    with caplog.at_level(logging.INFO, logger="django_uow.relay"):
+        log.info("%d rows of %s took %.1f s", 3, ref, 0.25)
+    (record,) = caplog.records
+    assert record.args == (3, ref, 0.25)
+    assert record.getMessage() == f"3 rows of {ref} took 0.2 s"
 
 
 def test_escape_control_keeps_ordinary_text() -> None:
