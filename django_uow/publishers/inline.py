@@ -65,12 +65,20 @@ def _run(handler: Handler, envelope: Envelope) -> Exception | None:
         delays.append(backoff_delay(attempts, *policy.backoff_bounds()))
         return delays[-1]
 
+    # Without a policy of its own the event's row keeps the retry rhythm (MAX_ATTEMPTS,
+    # BACKOFF), and its delivery row none: "Retry now" on the event runs it again at once.
+    own = bool(policy.own_options() - {"timeout"})
     try:
-        run_handler(handler, envelope, retry_delay=retry_delay, report=outcomes.append)
+        run_handler(
+            handler,
+            envelope,
+            retry_delay=retry_delay if own else None,
+            report=outcomes.append,
+        )
     except (PermanentFailure, RetryAfter) as exc:
         return exc
     except Exception as exc:
-        if not policy.own_options() - {"timeout"}:
+        if not own:
             return HandlerFailed(handler.name, exc)
         dead = outcomes[0].dead if outcomes else policy.gives_up(exc)
         return HandlerFailed(

@@ -473,6 +473,8 @@ class _Batch:
     def _handed_back(self, exc: BaseException, result: RelayResult) -> NoReturn:
         """The broker is unreachable: nothing is marked, no attempt is spent."""
         reason = str(exc) if isinstance(exc, BrokerOutage) else describe(exc)
+        # The broker's own error stays the cause (callers catch it by its class).
+        cause = exc.__cause__ if isinstance(exc, BrokerOutage) and exc.__cause__ else exc
         if not self.direct:
             statements.record_failures(
                 using=self.using, relay_id=self.relay_id, failures=self.failures
@@ -485,7 +487,7 @@ class _Batch:
             f"Could not reach the broker ({reason}); {len(self.to_publish)} claimed "
             "event(s) were handed back without spending an attempt. Check the broker and "
             "retry."
-        ) from exc
+        ) from cause
 
     def finish(self, result: RelayResult) -> None:
         """Count, log and signal (after the direct mode's commit); raise a partial outage."""

@@ -18,6 +18,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_uow import UnitOfWork
+from django_uow.db.clock import DatabaseNow
 from django_uow.delivery.handlers import event_handler, registry
 from django_uow.delivery.rows import (
     claim_redelivery,
@@ -74,7 +75,7 @@ def uow_queue_name() -> str:
 
 
 def due_again() -> None:
-    OutboxEvent.objects.update(available_at=timezone.now())
+    OutboxEvent.objects.update(available_at=DatabaseNow())  # the relay reads the database clock
 
 
 # ----------------------------------------------------------------------- inline

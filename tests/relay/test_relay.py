@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from django_uow import PermanentFailure, RelayError, RetryAfter, UnitOfWork
 from django_uow.conf import uow_settings
+from django_uow.db.clock import DatabaseNow
 from django_uow.models import OutboxEvent, ProcessedEvent
 from django_uow.relay import (
     claims,
@@ -202,7 +203,7 @@ def test_failing_handler_is_retried_with_backoff_then_dead_lettered(settings: An
         assert before <= row.available_at <= timezone.now() + datetime.timedelta(seconds=30)
         assert relay_batch().claimed == 0  # backing off: not due
         for attempt in (2, 3):
-            OutboxEvent.objects.update(available_at=timezone.now())
+            OutboxEvent.objects.update(available_at=DatabaseNow())  # the relay reads the database clock
             relay_batch()
             row.refresh_from_db()
             assert row.attempts == attempt

@@ -239,7 +239,12 @@ def test_the_relay_docs_name_real_tasks_and_options() -> None:
     import re
 
     import django_uow.tasks  # noqa: F401 - registers the tasks
-    from django_uow.management.commands import prune_outbox, redeliver, relay_outbox
+    from django_uow.management.commands import (
+        outbox_status,
+        prune_outbox,
+        redeliver,
+        relay_outbox,
+    )
     from tests.celery_app import app
 
     text = (ROOT / "docs" / "relay.md").read_text()
@@ -248,7 +253,7 @@ def test_the_relay_docs_name_real_tasks_and_options() -> None:
     assert tasks <= set(app.tasks)
     known = set()
     commands = ((relay_outbox, "relay_outbox"), (prune_outbox, "prune_outbox"))
-    for module, name in (*commands, (redeliver, "redeliver")):
+    for module, name in (*commands, (redeliver, "redeliver"), (outbox_status, "outbox_status")):
         parser = module.Command().create_parser("manage.py", name)
         known |= {opt for action in parser._actions for opt in action.option_strings}
     documented = set(re.findall(r"`(--[a-z-]+)", text))

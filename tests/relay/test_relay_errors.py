@@ -19,6 +19,7 @@ import pytest
 from django.db import connection
 
 from django_uow import HandlerFailed, UnitOfWork
+from django_uow.db.clock import DatabaseNow
 from django_uow.models import OutboxEvent
 from django_uow.publishers import InlinePublisher
 from django_uow.relay import claims, relay_batch, relay_pending
@@ -59,9 +60,8 @@ def place_order() -> Order:
 
 
 def make_due() -> None:
-    from django.utils import timezone
 
-    OutboxEvent.objects.filter(status=P).update(available_at=timezone.now())
+    OutboxEvent.objects.filter(status=P).update(available_at=DatabaseNow())  # the relay reads the database clock
 
 
 @pytest.mark.django_db

@@ -20,6 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_uow import RetryAfter, UnitOfWork
+from django_uow.db.clock import DatabaseNow
 from django_uow.models import OutboxEvent
 from django_uow.outbox.writing import write_events
 from django_uow.relay import claims, relay_batch, relay_events, relay_pending
@@ -334,7 +335,7 @@ def test_a_retried_scheduled_head_still_blocks_what_is_due_after_it() -> None:
     publisher = RecordingPublisher()
     relay_pending(publishers=[publisher])
     assert publisher.reasons() == []  # "u" is due after "s": it waits for its retry
-    OutboxEvent.objects.filter(pk=s.pk).update(available_at=timezone.now())
+    OutboxEvent.objects.filter(pk=s.pk).update(available_at=DatabaseNow())  # the relay reads the database clock
     relay_pending(publishers=[publisher])
     assert publisher.reasons() == ["s", "u"]
 
