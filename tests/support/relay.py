@@ -10,7 +10,7 @@ from uuid import UUID
 from django_uow.events.base import Envelope
 from django_uow.exceptions import BlockedByEarlierFailure
 from django_uow.models import OutboxEvent
-from django_uow.outbox.writing import write_events
+from django_uow.outbox.writing import Schedule, write_events
 
 CANCELLED = "orders.cancelled"
 
@@ -34,7 +34,9 @@ def make_rows(
                 headers={"schema_version": 1},
             )
         )
-    write_events(rows, using)
+    # Due at the INSERT on the database's clock, as the unit of work writes them (a Python
+    # time could be a fraction of a millisecond ahead of SQLite's clock, and not due yet).
+    write_events(rows, using, schedules=[Schedule() for _ in rows])
     ids = [r.event_id for r in rows]
     stored = {r.event_id: r for r in OutboxEvent.objects.using(using).filter(event_id__in=ids)}
     return sorted(stored.values(), key=lambda r: r.id)
